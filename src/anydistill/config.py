@@ -1,0 +1,202 @@
+"""Typed training configuration: defaults ← YAML file ← command-line overrides.
+
+The dataclasses below are the single source of defaults. A YAML file and ``key.sub=value`` overrides
+are merged onto them with OmegaConf, which rejects unknown keys and values of the wrong type; we
+re-raise those as :class:`~anydistill.errors.ConfigError` naming the file and the key. The resolved
+config is written into the run folder (``config.yaml``) so every run can be reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from anydistill.errors import ConfigError
+
+TASKS = ("depth", "semantic")
+
+
+@dataclass
+class DataConfig:
+    """Where the images and labels come from and how they are cropped and batched.
+
+    ``source="toyworld"`` renders the procedural world on the fly (no disk): the labeled train set
+    is ``train_count`` images of ``train_domain`` and the validation set ``val_count`` images of
+    ``val_domain`` from a different seed. ``source="folder"`` reads the folder format of DESIGN.md
+    from ``train_root`` (and ``val_root``, or a deterministic ``val_fraction`` held out of it).
+    """
+
+    source: str = "toyworld"
+    train_domain: str = "narrow"
+    val_domain: str = "wide"
+    train_count: int = 2000
+    val_count: int = 128
+    seed: int = 0
+    train_root: str | None = None
+    val_root: str | None = None
+    val_fraction: float = 0.2
+    depth_scale: float | None = None
+    on_bad_image: str = "error"
+    on_missing_label: str = "error"
+    image_size: int = 128
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    hflip: bool = True
+    batch_size: int = 16
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """A model from the zoo by name (``anydistill.models.list_models()``) plus builder overrides."""
+
+    name: str = "depth_tiny"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    """Loss weights. Depth: scale-and-shift-invariant loss in disparity + gradient matching.
+    Semantic: cross-entropy (+ optional dice)."""
+
+    ssi_weight: float = 1.0
+    ssi_alignment: str = "median"
+    ssi_trim: float = 0.0
+    gradient_weight: float = 0.5
+    gradient_scales: int = 4
+    ce_weight: float = 1.0
+    dice_weight: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay; the (pre-trained) backbone may get a lower lr."""
+
+    lr: float = 2e-3
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings."""
+
+    max_epochs: int = 10
+    max_steps: int = -1
+    max_time_minutes: float | None = None
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    val_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int = 100
+    progress_bar: bool = True
+    grid_images: int = 6
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``anydistill train`` needs."""
+
+    task: str = "depth"
+    run_dir: str = "runs/depth"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
+    def bad(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{origin}: {key}: {problem}")
+
+    if cfg.task not in TASKS:
+        raise bad("task", f"must be one of {TASKS}, got {cfg.task!r}")
+    if cfg.data.source not in ("toyworld", "folder"):
+        raise bad("data.source", f"must be 'toyworld' or 'folder', got {cfg.data.source!r}")
+    if cfg.data.source == "folder" and not cfg.data.train_root:
+        raise bad("data.train_root", "is required when data.source is 'folder'")
+    if cfg.data.image_size <= 0:
+        raise bad("data.image_size", "must be positive")
+    if cfg.data.batch_size <= 0:
+        raise bad("data.batch_size", "must be positive")
+    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
+        raise bad("data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise bad("data.val_fraction", "must be in [0, 1)")
+    for key in ("on_bad_image", "on_missing_label"):
+        if getattr(cfg.data, key) not in ("error", "skip"):
+            raise bad(f"data.{key}", "must be 'error' or 'skip'")
+    if cfg.loss.ssi_alignment not in ("median", "lstsq"):
+        raise bad("loss.ssi_alignment", "must be 'median' or 'lstsq'")
+    if cfg.optim.lr <= 0:
+        raise bad("optim.lr", "must be positive")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from defaults, an optional YAML file and ``a.b=value`` overrides.
+
+    Raises:
+        ConfigError: unknown key, wrong type, unreadable YAML, or an invalid value; the message names
+            the file (or "command line") and the key.
+    """
+    schema = OmegaConf.structured(TrainConfig)
+    origin = "defaults"
+    try:
+        if path is not None:
+            path = Path(path)
+            origin = str(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found")
+            try:
+                raw = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            if raw is None:
+                raw = {}
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+            schema = OmegaConf.merge(schema, OmegaConf.create(raw))
+        if overrides:
+            origin = "command line" if path is None else f"{path} + command line"
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"command line: override {item!r} must look like key.sub=value")
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(schema)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"{origin}: {key + ': ' if key else ''}{msg}") from None
+    assert isinstance(cfg, TrainConfig)
+    return _validate(cfg, origin)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (the run folder's ``config.yaml``)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config from :meth:`TrainConfig.to_dict` output (e.g. stored in a checkpoint)."""
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(data)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"stored config: {str(exc).splitlines()[0]}") from None
+    assert isinstance(cfg, TrainConfig)
+    return cfg

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from anydistill.config import TrainConfig, config_from_dict, load_config, save_config
+from anydistill.errors import ConfigError
+
+
+def test_defaults_load():
+    cfg = load_config()
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.task == "depth" and cfg.data.source == "toyworld"
+
+
+def test_file_then_overrides(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: semantic\ndata:\n  image_size: 64\n  batch_size: 4\n")
+    cfg = load_config(path, ["data.batch_size=8", "trainer.max_epochs=3"])
+    assert cfg.task == "semantic"
+    assert cfg.data.image_size == 64  # from the file
+    assert cfg.data.batch_size == 8  # the command line wins over the file
+    assert cfg.trainer.max_epochs == 3
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  imgae_size: 64\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "bad.yaml" in str(err.value) and "imgae_size" in str(err.value)
+
+
+def test_wrong_type_names_key(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  batch_size: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "batch_size" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+def test_wrong_type_on_command_line():
+    with pytest.raises(ConfigError, match="max_epochs"):
+        load_config(None, ["trainer.max_epochs=ten"])
+
+
+def test_override_without_equals():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["trainer.max_epochs"])
+
+
+def test_invalid_values(tmp_path: Path):
+    with pytest.raises(ConfigError, match="task"):
+        load_config(None, ["task=flow"])
+    with pytest.raises(ConfigError, match="train_root"):
+        load_config(None, ["data.source=folder"])
+    with pytest.raises(ConfigError, match="crop_scale"):
+        load_config(None, ["data.crop_scale=[0.9,0.1]"])
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_roundtrip_through_yaml_and_dict(tmp_path: Path):
+    cfg = load_config(None, ["data.image_size=96", "model.kwargs={backbone: resnet18}"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert again.model.kwargs == {"backbone": "resnet18"}
