@@ -44,6 +44,7 @@ class DataConfig:
     on_bad_image: str = "error"
     on_missing_label: str = "error"
     image_size: int = 128
+    eval_size: int | None = None
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     hflip: bool = True
     batch_size: int = 16
@@ -132,6 +133,8 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad("data.train_root", "is required when data.source is 'folder'")
     if cfg.data.image_size <= 0:
         raise bad("data.image_size", "must be positive")
+    if cfg.data.eval_size is not None and cfg.data.eval_size <= 0:
+        raise bad("data.eval_size", "must be positive")
     if cfg.data.batch_size <= 0:
         raise bad("data.batch_size", "must be positive")
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:

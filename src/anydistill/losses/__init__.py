@@ -12,7 +12,6 @@ from anydistill.losses.segmentation import (
     DiceLoss,
     FocalLoss,
     SegmentationCrossEntropy,
-    SoftDiceLoss,
     SoftmaxDiceLoss,
     SoftmaxFocalLoss,
     cross_entropy,
@@ -39,5 +38,4 @@ __all__ = [
     "SoftmaxFocalLoss",
     "DiceLoss",
     "SoftmaxDiceLoss",
-    "SoftDiceLoss",
 ]

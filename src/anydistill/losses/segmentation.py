@@ -33,7 +33,6 @@ __all__ = [
     "SoftmaxFocalLoss",
     "DiceLoss",
     "SoftmaxDiceLoss",
-    "SoftDiceLoss",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -403,4 +402,3 @@ class SoftmaxDiceLoss(nn.Module):
         return f"ignore_index={self.ignore_index}, eps={self.eps}, reduction={self.reduction!r}"
 
 
-SoftDiceLoss = SoftmaxDiceLoss  # the name methods/supervised.py imports

@@ -1,0 +1,42 @@
+"""Small shared helpers for the benchmark scripts: machine description and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """One line naming the machine the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, table: str, data: dict, command: str) -> Path:
+    """Write ``results/<name>.md`` (table + command + machine) and ``results/<name>.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md = RESULTS / f"{name}.md"
+    md.write_text(f"{table}\n\nMachine: {machine()}\n\nCommand: `{command}`\n")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"machine": machine(), "command": command, **data}, indent=2)
+    )
+    return md

@@ -1,0 +1,70 @@
+"""The Python API: everything the CLI does, callable from a script or a notebook.
+
+>>> from anydistill import api
+>>> api.make_toyworld("data/toy_train", count=500, size=128, domain="wide", seed=0)
+>>> result = api.train("configs/depth_toyworld.yaml", overrides=["trainer.max_epochs=2"])
+>>> api.evaluate(result.best_checkpoint, "toyworld:wide")
+>>> api.predict(result.best_checkpoint, "my_images/", "predictions/")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anydistill.config import TrainConfig, load_config
+from anydistill.evaluation import evaluate
+from anydistill.inference import Predictor, PredictReport, load_student, predict_folder
+from anydistill.training import TrainResult
+from anydistill.training import train as _train
+
+__all__ = [
+    "Predictor",
+    "TrainConfig",
+    "demo",
+    "evaluate",
+    "load_config",
+    "load_student",
+    "make_toyworld",
+    "predict",
+    "train",
+]
+
+
+def make_toyworld(out: str | Path, count: int = 100, size: int = 128, domain: str = "wide", seed: int = 0) -> Path:
+    """Render ``count`` toyworld scenes of ``domain`` into ``out`` in the user folder format."""
+    from anydistill.data.toyworld import write_toyworld
+
+    return write_toyworld(Path(out), count=count, size=size, domain=domain, seed=seed)
+
+
+def train(
+    config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None
+) -> TrainResult:
+    """Train a student from a :class:`TrainConfig`, a YAML path, or the defaults, plus overrides.
+
+    Rerunning with the same ``run_dir`` resumes from its ``last.ckpt``.
+    """
+    if not isinstance(config, TrainConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a YAML file; edit the TrainConfig object directly instead")
+    return _train(config)
+
+
+def predict(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    batch_size: int = 8,
+    image_size: int | None = None,
+    device: str = "cpu",
+) -> PredictReport:
+    """Predict every image under ``images`` into ``out`` (see :func:`anydistill.inference.predict_folder`)."""
+    return predict_folder(checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device)
+
+
+def demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
+    """Run the whole path on toyworld and return the markdown report's path."""
+    from anydistill.demo import run_demo
+
+    return run_demo(Path(out), quick=quick)

@@ -1,0 +1,152 @@
+"""``anydistill <command>``: a thin command-line layer over :mod:`anydistill.api`.
+
+Errors a user can fix (bad files, bad config) are printed as one line naming the file and the
+problem, with exit code 2, instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from anydistill.errors import AnydistillError
+
+
+def _cmd_data_toyworld(args: argparse.Namespace) -> None:
+    from anydistill import api
+
+    out = api.make_toyworld(args.out, count=args.count, size=args.size, domain=args.domain, seed=args.seed)
+    print(f"wrote {args.count} toyworld images ({args.domain}, {args.size}px, seed {args.seed}) to {out}")
+
+
+def _cmd_data_import(args: argparse.Namespace) -> None:
+    from anydistill.data.importer import import_pairs, parse_label_map
+
+    names = args.classes.split(",") if args.classes else None
+    out = import_pairs(
+        args.images, args.labels, args.out, parse_label_map(args.label_map), names, args.kind, args.holdout, args.seed
+    )
+    where = f"{out}/train and {out}/val ({args.holdout} held out)" if args.holdout else str(out)
+    print(f"imported into {where}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from anydistill import api
+
+    result = api.train(args.config, overrides=args.overrides)
+    print(f"run folder: {result.run_dir}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(json.dumps(result.metrics, indent=2))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from anydistill import api
+    from anydistill.evaluation import format_table
+
+    metrics = api.evaluate(
+        args.checkpoint,
+        args.data,
+        count=args.count,
+        image_size=args.size,
+        batch_size=args.batch_size,
+        out_json=args.json,
+    )
+    print(format_table(metrics))
+    if args.json:
+        print(f"metrics written to {args.json}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from anydistill import api
+
+    report = api.predict(args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size)
+    print(report.summary())
+    print(f"outputs in {args.out}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from anydistill import api
+
+    report = api.demo(args.out, quick=args.quick)
+    print(f"demo report: {report}")
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from anydistill.models import list_models
+
+    print("\n".join(list_models()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anydistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or convert data sets").add_subparsers(dest="source", required=True)
+    toy = data.add_parser("toyworld", help="render procedural toyworld scenes into the folder format")
+    toy.add_argument("--out", required=True, type=Path)
+    toy.add_argument("--count", type=int, default=100)
+    toy.add_argument("--size", type=int, default=128)
+    toy.add_argument("--domain", default="wide")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(func=_cmd_data_toyworld)
+
+    imp = data.add_parser("import", help="copy image/label pairs from another layout into the folder format")
+    imp.add_argument("--images", required=True, type=Path)
+    imp.add_argument("--labels", required=True, type=Path)
+    imp.add_argument("--out", required=True, type=Path)
+    imp.add_argument("--kind", choices=["semantic", "depth"], default="semantic")
+    imp.add_argument("--label-map", nargs="*", default=None, help="mask value to class id, e.g. 0:0 255:1")
+    imp.add_argument("--classes", default=None, help="comma-separated class names, e.g. background,membrane")
+    imp.add_argument("--holdout", type=int, default=0, help="put this many pairs into OUT/val, the rest in OUT/train")
+    imp.add_argument("--seed", type=int, default=0, help="chooses the held-out pairs")
+    imp.set_defaults(func=_cmd_data_import)
+
+    train = sub.add_parser("train", help="train a depth or semantic student (resumes an interrupted run)")
+    train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
+    train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_epochs=3")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="metrics of a checkpoint on toyworld:<domain> or a folder")
+    ev.add_argument("--checkpoint", required=True, type=Path)
+    ev.add_argument("--data", default="toyworld:wide")
+    ev.add_argument("--count", type=int, default=256, help="images (toyworld only)")
+    ev.add_argument("--size", type=int, default=None, help="long side seen by the model (default: training size)")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict every image of a folder")
+    pr.add_argument("--checkpoint", required=True, type=Path)
+    pr.add_argument("--images", required=True, type=Path)
+    pr.add_argument("--out", required=True, type=Path)
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--size", type=int, default=None)
+    pr.set_defaults(func=_cmd_predict)
+
+    demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
+    demo.add_argument("--out", type=Path, default=Path("demo_out"))
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
+    demo.set_defaults(func=_cmd_demo)
+
+    models = sub.add_parser("models", help="list the model zoo")
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AnydistillError as exc:
+        print(f"anydistill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("anydistill: interrupted (a rerun of the same command resumes)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

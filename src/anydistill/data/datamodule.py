@@ -1,0 +1,140 @@
+"""Build train/val datasets and loaders from a :class:`~anydistill.config.DataConfig`.
+
+Two sources share every code path after loading: the procedural ``toyworld`` (rendered on the fly,
+nothing on disk) and a user ``folder`` in the format of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from anydistill.config import DataConfig
+from anydistill.data.folder import FolderDataset
+from anydistill.data.io import read_classes
+from anydistill.data.toyworld import ToyWorldDataset, class_table
+from anydistill.data.transforms import collate_samples, eval_transforms, train_transforms
+from anydistill.errors import ConfigError
+
+# The validation/test split of toyworld uses seeds far from any training seed, so no scene repeats.
+TOYWORLD_HELDOUT_SEED_OFFSET = 10_000
+
+
+@dataclass
+class ClassInfo:
+    """Names and colours of the semantic classes (from toyworld or ``classes.json``)."""
+
+    names: list[str] = field(default_factory=list)
+    colors: list[list[int]] = field(default_factory=list)
+    ignore_index: int = 255
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_table(cls, table: list[dict], ignore_index: int = 255) -> ClassInfo:
+        """From the ``classes.json`` layout: ``[{"id", "name", "color"}, ...]`` (ids must be 0..K-1)."""
+        table = sorted(table, key=lambda c: c["id"])
+        ids = [c["id"] for c in table]
+        if ids != list(range(len(ids))):
+            raise ConfigError(f"class ids must be 0..{len(ids) - 1} without gaps, got {ids}")
+        return cls([c["name"] for c in table], [list(c.get("color", [0, 0, 0])) for c in table], ignore_index)
+
+
+def class_info(cfg: DataConfig) -> ClassInfo:
+    """The class table of the configured data: toyworld's, or the train folder's ``classes.json``."""
+    if cfg.source == "toyworld":
+        return ClassInfo.from_table(class_table())
+    table = read_classes(Path(cfg.train_root))
+    if not table:
+        return ClassInfo()
+    return ClassInfo.from_table(table["classes"], ignore_index=table.get("ignore_index", 255))
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic hold-out split of ``range(n)``; at least one validation item when ``val_fraction > 0``."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = 0 if val_fraction <= 0 else max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ConfigError(f"data.val_fraction={val_fraction} leaves no training images out of {n}")
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def folder_dataset(cfg: DataConfig, root: str | Path, task: str, transform) -> FolderDataset:
+    return FolderDataset(
+        root,
+        task=task,
+        transform=transform,
+        depth_scale=cfg.depth_scale,
+        on_missing_label=cfg.on_missing_label,
+        on_bad_image=cfg.on_bad_image,
+    )
+
+
+class SupervisedDataModule(L.LightningDataModule):
+    """Labeled train/val data for ``task`` ("depth" or "semantic").
+
+    Args:
+        cfg: the data section of the config.
+        task: which targets the samples must carry.
+        input_multiple: the model's required input multiple (patch size or max stride).
+    """
+
+    def __init__(self, cfg: DataConfig, task: str, input_multiple: int = 32) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+        size, eval_size = cfg.image_size, cfg.eval_size or cfg.image_size
+        for key, value in (("image_size", size), ("eval_size", eval_size)):
+            if value % input_multiple:
+                raise ConfigError(f"data.{key}={value} must be a multiple of the model's input multiple {input_multiple}")
+        self.train_tf = train_transforms(size, input_multiple, scale=tuple(cfg.crop_scale), hflip=cfg.hflip)
+        self.eval_tf = eval_transforms(eval_size, input_multiple)
+        self.train_set, self.val_set = self._build()
+        self.classes = self._classes()
+
+    def _build(self) -> tuple[Dataset, Dataset]:
+        cfg = self.cfg
+        eval_size = cfg.eval_size or cfg.image_size
+        if cfg.source == "toyworld":
+            train = ToyWorldDataset(cfg.train_domain, cfg.image_size, cfg.train_count, seed=cfg.seed, transform=self.train_tf)
+            val = ToyWorldDataset(
+                cfg.val_domain,
+                eval_size,
+                cfg.val_count,
+                seed=cfg.seed + TOYWORLD_HELDOUT_SEED_OFFSET,
+                transform=self.eval_tf,
+            )
+            return train, val
+        train_full = folder_dataset(cfg, cfg.train_root, self.task, self.train_tf)
+        if cfg.val_root:
+            return train_full, folder_dataset(cfg, cfg.val_root, self.task, self.eval_tf)
+        val_full = folder_dataset(cfg, cfg.train_root, self.task, self.eval_tf)
+        train_idx, val_idx = split_indices(len(train_full), cfg.val_fraction, cfg.seed)
+        return Subset(train_full, train_idx), Subset(val_full, val_idx)
+
+    def _classes(self) -> ClassInfo:
+        return class_info(self.cfg)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) >= self.cfg.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=collate_samples,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,200 @@
+"""Run a training job from a :class:`~anydistill.config.TrainConfig` with Lightning.
+
+A run folder gets: ``config.yaml`` (the resolved config), ``checkpoints/best.ckpt`` and
+``checkpoints/last.ckpt`` (Lightning writes them through an fsspec transaction: a temporary file
+moved into place, so a kill never leaves a torn checkpoint), CSV and TensorBoard logs under
+``logs/``, ``val_grid.png`` (input / prediction / target for a few validation images) and
+``metrics.json``. Starting the same run again resumes from ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from anydistill.config import TrainConfig, save_config
+from anydistill.data.datamodule import ClassInfo, SupervisedDataModule, class_info
+from anydistill.losses import align_scale_shift
+from anydistill.methods.supervised import SupervisedModule, depth_to_disparity
+from anydistill.viz import colorize_depth, colorize_mask, default_palette, image_grid, save_png
+
+MONITOR = {"depth": ("val/delta1", "max"), "semantic": ("val/miou", "max")}
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics: dict[str, float]
+
+
+def to_uint8(image01: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] → (H, W, 3) uint8."""
+    return (image01.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def prediction_tiles(
+    task: str, image01: torch.Tensor, pred: torch.Tensor, sample: dict[str, Any], classes: ClassInfo
+) -> list[np.ndarray]:
+    """Input / prediction / target tiles for one sample (prediction of shape (C, H, W))."""
+    rgb = to_uint8(image01)
+    if task == "depth":
+        valid = sample["depth_valid"][None]
+        target = depth_to_disparity(sample["depth"][None], valid)
+        scale, shift = align_scale_shift(pred[None], target, valid)
+        aligned = (pred[None] * scale.view(-1, 1, 1, 1) + shift.view(-1, 1, 1, 1))[0, 0].cpu().numpy()
+        tgt = target[0, 0].cpu().numpy()
+        v = valid[0, 0].cpu().numpy()
+        lo, hi = (np.percentile(tgt[v], [2, 98]) if v.any() else (0.0, 1.0))
+        return [rgb, colorize_depth(aligned, None, lo, hi), colorize_depth(tgt, v, lo, hi)]
+    palette = np.asarray(classes.colors, np.uint8) if classes.colors else default_palette(pred.shape[0])
+    label = pred.argmax(0).cpu().numpy()
+    return [rgb, colorize_mask(label, palette), colorize_mask(sample["semantic"].cpu().numpy(), palette)]
+
+
+class PredictionGrid(Callback):
+    """Writes ``val_grid.png`` (rows: input / prediction / target) after every validation."""
+
+    def __init__(self, path: Path, count: int, classes: ClassInfo) -> None:
+        self.path = Path(path)
+        self.count = count
+        self.classes = classes
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.count <= 0:
+            return
+        dataset = trainer.datamodule.val_set
+        samples = [dataset[i] for i in range(min(self.count, len(dataset)))]
+        images = torch.stack([s["image"] for s in samples]).to(module.device)
+        preds = module(images).float()
+        rows = [prediction_tiles(module.task, images[i], preds[i], samples[i], self.classes) for i in range(len(samples))]
+        save_png(image_grid(rows, titles=["input", "prediction", "target"]), self.path)
+
+
+class StoreConfig(Callback):
+    """Puts the resolved config into every checkpoint, so ``load_student`` knows the image size."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg.to_dict()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["anydistill_config"] = self.cfg
+
+
+def _find_resume(ckpt_dir: Path) -> Path | None:
+    last = ckpt_dir / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def build_module(cfg: TrainConfig, classes: ClassInfo) -> SupervisedModule:
+    return SupervisedModule(
+        task=cfg.task,
+        model_name=cfg.model.name,
+        model_kwargs=dict(cfg.model.kwargs),
+        num_classes=classes.num_classes if cfg.task == "semantic" else None,
+        loss=vars(cfg.loss).copy(),
+        optim=vars(cfg.optim).copy(),
+        ignore_index=classes.ignore_index,
+        class_names=classes.names or None,
+        class_colors=classes.colors or None,
+    )
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; return where its outputs are."""
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    classes = class_info(cfg.data)
+    module = build_module(cfg, classes)
+    datamodule = SupervisedDataModule(cfg.data, cfg.task, input_multiple=module.model.input_multiple)
+
+    monitor, mode = MONITOR[cfg.task]
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True,
+        enable_version_counter=False, auto_insert_metric_name=False,
+    )  # fmt: skip
+    step_cb = ModelCheckpoint(
+        dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
+    )
+    callbacks: list[Callback] = [best_cb, step_cb, StoreConfig(cfg), PredictionGrid(run_dir / "val_grid.png", cfg.trainer.grid_images, classes)]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+    # CSV logs get a version_N folder per session, so resuming never overwrites earlier logs.
+    loggers = [
+        CSVLogger(run_dir / "logs", name="csv"),
+        TensorBoardLogger(run_dir / "logs", name="tensorboard", version="", default_hp_metric=False),
+    ]
+    max_time = None
+    if cfg.trainer.max_time_minutes:
+        max_time = {"minutes": cfg.trainer.max_time_minutes}
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.trainer.max_epochs,
+        max_steps=cfg.trainer.max_steps,
+        max_time=max_time,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        strategy=cfg.trainer.strategy,
+        num_nodes=cfg.trainer.num_nodes,
+        precision=cfg.trainer.precision,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    resume = _find_resume(ckpt_dir)
+    if resume is not None:
+        print(f"anydistill: resuming {run_dir} from {resume}")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    train_seconds = time.perf_counter() - start
+
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "last.ckpt"
+    if not best.is_file():
+        best = ckpt_dir / "last.ckpt"
+    if best.name != "best.ckpt" and best.is_file():
+        # Lightning named the best file after the monitored value only if asked to; keep one stable name.
+        target = ckpt_dir / "best.ckpt"
+        if best != target:
+            os.replace(best, target)
+            best = target
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=str(best), verbose=False)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    summary = {
+        "task": cfg.task,
+        "model": cfg.model.name,
+        "best_checkpoint": str(best),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds_this_session": round(train_seconds, 2),
+        "val": metrics,
+    }
+    _write_json_atomic(run_dir / "metrics.json", summary)
+    return TrainResult(run_dir=run_dir, best_checkpoint=best, last_checkpoint=ckpt_dir / "last.ckpt", metrics=metrics)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
