@@ -1,0 +1,25 @@
+"""Students and their parts: a timm backbone adapter, dense heads, task models and named builders."""
+
+from anydistill.models.backbones import TimmBackbone
+from anydistill.models.heads import DPTHead, FPNDecoder
+from anydistill.models.task_models import DepthModel, SegmentationModel
+from anydistill.models.zoo import (
+    DEFAULT_DEPTH_STUDENT,
+    MODELS,
+    build_model,
+    list_models,
+    load_model_weights,
+)
+
+__all__ = [
+    "DEFAULT_DEPTH_STUDENT",
+    "MODELS",
+    "DPTHead",
+    "DepthModel",
+    "FPNDecoder",
+    "SegmentationModel",
+    "TimmBackbone",
+    "build_model",
+    "list_models",
+    "load_model_weights",
+]

@@ -1,0 +1,141 @@
+"""DPT head (parity with transformers' Depth Anything neck + head) and FPN decoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anydistill.models.heads import DPTHead, FPNDecoder, pyramid_factors
+from anydistill.models.heads.dpt import resize_layer
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _hf_to_ours(hf_state: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Rename transformers' DepthAnythingNeck/Head keys to DPTHead keys (fusion order is reversed)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in hf_state.items():
+        parts = k.split(".")
+        if k.startswith("neck.reassemble_stage.layers."):
+            i, kind = parts[3], parts[4]
+            name = {"projection": "projects", "resize": "resize_layers"}[kind]
+            out[f"{name}.{i}.{parts[5]}"] = v
+        elif k.startswith("neck.convs."):
+            out[f"layer_rn.{parts[2]}.{parts[3]}"] = v
+        elif k.startswith("neck.fusion_stage.layers."):
+            i = n - 1 - int(parts[3])
+            if parts[4] == "projection":
+                out[f"refinenets.{i}.out_conv.{parts[5]}"] = v
+            else:
+                unit = {"residual_layer1": "res_conv_unit1", "residual_layer2": "res_conv_unit2"}[parts[4]]
+                conv = {"convolution1": "conv1", "convolution2": "conv2"}[parts[5]]
+                out[f"refinenets.{i}.{unit}.{conv}.{parts[6]}"] = v
+        elif k.startswith("head."):
+            name = {"conv1": "output_conv1", "conv2": "output_conv2.0", "conv3": "output_conv2.2"}[parts[1]]
+            out[f"{name}.{parts[2]}"] = v
+        else:
+            raise KeyError(k)
+    return out
+
+
+def test_dpt_head_matches_transformers_depth_anything() -> None:
+    """Same weights, same ViT maps → same disparity as transformers' DepthAnythingNeck + head
+    (an independent implementation of the Depth Anything DPT head)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.depth_anything import modeling_depth_anything as hf
+
+    width, patch, h, w, b = 32, 14, 3, 5, 2
+    neck_sizes, fusion = [8, 16, 24, 32], 16
+    config = transformers.DepthAnythingConfig(
+        backbone_config=transformers.Dinov2Config(hidden_size=width, num_attention_heads=2, patch_size=patch),
+        reassemble_hidden_size=width,
+        patch_size=patch,
+        neck_hidden_sizes=neck_sizes,
+        fusion_hidden_size=fusion,
+        head_hidden_size=32,
+        depth_estimation_type="relative",
+    )
+    neck, head = hf.DepthAnythingNeck(config).eval(), hf.DepthAnythingDepthEstimationHead(config).eval()
+    with torch.no_grad():
+        head.conv3.bias.fill_(0.05)  # keep most outputs above the final ReLU so the check bites
+    hf_state = {f"neck.{k}": v for k, v in neck.state_dict().items()}
+    hf_state |= {f"head.{k}": v for k, v in head.state_dict().items()}
+
+    ours = DPTHead([width] * 4, [patch] * 4, features=fusion, out_channels=neck_sizes).eval()
+    ours.load_state_dict(_hf_to_ours(hf_state, 4), strict=True)
+
+    maps = [torch.randn(b, width, h, w) for _ in range(4)]  # (B, C, h, w)
+    tokens = [
+        torch.cat([torch.randn(b, 1, width), m.flatten(2).transpose(1, 2)], dim=1)  # (B, 1 + h·w, C)
+        for m in maps
+    ]
+    with torch.no_grad():
+        expected = head(neck(tokens, h, w), h, w)  # (B, H, W)
+        got = ours(maps, (h * patch, w * patch))  # (B, 1, H, W)
+    assert got.shape == (b, 1, h * patch, w * patch)
+    assert (got > 0).float().mean() > 0.5
+    torch.testing.assert_close(got[:, 0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pyramid_factors() -> None:
+    assert pyramid_factors([14, 14, 14, 14]) == [4, 2, 1, 0.5]
+    assert pyramid_factors([4, 8, 16, 32]) == [1, 1, 1, 1]
+    assert pyramid_factors([16]) == [1]
+
+
+def test_resize_layer_rejects_fractional_factors() -> None:
+    with pytest.raises(ValueError):
+        resize_layer(8, 1.5)
+    with pytest.raises(ValueError):
+        resize_layer(8, 0.4)
+
+
+@pytest.mark.parametrize("late_upsample", [False, True])
+def test_dpt_head_on_cnn_pyramid_shape_nonneg_and_grads(late_upsample: bool) -> None:
+    chans, reds = [8, 16, 24, 32], [4, 8, 16, 32]
+    head = DPTHead(chans, reds, features=16, out_channels=[8, 8, 16, 16], late_upsample=late_upsample)
+    assert all(isinstance(m, torch.nn.Identity) for m in head.resize_layers)
+    H, W = 64, 96
+    feats = [torch.randn(2, c, H // r, W // r, requires_grad=True) for c, r in zip(chans, reds, strict=True)]
+    out = head(feats, (H, W))
+    assert out.shape == (2, 1, H, W)
+    assert out.min() >= 0
+    out.mean().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+
+
+def test_dpt_head_vit_resize_strides() -> None:
+    head = DPTHead([12] * 4, [14] * 4, features=8, out_channels=[4, 4, 8, 8])
+    assert head.reductions == [3.5, 7, 14, 28]
+
+
+def test_dpt_head_argument_errors() -> None:
+    with pytest.raises(ValueError):
+        DPTHead([8, 8], [4, 8, 16], features=8, out_channels=[8, 8])
+    head = DPTHead([8, 8], [4, 8], features=8, out_channels=[8, 8])
+    with pytest.raises(ValueError, match="expected 2 feature maps"):
+        head([torch.randn(1, 8, 4, 4)], (16, 16))
+
+
+@pytest.mark.parametrize(("reds", "hw"), [([4, 8, 16, 32], (64, 96)), ([16, 16, 16, 16], (48, 64))])
+def test_fpn_decoder_shape_and_all_levels_contribute(reds: list[int], hw: tuple[int, int]) -> None:
+    chans = [8, 16, 24, 32]
+    dec = FPNDecoder(chans, reds, num_classes=5, fpn_channels=16, head_channels=8)
+    H, W = hw
+    feats = [torch.randn(2, c, H // r, W // r, requires_grad=True) for c, r in zip(chans, reds, strict=True)]
+    logits = dec(feats, (H, W))
+    assert logits.shape == (2, 5, H, W)
+    logits.square().mean().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+
+
+def test_fpn_vit_pyramid_strides_and_errors() -> None:
+    dec = FPNDecoder([8] * 4, [16] * 4, num_classes=3, fpn_channels=8, head_channels=8)
+    assert dec.reductions == [4, 8, 16, 32]
+    with pytest.raises(ValueError):
+        FPNDecoder([8], [4], num_classes=0)
+    with pytest.raises(ValueError):
+        FPNDecoder([8, 8], [4], num_classes=3)
