@@ -39,7 +39,7 @@ def main() -> None:
     cli = [sys.executable, "-m", "anydistill.cli"]
     data, run_dir = OUT / "data", OUT / "run"
     t_import = run(cli + ["data", "import", "--images", str(EM / "image"), "--labels", str(EM / "label"),
-                          "--out", str(data), "--label-map", "0:0", "255:1", "--classes", "background,membrane",
+                          "--out", str(data), "--label-map", "255:0", "0:1", "--classes", "cell,membrane",
                           "--holdout", "6"])  # fmt: skip
     overrides = [f"data.train_root={data / 'train'}", f"data.val_root={data / 'val'}", f"run_dir={run_dir}"]
     if args.quick:
@@ -52,7 +52,7 @@ def main() -> None:
     rows = [
         ["held-out mIoU (6 slices, 512²)", f"{metrics['miou']:.3f}"],
         ["IoU membrane", f"{metrics.get('iou/membrane', float('nan')):.3f}"],
-        ["IoU background", f"{metrics.get('iou/background', float('nan')):.3f}"],
+        ["IoU cell", f"{metrics.get('iou/cell', float('nan')):.3f}"],
         ["pixel accuracy", f"{metrics['pixel_acc']:.3f}"],
         ["import time (s)", f"{t_import:.1f}"],
         ["train time (s)", f"{t_train:.1f}"],

@@ -30,7 +30,7 @@ class DemoBudget:
     epochs: int = 6
     minutes_per_task: float = 2.0
     batch_size: int = 16
-    workers: int = 2
+    workers: int = 1  # one loader process leaves a core for the model on a 2-core machine
 
 
 DEFAULT = DemoBudget()

@@ -13,7 +13,6 @@ from anydistill.losses import (
     DiceLoss,
     FocalLoss,
     SegmentationCrossEntropy,
-    SoftDiceLoss,
     SoftmaxDiceLoss,
     SoftmaxFocalLoss,
     cross_entropy,
@@ -243,7 +242,7 @@ def test_softmax_dice_matches_formula_and_ignores() -> None:
             expected[b, c] = 1 - (2 * (pc * gc).sum() + 1) / (pc.sum() + gc.sum() + 1)
     torch.testing.assert_close(softmax_dice_loss(logits, target, reduction="none"), expected)
     assert SoftmaxDiceLoss()(logits, target).item() == pytest.approx(expected.mean().item(), rel=1e-12)
-    assert SoftDiceLoss()(logits, target).item() == pytest.approx(expected.mean().item(), rel=1e-12)
+    assert SoftmaxDiceLoss()(logits, target).item() == pytest.approx(expected.mean().item(), rel=1e-12)
     changed = torch.where((target == 255)[:, None], torch.randn_like(logits) * 50, logits)
     assert softmax_dice_loss(changed, target).item() == pytest.approx(expected.mean().item(), rel=1e-12)
 
