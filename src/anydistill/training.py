@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     callbacks: list[Callback] = [best_cb, step_cb, StoreConfig(cfg), PredictionGrid(run_dir / "val_grid.png", cfg.trainer.grid_images, classes)]
     if cfg.trainer.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+        # In a terminal the bar redraws often; in a log file every redraw is kept, so redraw rarely.
+        refresh = 1 if sys.stderr.isatty() else max(50, cfg.trainer.log_every_n_steps)
+        callbacks.append(TQDMProgressBar(refresh_rate=refresh))
     # CSV logs get a version_N folder per session, so resuming never overwrites earlier logs.
     loggers = [
         CSVLogger(run_dir / "logs", name="csv"),
