@@ -105,6 +105,36 @@ class TrainerConfig:
 
 
 @dataclass
+class DistillConfig:
+    """The Depth Anything recipe (``anydistill distill``); every piece is a switch, so an ablation is a
+    config change.
+
+    The student trains on labeled batches (``data``) and, ``unlabeled_ratio`` times larger,
+    pseudo-labeled batches read from the teacher-pass ``cache`` (Depth Anything: 1:2). On the
+    unlabeled images only, and on the student's input only: colour jitter + blur (``perturb``) and
+    CutMix with probability ``cutmix_p`` (loss computed per region, each with its own alignment);
+    ``trim`` ignores the largest-loss fraction of pixels of each pseudo-labeled image (V2: 10%).
+    ``feature_align`` adds ``1 − cos`` to a frozen encoder (``frozen_encoder``: a teacher spec,
+    e.g. an anydistill checkpoint or a DINOv2 folder) with tolerance margin ``feature_margin``.
+    Semantic students learn the teacher's logits with temperature ``kd_temperature``.
+    """
+
+    cache: str | None = None
+    use_labeled: bool = True
+    unlabeled_ratio: int = 2
+    unlabeled_weight: float = 1.0
+    perturb: bool = True
+    cutmix: bool = True
+    cutmix_p: float = 0.5
+    trim: float = 0.1
+    feature_align: bool = False
+    feature_align_weight: float = 1.0
+    feature_margin: float = 0.15
+    frozen_encoder: str | None = None
+    kd_temperature: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     """Everything ``anydistill train`` needs."""
 
@@ -116,6 +146,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +177,15 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
             raise bad(f"data.{key}", "must be 'error' or 'skip'")
     if cfg.loss.ssi_alignment not in ("median", "lstsq"):
         raise bad("loss.ssi_alignment", "must be 'median' or 'lstsq'")
+    d = cfg.distill
+    if d.unlabeled_ratio < 1:
+        raise bad("distill.unlabeled_ratio", "must be >= 1")
+    if not 0 <= d.cutmix_p <= 1 or not 0 <= d.trim < 1:
+        raise bad("distill", "cutmix_p must be in [0, 1] and trim in [0, 1)")
+    if not 0 <= d.feature_margin < 2:
+        raise bad("distill.feature_margin", "must be in [0, 2)")
+    if d.kd_temperature <= 0:
+        raise bad("distill.kd_temperature", "must be positive")
     if cfg.optim.lr <= 0:
         raise bad("optim.lr", "must be positive")
     return cfg

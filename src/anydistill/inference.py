@@ -7,6 +7,7 @@ stays a pure function of normalised tensors.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -54,10 +55,14 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Loaded
         raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise DataError(path, "not an anydistill training checkpoint (no 'state_dict'/'hyper_parameters')")
-    hp = dict(ckpt["hyper_parameters"])
+    # Students from any method (supervised, distill) are a SupervisedModule at inference time:
+    # keep its arguments and its weights, drop training-only parts (e.g. a feature projection).
+    accepted = inspect.signature(SupervisedModule.__init__).parameters
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
     try:
         module = SupervisedModule(**hp)
-        module.load_state_dict(ckpt["state_dict"])
+        keys = set(module.state_dict())
+        module.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k in keys})
     except (TypeError, KeyError, RuntimeError) as exc:
         raise DataError(path, f"checkpoint does not match its model description: {exc}") from None
     module.eval().to(device)

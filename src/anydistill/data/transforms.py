@@ -12,6 +12,13 @@ sample themselves if given one)::
     "K"            float32 (3, 3) intrinsics (optional; updated by every transform)
     "id"           str;  "orig_size" (H, W) of the raw image;  "pad" (top, left, bottom, right)
 
+Teacher targets (pseudo-labels read from the cache) travel the same way:
+
+    "disparity"        float32 (1, H, W) the teacher's relative disparity; 0 is a valid value (sky),
+                       invalid = NaN/inf/negative; resampled validity-aware like depth
+    "disparity_valid"  bool    (1, H, W)
+    "logits"           float32 (K, H, W) the teacher's class logits; bilinear; padding 0
+
 Resampling uses ``torchvision.transforms.v2.functional``:
 
 - image: bilinear with antialias.
@@ -68,7 +75,9 @@ Compose = v2.Compose
 
 _IMAGE = "image"
 _MASK_FILL = {"semantic": 255, "instance": 0}
-_SPATIAL = ("image", "depth", "depth_valid", "semantic", "instance")
+_SPATIAL = ("image", "depth", "depth_valid", "disparity", "disparity_valid", "logits", "semantic", "instance")
+#: Dense maps with a validity mask, resampled validity-aware: value key -> mask key.
+_VALIDITY = {"depth": "depth_valid", "disparity": "disparity_valid"}
 _META = ("K", "id", "orig_size", "pad")
 
 
@@ -96,9 +105,22 @@ class ToTensorSample:
         chw = torch.from_numpy(image).permute(2, 0, 1)  # (3, H, W)
         out["image"] = F.to_dtype(chw, torch.float32, scale=True)
         for key, value in sample.items():
-            if key in (_IMAGE, "depth_valid"):
+            if key in (_IMAGE, "depth_valid", "disparity_valid"):
                 continue
-            if key == "depth":
+            if key == "disparity":
+                disp = _as_chw(torch.from_numpy(np.asarray(value, dtype=np.float32).copy()), key, (h, w))
+                valid = torch.isfinite(disp) & (disp >= 0)  # 0 = at infinity (sky), a valid disparity
+                if "disparity_valid" in sample:
+                    given = torch.as_tensor(np.asarray(sample["disparity_valid"], dtype=bool))
+                    valid &= _as_chw(given, "disparity_valid", (h, w))
+                out["disparity"] = torch.where(valid, disp, torch.zeros(()))
+                out["disparity_valid"] = valid
+            elif key == "logits":
+                logits = torch.from_numpy(np.asarray(value, dtype=np.float32).copy())
+                if logits.ndim != 3 or tuple(logits.shape[1:]) != (h, w):
+                    raise ValueError(f'"logits" must be (K, H, W) with (H, W) = {(h, w)}, got {tuple(logits.shape)}')
+                out["logits"] = logits
+            elif key == "depth":
                 depth = torch.from_numpy(np.asarray(value, dtype=np.float32).copy())
                 depth = _as_chw(depth, key, (h, w))  # (1, H, W)
                 valid = torch.isfinite(depth) & (depth > 0)
@@ -188,8 +210,11 @@ def _resize(sample: Sample, size: tuple[int, int]) -> Sample:
             out[key] = F.resize(mask, list(size), interpolation=InterpolationMode.NEAREST_EXACT).as_subclass(
                 torch.Tensor
             )
-    if "depth" in sample:
-        out["depth"], out["depth_valid"] = resize_depth(sample["depth"], sample["depth_valid"], size)
+    for key, valid_key in _VALIDITY.items():
+        if key in sample:
+            out[key], out[valid_key] = resize_depth(sample[key], sample[valid_key], size)
+    if "logits" in sample:
+        out["logits"] = F.resize(sample["logits"], list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
     if "K" in sample:
         k = sample["K"].clone()
         sx, sy = size[1] / old_w, size[0] / old_h
@@ -226,10 +251,12 @@ def _pad(sample: Sample, top: int, left: int, bottom: int, right: int) -> Sample
         for key, fill in _MASK_FILL.items():
             if key in sample:
                 out[key] = F.pad(tv_tensors.Mask(sample[key]), padding, fill=fill).as_subclass(torch.Tensor)
-        if "depth" in sample:
-            out["depth"] = F.pad(sample["depth"], padding, fill=0.0)
-            valid = sample["depth_valid"].to(torch.uint8)
-            out["depth_valid"] = F.pad(valid, padding, fill=0).bool()
+        for key, valid_key in _VALIDITY.items():
+            if key in sample:
+                out[key] = F.pad(sample[key], padding, fill=0.0)
+                out[valid_key] = F.pad(sample[valid_key].to(torch.uint8), padding, fill=0).bool()
+        if "logits" in sample:
+            out["logits"] = F.pad(sample["logits"], padding, fill=0.0)
         if "K" in sample:
             k = sample["K"].clone()
             k[0, 2] += left

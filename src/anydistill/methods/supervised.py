@@ -146,7 +146,7 @@ class SupervisedModule(L.LightningModule):
         backbone = getattr(self.model, "backbone", None)
         backbone_params = {id(p) for p in backbone.parameters()} if backbone is not None else set()
         decay, no_decay, bb_decay, bb_no_decay = [], [], [], []
-        for p in self.model.parameters():
+        for p in self.parameters():  # the model, and any learned loss parts (e.g. a feature projection)
             if not p.requires_grad:
                 continue
             in_bb = id(p) in backbone_params
