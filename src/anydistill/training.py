@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from anydistill.config import TrainConfig, save_config
 from anydistill.data.datamodule import ClassInfo, SupervisedDataModule, class_info
+from anydistill.errors import ConfigError
 from anydistill.losses import align_scale_shift
 from anydistill.methods.supervised import SupervisedModule, depth_to_disparity
 from anydistill.viz import colorize_depth, colorize_mask, default_palette, image_grid, save_png
@@ -101,8 +102,9 @@ def _find_resume(ckpt_dir: Path) -> Path | None:
     return last if last.is_file() else None
 
 
-def build_module(cfg: TrainConfig, classes: ClassInfo) -> SupervisedModule:
-    return SupervisedModule(
+def module_kwargs(cfg: TrainConfig, classes: ClassInfo) -> dict[str, Any]:
+    """The :class:`SupervisedModule` arguments a config describes (shared by every method)."""
+    return dict(
         task=cfg.task,
         model_name=cfg.model.name,
         model_kwargs=dict(cfg.model.kwargs),
@@ -116,16 +118,49 @@ def build_module(cfg: TrainConfig, classes: ClassInfo) -> SupervisedModule:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    """Train (or resume) the run described by ``cfg``; return where its outputs are."""
+    """Train (or resume) the supervised run described by ``cfg``; return where its outputs are."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    classes = class_info(cfg.data)
+    module = SupervisedModule(**module_kwargs(cfg, classes))
+    datamodule = SupervisedDataModule(cfg.data, cfg.task, input_multiple=module.model.input_multiple)
+    return fit(cfg, module, datamodule, classes)
+
+
+def distill(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) a student with the Depth Anything recipe: labeled data + the teacher-pass
+    cache ``cfg.distill.cache``, perturbations, CutMix and optional feature alignment."""
+    from anydistill.data.datamodule import DistillDataModule
+    from anydistill.methods.distill import DistillModule
+
+    if not cfg.distill.cache:
+        raise ConfigError("distill.cache: the teacher-pass cache folder is required (make it with anydistill pseudo-label)")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    classes = class_info(cfg.data)
+    frozen = None
+    if cfg.distill.feature_align:
+        if not cfg.distill.frozen_encoder:
+            raise ConfigError("distill.frozen_encoder: required when distill.feature_align is true")
+        from anydistill.teachers import load_teacher
+
+        frozen = load_teacher(cfg.distill.frozen_encoder)
+        frozen.feature_dim = probe_feature_dim(frozen)
+    module = DistillModule(distill=vars(cfg.distill).copy(), frozen_encoder=frozen, **module_kwargs(cfg, classes))
+    datamodule = DistillDataModule(cfg.data, cfg.distill, cfg.task, input_multiple=module.model.input_multiple)
+    return fit(cfg, module, datamodule, classes)
+
+
+@torch.no_grad()
+def probe_feature_dim(encoder: torch.nn.Module, size: int = 112) -> int:
+    """Channels of ``encoder.features`` (one forward on a blank image)."""
+    return int(encoder.features(torch.zeros(1, 3, size, size)).shape[1])
+
+
+def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningDataModule, classes: ClassInfo) -> TrainResult:
+    """The Lightning part shared by every method: run folder, checkpoints, logs, resume, final metrics."""
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    classes = class_info(cfg.data)
-    module = build_module(cfg, classes)
-    datamodule = SupervisedDataModule(cfg.data, cfg.task, input_multiple=module.model.input_multiple)
 
     monitor, mode = MONITOR[cfg.task]
     best_cb = ModelCheckpoint(

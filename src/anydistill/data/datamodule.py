@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from anydistill.config import DataConfig
+from anydistill.config import DataConfig, DistillConfig
 from anydistill.data.folder import FolderDataset
 from anydistill.data.io import read_classes
 from anydistill.data.toyworld import ToyWorldDataset, class_table
@@ -138,3 +138,40 @@ class SupervisedDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+class DistillDataModule(SupervisedDataModule):
+    """Labeled batches (as :class:`SupervisedDataModule`) plus pseudo-labeled batches from the
+    teacher-pass cache, ``distill.unlabeled_ratio`` times larger (Depth Anything: 1:2).
+
+    ``train_dataloader`` returns a Lightning ``CombinedLoader`` yielding
+    ``{"labeled": batch, "unlabeled": batch}`` (``max_size_cycle``: an epoch is the longer of the
+    two; the shorter one cycles). The unlabeled samples carry the teacher's ``disparity`` (depth) or
+    ``logits`` (semantic) through the same joint transforms as labels.
+    """
+
+    def __init__(self, cfg: DataConfig, distill: DistillConfig, task: str, input_multiple: int = 32) -> None:
+        super().__init__(cfg, task, input_multiple)
+        from anydistill.cache import PseudoLabelDataset
+
+        self.distill = distill
+        self.unlabeled_set = PseudoLabelDataset(distill.cache, transform=self.train_tf)
+
+    def train_dataloader(self):
+        from lightning.pytorch.utilities import CombinedLoader
+
+        workers = self.cfg.num_workers
+        loaders = {
+            "unlabeled": DataLoader(
+                self.unlabeled_set,
+                batch_size=self.cfg.batch_size * self.distill.unlabeled_ratio,
+                shuffle=True,
+                drop_last=len(self.unlabeled_set) >= self.cfg.batch_size * self.distill.unlabeled_ratio,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                collate_fn=collate_samples,
+            )
+        }
+        if self.distill.use_labeled:
+            loaders["labeled"] = super().train_dataloader()
+        return CombinedLoader(loaders, mode="max_size_cycle")
