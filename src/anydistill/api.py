@@ -21,6 +21,7 @@ __all__ = [
     "Predictor",
     "TrainConfig",
     "demo",
+    "distill",
     "evaluate",
     "load_config",
     "load_student",
@@ -49,6 +50,19 @@ def train(
     elif overrides:
         raise ValueError("overrides apply to a YAML file; edit the TrainConfig object directly instead")
     return _train(config)
+
+
+def distill(
+    config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None
+) -> TrainResult:
+    """Train a student with the Depth Anything recipe (``distill.cache`` must name a teacher-pass cache)."""
+    from anydistill.training import distill as _distill
+
+    if not isinstance(config, TrainConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a YAML file; edit the TrainConfig object directly instead")
+    return _distill(config)
 
 
 def predict(

@@ -41,6 +41,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(result.metrics, indent=2))
 
 
+def _cmd_distill(args: argparse.Namespace) -> None:
+    from anydistill import api
+
+    result = api.distill(args.config, overrides=args.overrides)
+    print(f"run folder: {result.run_dir}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(json.dumps(result.metrics, indent=2))
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from anydistill import api
     from anydistill.evaluation import format_table
@@ -107,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_epochs=3")
     train.set_defaults(func=_cmd_train)
+
+    dist = sub.add_parser("distill", help="train a student from labeled data + a teacher-pass cache (Depth Anything recipe)")
+    dist.add_argument("--config", type=Path, default=None, help="YAML config; distill.cache must be set")
+    dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
+    dist.set_defaults(func=_cmd_distill)
 
     ev = sub.add_parser("evaluate", help="metrics of a checkpoint on toyworld:<domain> or a folder")
     ev.add_argument("--checkpoint", required=True, type=Path)
