@@ -8,6 +8,14 @@ from anydistill.losses.depth import (
     normalize_median_mad,
     ssi_loss,
 )
+from anydistill.losses.distillation import (
+    CutMixScaleShiftInvariantLoss,
+    FeatureAlignmentLoss,
+    KnowledgeDistillationLoss,
+    cutmix_ssi_loss,
+    feature_alignment_loss,
+    kd_loss,
+)
 from anydistill.losses.segmentation import (
     DiceLoss,
     FocalLoss,
@@ -38,4 +46,10 @@ __all__ = [
     "SoftmaxFocalLoss",
     "DiceLoss",
     "SoftmaxDiceLoss",
+    "feature_alignment_loss",
+    "kd_loss",
+    "cutmix_ssi_loss",
+    "FeatureAlignmentLoss",
+    "KnowledgeDistillationLoss",
+    "CutMixScaleShiftInvariantLoss",
 ]
