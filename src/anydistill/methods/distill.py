@@ -1,0 +1,157 @@
+"""The Depth Anything recipe as a LightningModule: labeled + pseudo-labeled batches, strong
+perturbations and CutMix on the student's unlabeled input, feature alignment to a frozen encoder.
+
+Adapted from the recipe of Depth Anything V1 (Yang et al., CVPR 2024, §3.2–3.3) and V2 (§4); the
+official repositories release no training code for relative depth, so this follows the papers and
+UniMatch (https://github.com/LiheYoung/UniMatch), which the authors point to for the perturbations.
+
+One training step (shapes for a labeled batch of B and an unlabeled batch of ``ratio``·B):
+
+1. labeled: ``L_l = SSI(student(x_l), 1/depth_l) (+ gradient matching)`` — clean images;
+2. unlabeled: the teacher's disparity ``d_u`` comes from the cache (computed on *clean* images);
+   the student sees ``x̂_u = CutMix(perturb(x_u))``; with CutMix the loss is computed per region
+   against each source image's pseudo-label, each with its own scale/shift (``cutmix_ssi_loss``);
+   the largest ``trim`` fraction of per-pixel losses is ignored (V2);
+3. feature alignment: ``L_feat = mean over kept pixels of (1 − cos(proj(f_student), f_frozen))``,
+   pixels with ``cos > 1 − α`` are not kept (tolerance margin α);
+4. ``L = L_l + w_u · L_u + w_f · L_feat``.
+
+Semantic students distill the teacher's logits with temperature T (Hinton et al. 2015); CutMix
+mixes the soft labels with the same mask as the images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anydistill.data.perturb import CutMix, StrongPerturbation
+from anydistill.losses.depth import ssi_loss
+from anydistill.losses.distillation import FeatureAlignmentLoss, cutmix_ssi_loss, kd_loss
+from anydistill.methods.supervised import SupervisedModule
+
+
+class DistillModule(SupervisedModule):
+    """:class:`SupervisedModule` plus the unlabeled half of the recipe.
+
+    Args:
+        distill: :class:`~anydistill.config.DistillConfig` as a dict.
+        frozen_encoder: a module with ``features(images01) -> (B, C, h, w)`` and an attribute
+            ``feature_dim`` (or ``None`` when ``distill["feature_align"]`` is off). Not saved in
+            the checkpoint: it is frozen and rebuilt from ``distill["frozen_encoder"]``.
+        **kwargs: as :class:`SupervisedModule`.
+    """
+
+    def __init__(
+        self, distill: dict[str, Any], frozen_encoder: nn.Module | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["frozen_encoder"])
+        self.dcfg = dict(distill)
+        self.perturb = StrongPerturbation() if self.dcfg.get("perturb", True) else None
+        self.cutmix = CutMix(p=self.dcfg.get("cutmix_p", 0.5)) if self.dcfg.get("cutmix", True) else None
+        self.frozen = frozen_encoder
+        if self.frozen is not None:
+            self.frozen.requires_grad_(False).eval()
+        self.align = None
+        if self.dcfg.get("feature_align", False):
+            if frozen_encoder is None:
+                raise ValueError("distill.feature_align needs a frozen encoder (distill.frozen_encoder)")
+            self.align = FeatureAlignmentLoss(
+                student_dim=self.model.feature_channels[-1],
+                frozen_dim=int(frozen_encoder.feature_dim),
+                margin=self.dcfg.get("feature_margin", 0.15),
+            )
+
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        if self.frozen is not None:
+            self.frozen.eval()  # frozen: BatchNorm/Dropout stay in inference mode
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # The frozen encoder is rebuilt from its spec; do not copy a large frozen model into every checkpoint.
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("frozen.")}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        if self.frozen is not None:
+            state_dict = {**state_dict, **{f"frozen.{k}": v for k, v in self.frozen.state_dict().items()}}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ student pass
+    def _student(self, image01: Tensor) -> tuple[Tensor, Tensor]:
+        """Prediction at input size and the deepest backbone map ``(B, C, h, w)`` from one pass."""
+        feats = self.model.backbone(self.model.normalize(image01))
+        return self.model.head(feats, image01.shape[-2:]), feats[-1]
+
+    # ------------------------------------------------------------------ unlabeled losses
+    def unlabeled_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        image = batch["image"]  # (B, 3, H, W) clean, in [0, 1]
+        if self.perturb is not None:
+            image = self.perturb(image)
+        mask = None
+        if self.cutmix is not None:
+            mask = self.cutmix.sample_boxes(
+                image.shape[0], image.shape[-2], image.shape[-1], device=image.device
+            )
+            image = self.cutmix.mix(image, image.roll(1, dims=0), mask)  # partner = the next image
+        pred, student_feat = self._student(image)
+        parts: dict[str, Tensor] = {}
+        if self.task == "depth":
+            target, valid = batch["disparity"], batch["disparity_valid"]
+            trim = self.dcfg.get("trim", 0.0)
+            alignment = self.ssi.alignment
+            if mask is not None:
+                parts["pseudo"] = cutmix_ssi_loss(
+                    pred,
+                    target,
+                    target.roll(1, 0),
+                    valid,
+                    valid.roll(1, 0),
+                    mask,
+                    alignment=alignment,
+                    trim=trim,
+                )
+            else:
+                parts["pseudo"] = ssi_loss(pred, target, valid, alignment=alignment, trim=trim)
+        else:
+            # Teacher probabilities at temperature 1 (kd_loss softens them by T itself); CutMix mixes
+            # the soft labels with the same mask as the images.
+            probs = F.softmax(batch["logits"].float(), dim=1)  # (B, K, H, W)
+            if mask is not None:
+                probs = torch.where(mask, probs.roll(1, 0), probs)
+            parts["pseudo"] = kd_loss(
+                pred, None, temperature=self.dcfg.get("kd_temperature", 1.0), teacher_probs=probs
+            )
+        if self.align is not None:
+            with torch.no_grad():
+                frozen_feat = self.frozen.features(image)  # (B, C', h', w') of the student's own input
+            parts["feat"] = self.align(student_feat, frozen_feat)
+        return parts
+
+    def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> Tensor:
+        logs: dict[str, Tensor] = {}
+        total = None
+        labeled = batch.get("labeled")
+        if labeled is not None and self.dcfg.get("use_labeled", True):
+            lab = self.compute_loss(self(labeled["image"]), labeled)
+            total = lab["loss"]
+            logs.update({f"train/labeled_{k}": v.detach() for k, v in lab.items()})
+        unlabeled = batch.get("unlabeled")
+        if unlabeled is not None:
+            parts = self.unlabeled_loss(unlabeled)
+            u = self.dcfg.get("unlabeled_weight", 1.0) * parts["pseudo"]
+            if "feat" in parts:
+                u = u + self.dcfg.get("feature_align_weight", 1.0) * parts["feat"]
+            total = u if total is None else total + u
+            logs.update({f"train/unlabeled_{k}": v.detach() for k, v in parts.items()})
+        if total is None:
+            raise ValueError("a training batch needs 'labeled' or 'unlabeled' data")
+        logs["train/loss"] = total.detach()
+        self.log_dict(logs)
+        self.log("loss", total.detach(), prog_bar=True, logger=False)
+        return total
