@@ -143,16 +143,11 @@ def distill(cfg: TrainConfig) -> TrainResult:
         from anydistill.teachers import load_teacher
 
         frozen = load_teacher(cfg.distill.frozen_encoder)
-        frozen.feature_dim = probe_feature_dim(frozen)
+        if frozen.feature_dim is None:
+            raise ConfigError(f"distill.frozen_encoder: {cfg.distill.frozen_encoder} provides no features to align to")
     module = DistillModule(distill=vars(cfg.distill).copy(), frozen_encoder=frozen, **module_kwargs(cfg, classes))
     datamodule = DistillDataModule(cfg.data, cfg.distill, cfg.task, input_multiple=module.model.input_multiple)
     return fit(cfg, module, datamodule, classes)
-
-
-@torch.no_grad()
-def probe_feature_dim(encoder: torch.nn.Module, size: int = 112) -> int:
-    """Channels of ``encoder.features`` (one forward on a blank image)."""
-    return int(encoder.features(torch.zeros(1, 3, size, size)).shape[1])
 
 
 def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningDataModule, classes: ClassInfo) -> TrainResult:
@@ -206,6 +201,9 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
         print(f"anydistill: resuming {run_dir} from {resume}")
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    # A stop by max_steps/max_time can fall between checkpoints: save the final state, so a rerun
+    # of a finished run does not redo its last steps.
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     train_seconds = time.perf_counter() - start
 
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "last.ckpt"
