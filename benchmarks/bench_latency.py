@@ -102,12 +102,23 @@ def measure(candidates: list[Candidate], warmup: int, repeats: int) -> dict[str,
     return times
 
 
+def load_average() -> float:
+    """1-minute load average (other processes on the machine distort every figure)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 warm-up runs and 5 timed runs per model")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)"
+    )
     args = parser.parse_args(argv)
     warmup, repeats = (2, 5) if args.quick else (3, 15)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     reference = Candidate("Depth-Anything-V2-Small (transformers)", depth_anything_v2_small(), SIZE)
@@ -121,7 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for c in candidates:
         c.model.eval()
+    load_before = load_average()
+    if load_before > 0.5:
+        print(
+            f"warning: load average {load_before:.2f}: other processes will distort the timings",
+            file=sys.stderr,
+        )
     times = measure(candidates, warmup, repeats)
+    load_after = load_average()
     ref_ms = statistics.median(times[reference.label])
 
     header = [
@@ -165,12 +183,23 @@ def main(argv: list[str] | None = None) -> None:
     note = (
         f"\n\nBatch 1, `torch.inference_mode`, {torch.get_num_threads()} threads, {warmup} warm-up + "
         f"{repeats} timed runs per model (round-robin), random weights. GFLOPs = 2 × multiply-adds "
-        "(torch FlopCounterMode)."
+        f"(torch FlopCounterMode). 1-min load average before/after: {load_before:.2f}/{load_after:.2f}."
     )
     print(table + note)
     command = "python benchmarks/bench_latency.py" + (" --quick" if args.quick else "")
+    if args.threads != (os.cpu_count() or 1):
+        command += f" --threads {args.threads}"
     path = write_results(
-        "latency", table + note, {"rows": data, "warmup": warmup, "repeats": repeats}, command
+        "latency",
+        table + note,
+        {
+            "rows": data,
+            "warmup": warmup,
+            "repeats": repeats,
+            "load_before": load_before,
+            "load_after": load_after,
+        },
+        command,
     )
     print(f"\nwritten: {path}", file=sys.stderr)
 
