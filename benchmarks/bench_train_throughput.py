@@ -14,11 +14,11 @@ import argparse
 import time
 
 import torch
+from common import markdown_table, write_results
 
 from anydistill.data.toyworld import ToyWorldDataset
 from anydistill.data.transforms import collate_samples, train_transforms
 from anydistill.methods.supervised import SupervisedModule
-from common import markdown_table, write_results
 
 
 def step_rate(task: str, model: str, size: int, batch: int, steps: int) -> float:

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
     dist.set_defaults(func=_cmd_distill)
 
+    from anydistill.cache.teacher_pass import add_pseudo_label_parser
+
+    add_pseudo_label_parser(sub)
+
     ev = sub.add_parser("evaluate", help="metrics of a checkpoint on toyworld:<domain> or a folder")
     ev.add_argument("--checkpoint", required=True, type=Path)
     ev.add_argument("--data", default="toyworld:wide")

@@ -57,7 +57,7 @@ class SupervisedModule(L.LightningModule):
         class_colors: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["frozen_encoder"])  # a subclass may be handed a frozen module
         loss = loss or {}
         self.optim_cfg = optim or {}
         self.task = task

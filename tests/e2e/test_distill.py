@@ -1,0 +1,58 @@
+"""End to end through the CLI: teacher → pseudo-label cache → distilled student → evaluate/predict."""
+
+import json
+
+import pytest
+import torch
+
+from anydistill.cli import main
+from anydistill.data.toyworld import write_toyworld
+
+COMMON = ["data.image_size=64", "data.batch_size=4", "data.num_workers=0", "data.val_count=4",
+          "trainer.progress_bar=false", "trainer.grid_images=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    write_toyworld(root / "unlabeled", count=12, size=64, domain="wide", seed=5, progress=False)
+    code = main(["train", f"run_dir={root / 'teacher'}", "data.train_count=8", "trainer.max_steps=2", *COMMON])
+    assert code == 0
+    teacher = root / "teacher" / "checkpoints" / "best.ckpt"
+    code = main(["pseudo-label", "--teacher", str(teacher), "--images", str(root / "unlabeled" / "images"),
+                 "--out", str(root / "cache"), "--shard-size", "5", "--num-workers", "0"])  # fmt: skip
+    assert code == 0
+    return root, teacher
+
+
+@pytest.mark.parametrize("extra", [
+    [],  # the full recipe: perturbations + CutMix
+    ["distill.perturb=false", "distill.cutmix=false", "distill.use_labeled=false"],
+    ["distill.feature_align=true"],  # frozen encoder = the teacher's own encoder
+])  # fmt: skip
+def test_distill_runs_and_its_student_is_usable(setup, extra, capsys):
+    root, teacher = setup
+    run = root / f"student_{len(extra)}"
+    code = main(["distill", f"run_dir={run}", "model.name=depth_tiny", "data.train_count=8",
+                 "trainer.max_steps=3", f"distill.cache={root / 'cache'}", f"distill.frozen_encoder={teacher}",
+                 *COMMON, *extra])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    ckpt = run / "checkpoints" / "best.ckpt"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    state = torch.load(ckpt, weights_only=False)
+    assert not any(k.startswith("frozen.") for k in state["state_dict"])
+    assert "delta1" in json.dumps(json.loads((run / "metrics.json").read_text()))
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--count", "4"]) == 0
+    assert main(["predict", "--checkpoint", str(ckpt), "--images", str(root / "unlabeled" / "images"),
+                 "--out", str(run / "pred")]) == 0  # fmt: skip
+    assert len(list((run / "pred" / "raw").glob("*.npy"))) == 12
+
+
+def test_distill_without_cache_is_a_clear_error(capsys):
+    assert main(["distill", "data.train_count=4"]) == 2
+    assert "distill.cache" in capsys.readouterr().err
+
+
+def test_distill_with_a_missing_cache_names_it(tmp_path, capsys):
+    assert main(["distill", f"distill.cache={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}", *COMMON]) == 2
+    assert "nope" in capsys.readouterr().err
