@@ -39,7 +39,7 @@ class DemoBudget:
     unlabeled_count: int = 1500
     test_count: int = 128
     image_size: int = 128
-    teacher_minutes: float = 2.5
+    teacher_minutes: float = 2.0
     student_minutes: float = 1.5
     distill_minutes: float = 2.5
     semantic_minutes: float = 1.0
