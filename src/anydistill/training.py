@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -206,15 +207,13 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
     trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     train_seconds = time.perf_counter() - start
 
-    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / "last.ckpt"
-    if not best.is_file():
-        best = ckpt_dir / "last.ckpt"
-    if best.name != "best.ckpt" and best.is_file():
-        # Lightning named the best file after the monitored value only if asked to; keep one stable name.
-        target = ckpt_dir / "best.ckpt"
-        if best != target:
-            os.replace(best, target)
-            best = target
+    best = ckpt_dir / "best.ckpt"
+    if not best_cb.best_model_path or not Path(best_cb.best_model_path).is_file():
+        # No validation ran during fit (e.g. val_every_n_epochs beyond the run): the final state is
+        # the best there is. Copy, never move: last.ckpt is what a rerun resumes from.
+        tmp = best.with_suffix(".ckpt.tmp")
+        shutil.copyfile(ckpt_dir / "last.ckpt", tmp)
+        os.replace(tmp, best)
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=str(best), verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     summary = {

@@ -169,3 +169,15 @@ def test_cli_config_error_is_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "max_epoch" in err and "Traceback" not in err
+
+
+def test_run_without_validation_keeps_last_checkpoint_and_resumes(tmp_path):
+    """With no validation during fit, best.ckpt is a copy of the final state and last.ckpt survives."""
+    cfg = tiny_config(tmp_path, "depth", "trainer.val_every_n_epochs=1000", "trainer.max_epochs=1")
+    first = api.train(cfg)
+    assert first.last_checkpoint.is_file() and first.best_checkpoint.is_file()
+    step = torch.load(first.last_checkpoint, weights_only=False)["global_step"]
+    assert torch.load(first.best_checkpoint, weights_only=False)["global_step"] == step
+    cfg.trainer.max_epochs = 2
+    second = api.train(cfg)
+    assert torch.load(second.last_checkpoint, weights_only=False)["global_step"] == 2 * step
