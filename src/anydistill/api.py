@@ -31,6 +31,15 @@ __all__ = [
 ]
 
 
+def _resolve(config: TrainConfig | str | Path | None, overrides: list[str] | None) -> TrainConfig:
+    """A ready config, or defaults ← YAML file ← ``key=value`` overrides."""
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise ValueError("overrides apply to a YAML file; edit the TrainConfig object directly instead")
+        return config
+    return load_config(config, overrides)
+
+
 def make_toyworld(out: str | Path, count: int = 100, size: int = 128, domain: str = "wide", seed: int = 0) -> Path:
     """Render ``count`` toyworld scenes of ``domain`` into ``out`` in the user folder format."""
     from anydistill.data.toyworld import write_toyworld
@@ -45,11 +54,7 @@ def train(
 
     Rerunning with the same ``run_dir`` resumes from its ``last.ckpt``.
     """
-    if not isinstance(config, TrainConfig):
-        config = load_config(config, overrides)
-    elif overrides:
-        raise ValueError("overrides apply to a YAML file; edit the TrainConfig object directly instead")
-    return _train(config)
+    return _train(_resolve(config, overrides))
 
 
 def distill(
@@ -58,11 +63,7 @@ def distill(
     """Train a student with the Depth Anything recipe (``distill.cache`` must name a teacher-pass cache)."""
     from anydistill.training import distill as _distill
 
-    if not isinstance(config, TrainConfig):
-        config = load_config(config, overrides)
-    elif overrides:
-        raise ValueError("overrides apply to a YAML file; edit the TrainConfig object directly instead")
-    return _distill(config)
+    return _distill(_resolve(config, overrides))
 
 
 def predict(
