@@ -103,3 +103,22 @@ def test_unlabeled_only_and_labeled_only_batches():
     assert torch.isfinite(only_unlabeled)
     with pytest.raises(ValueError, match="labeled"):
         m.training_step({}, 0)
+
+
+def test_cutmix_loss_uses_each_regions_own_pseudo_label():
+    """With CutMix the pseudo loss is the per-region loss against the pasted image's own label."""
+    from anydistill.losses.distillation import cutmix_ssi_loss
+
+    torch.manual_seed(0)
+    m = module(perturb=False, frozen=False)
+    m.eval()
+    u = batch("depth")["unlabeled"]
+    mask = torch.zeros(4, 1, H, W, dtype=torch.bool)
+    mask[:, :, 8:40, 16:48] = True
+    m.cutmix.sample_boxes = lambda *a, **k: mask
+    got = m.unlabeled_loss(u)["pseudo"]
+    mixed = torch.where(mask, u["image"].roll(1, 0), u["image"])
+    d, v = u["disparity"], u["disparity_valid"]
+    with torch.no_grad():
+        expected = cutmix_ssi_loss(m(mixed), d, d.roll(1, 0), v, v.roll(1, 0), mask, alignment="median", trim=0.1)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
