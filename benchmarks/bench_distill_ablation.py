@@ -126,6 +126,7 @@ def main() -> None:
     }  # fmt: skip
     command = (
         "python benchmarks/bench_distill_ablation.py" + (" --quick" if q else "") + f" --seeds {args.seeds}"
+        + ("" if q else f" --teacher-steps {teacher_steps} --student-steps {student_steps}")
     )
     write_results("distill_ablation" + ("_quick" if q else ""), table, data, command)
     (OUT / "results.json").write_text(json.dumps(data, indent=2))

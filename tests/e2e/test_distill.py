@@ -56,3 +56,23 @@ def test_distill_without_cache_is_a_clear_error(capsys):
 def test_distill_with_a_missing_cache_names_it(tmp_path, capsys):
     assert main(["distill", f"distill.cache={tmp_path / 'nope'}", f"run_dir={tmp_path / 'r'}", *COMMON]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_semantic_distillation_end_to_end(tmp_path, capsys):
+    """A semantic teacher's logits are cached, then a student learns from them with temperature KD."""
+    write_toyworld(tmp_path / "unlabeled", count=6, size=64, domain="wide", seed=9, progress=False)
+    seg = ["task=semantic", "model.name=seg_tiny", *COMMON]
+    assert main(["train", f"run_dir={tmp_path / 'teacher'}", "data.train_count=8", "trainer.max_steps=2", *seg]) == 0
+    teacher = tmp_path / "teacher" / "checkpoints" / "best.ckpt"
+    assert main(["pseudo-label", "--teacher", str(teacher), "--images", str(tmp_path / "unlabeled" / "images"),
+                 "--out", str(tmp_path / "cache"), "--num-workers", "0"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["count"] == 6 and manifest["teacher"]["task"] == "semantic"
+    assert "logits" in manifest["targets"]
+    run = tmp_path / "student"
+    code = main(["distill", f"run_dir={run}", "data.train_count=8", "trainer.max_steps=3",
+                 f"distill.cache={tmp_path / 'cache'}", "distill.kd_temperature=2.0", *seg])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert "miou" in json.dumps(json.loads((run / "metrics.json").read_text()))
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--count", "4"]) == 0
