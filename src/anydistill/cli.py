@@ -50,10 +50,26 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     print(json.dumps(result.metrics, indent=2))
 
 
+def _is_promptable(checkpoint: Path) -> bool:
+    """A SAM checkpoint (.pth) or an anydistill checkpoint trained with task=promptable."""
+    from anydistill.promptable.loading import read_promptable_config
+
+    if checkpoint.suffix in (".pth", ".pt"):
+        return True
+    config = read_promptable_config(checkpoint) if checkpoint.is_file() else None
+    return config is not None and config.task == "promptable"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from anydistill import api
-    from anydistill.evaluation import format_table
+    from anydistill.evaluation import evaluate_promptable, format_table
 
+    if args.task == "promptable" or (args.task == "auto" and _is_promptable(args.checkpoint)):
+        metrics = evaluate_promptable(
+            args.checkpoint, args.data, count=args.count, max_clicks=args.max_clicks, out_json=args.json
+        )
+        print(format_table(metrics))
+        return
     metrics = api.evaluate(
         args.checkpoint,
         args.data,
@@ -71,6 +87,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from anydistill import api
 
     report = api.predict(args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size)
+    print(report.summary())
+    print(f"outputs in {args.out}")
+
+
+def _cmd_segment(args: argparse.Namespace) -> None:
+    from anydistill.promptable.segment import parse_box, parse_point, segment
+
+    try:
+        points = [parse_point(p) for p in args.point]
+        box = parse_box(args.box) if args.box else None
+    except ValueError as exc:
+        raise AnydistillError(str(exc)) from None
+    auto = {"points_per_side": args.points_per_side} if args.auto else None
+    try:
+        report = segment(
+            args.checkpoint, args.image, args.out, points, box, args.auto, args.multimask, auto, device=args.device
+        )
+    except ValueError as exc:  # bad prompts (outside the image, ...): one line, not a stack trace
+        raise AnydistillError(str(exc)) from None
     print(report.summary())
     print(f"outputs in {args.out}")
 
@@ -133,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--size", type=int, default=None, help="long side seen by the model (default: training size)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", type=Path, default=None, help="also write the metrics here")
+    ev.add_argument("--task", choices=["auto", "promptable"], default="auto",
+                    help="promptable: the interactive protocol (NoC@85/90, mIoU per click); auto: from the checkpoint")
+    ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every image of a folder")
@@ -142,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--size", type=int, default=None)
     pr.set_defaults(func=_cmd_predict)
+
+    seg = sub.add_parser("segment", help="masks for one image from clicks/boxes (or --auto: every object)")
+    seg.add_argument("--checkpoint", required=True, type=Path, help="segment-anything .pth or anydistill .ckpt")
+    seg.add_argument("--image", required=True, type=Path)
+    seg.add_argument("--point", action="append", default=[], help="X,Y (positive) or X,Y,0 (negative); repeat")
+    seg.add_argument("--box", default=None, help="X0,Y0,X1,Y1 in image pixels")
+    seg.add_argument("--auto", action="store_true", help="automatic masks for every object (point grid)")
+    seg.add_argument("--points-per-side", type=int, default=32, help="--auto: grid of points (SAM: 32)")
+    seg.add_argument("--multimask", action="store_true", help="write all 3 masks of an ambiguous prompt")
+    seg.add_argument("--out", type=Path, default=Path("segment_out"))
+    seg.add_argument("--device", default="cpu")
+    seg.set_defaults(func=_cmd_segment)
 
     demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from anydistill.errors import ConfigError
 
-TASKS = ("depth", "semantic")
+TASKS = ("depth", "semantic", "promptable")
 
 
 @dataclass
@@ -135,6 +135,50 @@ class DistillConfig:
 
 
 @dataclass
+class PromptConfig:
+    """Promptable segmentation (``task=promptable``, Segment Anything's recipe).
+
+    Training (``anydistill train``): per image, up to ``max_instances`` objects of at least
+    ``min_area`` pixels; ``num_rounds`` simulated interaction rounds (SAM: 11 = a first prompt, a box
+    with probability ``p_box`` else a point, + 8 rounds with a click from the error region + 2
+    ``refine_rounds`` with no new click, the previous low-res logits always fed back as the mask
+    prompt); loss ``focal_weight``·focal + ``dice_weight``·dice on the best of the masks +
+    ``iou_weight``·MSE of the IoU head. ``init_checkpoint``: start from an official segment-anything
+    ``.pth`` or an anydistill checkpoint; ``freeze_image_encoder``: fine-tune prompt encoder and mask
+    decoder only. Instances come from toyworld, a folder (``instances/`` PNGs beside ``images/``) or a
+    COCO JSON (``data.source=coco``, ``coco_json``, images under ``data.train_root``).
+
+    Encoder distillation (``anydistill distill``, MobileSAM): the student's image encoder regresses the
+    ``teacher``'s cached image embeddings (``distill.cache``, made by ``anydistill pseudo-label
+    --teacher <sam checkpoint>``) with weight ``embed_weight``; the teacher's prompt encoder and mask
+    decoder are copied into the student, frozen unless ``finetune_decoder``; ``mask_weight > 0`` adds
+    EdgeSAM's prompt-in-the-loop loss: on random point prompts, the student's masks (through the same
+    decoder) learn the teacher's masks decoded from the cached embedding.
+    """
+
+    init_checkpoint: str | None = None
+    freeze_image_encoder: bool = False
+    num_rounds: int = 11
+    refine_rounds: int = 2
+    p_box: float = 0.5
+    max_instances: int = 8
+    min_area: int = 64
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    loss_resolution: str = "input"
+    val_max_clicks: int = 5
+    val_instances: int = 8
+    coco_json: str | None = None
+    val_coco_json: str | None = None
+    teacher: str | None = None
+    embed_weight: float = 1.0
+    mask_weight: float = 0.0
+    mask_points: int = 8
+    finetune_decoder: bool = False
+
+
+@dataclass
 class TrainConfig:
     """Everything ``anydistill train`` needs."""
 
@@ -147,6 +191,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,10 +203,21 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
 
     if cfg.task not in TASKS:
         raise bad("task", f"must be one of {TASKS}, got {cfg.task!r}")
-    if cfg.data.source not in ("toyworld", "folder"):
-        raise bad("data.source", f"must be 'toyworld' or 'folder', got {cfg.data.source!r}")
-    if cfg.data.source == "folder" and not cfg.data.train_root:
-        raise bad("data.train_root", "is required when data.source is 'folder'")
+    if cfg.data.source not in ("toyworld", "folder", "coco"):
+        raise bad("data.source", f"must be 'toyworld', 'folder' or 'coco', got {cfg.data.source!r}")
+    if cfg.data.source in ("folder", "coco") and not cfg.data.train_root:
+        raise bad("data.train_root", f"is required when data.source is {cfg.data.source!r}")
+    if cfg.data.source == "coco" and (cfg.task != "promptable" or not cfg.prompt.coco_json):
+        raise bad("data.source", "'coco' is for task=promptable and needs prompt.coco_json")
+    p = cfg.prompt
+    if not 0 <= p.p_box <= 1:
+        raise bad("prompt.p_box", "must be in [0, 1]")
+    if p.num_rounds < 1 or not 0 <= p.refine_rounds < p.num_rounds:
+        raise bad("prompt.num_rounds", "need num_rounds >= 1 and 0 <= refine_rounds < num_rounds")
+    if p.loss_resolution not in ("input", "low_res"):
+        raise bad("prompt.loss_resolution", "must be 'input' or 'low_res'")
+    if p.max_instances < 1 or p.val_max_clicks < 1:
+        raise bad("prompt", "max_instances and val_max_clicks must be >= 1")
     if cfg.data.image_size <= 0:
         raise bad("data.image_size", "must be positive")
     if cfg.data.eval_size is not None and cfg.data.eval_size <= 0:

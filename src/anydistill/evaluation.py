@@ -75,3 +75,57 @@ def format_table(metrics: dict[str, float]) -> str:
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     return "\n".join(lines)
+
+
+def promptable_eval_dataset(
+    data: str, image_size: int, count: int, seed: int = 0, max_instances: int = 16, min_area: int = 64
+) -> Dataset:
+    """``toyworld:<domain>`` (held-out seeds), a folder with ``instances/`` PNGs, or a COCO JSON file
+    (its images next to it, or under ``images/`` beside it), as an
+    :class:`~anydistill.data.instances.InstanceDataset` with a fixed choice of objects."""
+    from anydistill.data.instances import CocoInstances, FolderInstances, InstanceDataset, ToyWorldInstances
+
+    if data.startswith("toyworld"):
+        domain = data.partition(":")[2] or "wide"
+        source = ToyWorldInstances(domain, image_size, count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET)
+    else:
+        path = Path(data)
+        if not path.exists():
+            raise DataError(path, "evaluation data not found (give a folder, a COCO .json or toyworld:<domain>)")
+        if path.suffix == ".json":
+            root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
+            source = CocoInstances(path, root)
+        else:
+            source = FolderInstances(path)
+    return InstanceDataset(source, image_size, max_instances, min_area, sampling="fixed", seed=seed)
+
+
+def evaluate_promptable(
+    checkpoint: str | Path,
+    data: str = "toyworld:wide",
+    count: int = 64,
+    max_clicks: int = 20,
+    max_instances: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    out_json: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """The interactive protocol (:mod:`anydistill.eval.interactive`) for a promptable model: mIoU after
+    1..``max_clicks`` simulated clicks (each at the centre of the largest error), NoC@85/90 (clicks to
+    reach IoU 0.85/0.90, ``max_clicks`` when never), 1-click mIoU and oracle mIoU (best of 3 masks)."""
+    from anydistill.eval.interactive import evaluate_interactive
+    from anydistill.promptable.loading import load_promptable
+
+    model = load_promptable(checkpoint, device=device)
+    dataset = promptable_eval_dataset(str(data), int(model.image_encoder.img_size), count, seed, max_instances)
+    samples = tqdm(dataset, desc="evaluate", disable=not progress, unit="image")
+    with torch.no_grad():
+        metrics = evaluate_interactive(model, samples, max_clicks=max_clicks)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics["images"] = float(len(dataset))
+    if out_json is not None:
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2))
+    return metrics

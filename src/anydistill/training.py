@@ -31,7 +31,7 @@ from anydistill.losses import align_scale_shift
 from anydistill.methods.supervised import SupervisedModule, depth_to_disparity
 from anydistill.viz import colorize_depth, colorize_mask, default_palette, image_grid, save_png
 
-MONITOR = {"depth": ("val/delta1", "max"), "semantic": ("val/miou", "max")}
+MONITOR = {"depth": ("val/delta1", "max"), "semantic": ("val/miou", "max"), "promptable": ("val/miou@1", "max")}
 
 
 @dataclass
@@ -121,6 +121,8 @@ def module_kwargs(cfg: TrainConfig, classes: ClassInfo) -> dict[str, Any]:
 def train(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) the supervised run described by ``cfg``; return where its outputs are."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.task == "promptable":
+        return _train_promptable(cfg)
     classes = class_info(cfg.data)
     module = SupervisedModule(**module_kwargs(cfg, classes))
     datamodule = SupervisedDataModule(cfg.data, cfg.task, input_multiple=module.model.input_multiple)
@@ -136,6 +138,8 @@ def distill(cfg: TrainConfig) -> TrainResult:
     if not cfg.distill.cache:
         raise ConfigError("distill.cache: the teacher-pass cache folder is required (make it with anydistill pseudo-label)")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.task == "promptable":
+        return _distill_promptable(cfg)
     classes = class_info(cfg.data)
     frozen = None
     if cfg.distill.feature_align:
@@ -149,6 +153,57 @@ def distill(cfg: TrainConfig) -> TrainResult:
     module = DistillModule(distill=vars(cfg.distill).copy(), frozen_encoder=frozen, **module_kwargs(cfg, classes))
     datamodule = DistillDataModule(cfg.data, cfg.distill, cfg.task, input_multiple=module.model.input_multiple)
     return fit(cfg, module, datamodule, classes)
+
+
+def _promptable_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    p = cfg.prompt
+    return dict(
+        optim=vars(cfg.optim).copy(),
+        loss=dict(focal_weight=p.focal_weight, dice_weight=p.dice_weight, iou_weight=p.iou_weight),
+        num_rounds=p.num_rounds,
+        refine_rounds=p.refine_rounds,
+        p_box=p.p_box,
+        loss_resolution=p.loss_resolution,
+        val_max_clicks=p.val_max_clicks,
+        val_instances=p.val_instances,
+    )
+
+
+def _train_promptable(cfg: TrainConfig) -> TrainResult:
+    """SAM's simulated interactive training (:class:`~anydistill.methods.promptable.PromptableModule`)."""
+    from anydistill.data.datamodule import InstanceDataModule
+    from anydistill.methods.promptable import PromptableModule
+    from anydistill.promptable.loading import build_promptable_model
+
+    model = build_promptable_model(cfg)
+    module = PromptableModule(model, freeze_image_encoder=cfg.prompt.freeze_image_encoder, **_promptable_kwargs(cfg))
+    return fit(cfg, module, InstanceDataModule(cfg.data, cfg.prompt), ClassInfo())
+
+
+def _distill_promptable(cfg: TrainConfig) -> TrainResult:
+    """MobileSAM-style encoder distillation: ``model.name``'s image encoder regresses the cached
+    embeddings of ``prompt.teacher``, whose prompt encoder and mask decoder the student takes over."""
+    from anydistill.data.datamodule import SamDistillDataModule
+    from anydistill.methods.sam_distill import SamEncoderDistillModule
+    from anydistill.models import build_model
+    from anydistill.teachers.sam import SamTeacher
+
+    p = cfg.prompt
+    if not p.teacher:
+        raise ConfigError("prompt.teacher: the SAM checkpoint whose embeddings are cached is required")
+    teacher = SamTeacher(p.teacher)  # its fingerprint must be the cache's
+    if teacher.img_size != cfg.data.image_size:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} must equal the teacher's input size {teacher.img_size}")
+    datamodule = SamDistillDataModule(cfg.data, p, cfg.distill.cache, teacher_fingerprint=teacher.fingerprint)
+    student = build_model(cfg.model.name, **{"img_size": teacher.img_size, **dict(cfg.model.kwargs)})
+    for part in ("prompt_encoder", "mask_decoder"):
+        getattr(student, part).load_state_dict(getattr(teacher.model, part).state_dict())
+    del teacher
+    module = SamEncoderDistillModule(
+        student, embed_weight=p.embed_weight, mask_weight=p.mask_weight, mask_points=p.mask_points,
+        finetune_decoder=p.finetune_decoder, **_promptable_kwargs(cfg),
+    )  # fmt: skip
+    return fit(cfg, module, datamodule, ClassInfo())
 
 
 def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningDataModule, classes: ClassInfo) -> TrainResult:
@@ -166,7 +221,9 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
     step_cb = ModelCheckpoint(
         dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
     )
-    callbacks: list[Callback] = [best_cb, step_cb, StoreConfig(cfg), PredictionGrid(run_dir / "val_grid.png", cfg.trainer.grid_images, classes)]
+    callbacks: list[Callback] = [best_cb, step_cb, StoreConfig(cfg)]
+    if cfg.task in ("depth", "semantic"):
+        callbacks.append(PredictionGrid(run_dir / "val_grid.png", cfg.trainer.grid_images, classes))
     if cfg.trainer.progress_bar:
         # In a terminal the bar redraws often; in a log file every redraw is kept, so redraw rarely.
         refresh = 1 if sys.stderr.isatty() else max(50, cfg.trainer.log_every_n_steps)

@@ -6,6 +6,7 @@ nothing on disk) and a user ``folder`` in the format of DESIGN.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from anydistill.config import DataConfig, DistillConfig
+from anydistill.config import DataConfig, DistillConfig, PromptConfig
 from anydistill.data.folder import FolderDataset
 from anydistill.data.io import read_classes
 from anydistill.data.toyworld import ToyWorldDataset, class_table
@@ -175,3 +176,114 @@ class DistillDataModule(SupervisedDataModule):
         if self.distill.use_labeled:
             loaders["labeled"] = super().train_dataloader()
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+
+class InstanceDataModule(L.LightningDataModule):
+    """Images with object instances for promptable segmentation (``task=promptable``).
+
+    Sources: ``toyworld`` (instance ids rendered on the fly), a ``folder`` (``instances/`` PNGs beside
+    ``images/``) or ``coco`` (``prompt.coco_json`` over images in ``data.train_root``). Images are resized
+    to longest side ``image_size`` (the model's ``img_size``) and padded, SAM's pre-processing; the
+    validation subset of objects is fixed, so validation metrics are comparable across epochs.
+
+    Args:
+        cfg: the data section of the config.
+        prompt: the prompt section (``max_instances``, ``min_area``, ``coco_json``, ``val_coco_json``,
+            ``val_instances``).
+    """
+
+    def __init__(self, cfg: DataConfig, prompt: PromptConfig) -> None:
+        super().__init__()
+        self.cfg, self.prompt = cfg, prompt
+        self.train_set, self.val_set = self._build()
+
+    def _sources(self) -> tuple[Sequence, Sequence]:
+        from anydistill.data.instances import CocoInstances, FolderInstances, ToyWorldInstances
+
+        cfg, prompt = self.cfg, self.prompt
+        if cfg.source == "toyworld":
+            train = ToyWorldInstances(cfg.train_domain, cfg.image_size, cfg.train_count, seed=cfg.seed)
+            val = ToyWorldInstances(
+                cfg.val_domain, cfg.eval_size or cfg.image_size, cfg.val_count,
+                seed=cfg.seed + TOYWORLD_HELDOUT_SEED_OFFSET,
+            )  # fmt: skip
+            return train, val
+        if cfg.source == "coco":
+            train = CocoInstances(prompt.coco_json, cfg.train_root)
+            if prompt.val_coco_json:
+                return train, CocoInstances(prompt.val_coco_json, cfg.val_root or cfg.train_root)
+        else:
+            train = FolderInstances(cfg.train_root, cfg.on_missing_label, cfg.on_bad_image)
+            if cfg.val_root:
+                return train, FolderInstances(cfg.val_root, cfg.on_missing_label, cfg.on_bad_image)
+        train_idx, val_idx = split_indices(len(train), cfg.val_fraction, cfg.seed)
+        return Subset(train, train_idx), Subset(train, val_idx)
+
+    def _build(self) -> tuple[Dataset, Dataset]:
+        from anydistill.data.instances import InstanceDataset
+
+        train_src, val_src = self._sources()
+        p, size = self.prompt, self.cfg.image_size
+        train = InstanceDataset(train_src, size, p.max_instances, p.min_area, sampling="random", seed=self.cfg.seed)
+        val = InstanceDataset(val_src, size, p.val_instances, p.min_area, sampling="fixed", seed=self.cfg.seed)
+        return train, val
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        from anydistill.data.instances import collate_instances
+
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
+            collate_fn=collate_instances, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+            persistent_workers=workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class SamInputTransform:
+    """A pseudo-label-cache sample → SAM's input frame: ``image`` uint8 ``(3, S, S)`` (longest side ``S``,
+    zero-padded), ``input_size`` ``(2,)``, ``feat`` float ``(C, S/16, S/16)`` (the cached teacher
+    embedding), ``id``. Picklable, for DataLoader workers."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, sample: dict) -> dict:
+        import torch
+
+        from anydistill.data.instances import resize_longest_side
+
+        image, _, (h, w) = resize_longest_side(sample["image"], np.zeros((0, 1, 1), bool), self.size)
+        return {
+            "image": image,
+            "input_size": torch.tensor([h, w]),
+            "feat": torch.from_numpy(sample["feat"]),
+            "id": sample["id"],
+        }
+
+
+class SamDistillDataModule(InstanceDataModule):
+    """Unlabeled images + cached SAM teacher embeddings (``distill.cache``) for training; validation on
+    labeled instances (as :class:`InstanceDataModule`) by the interactive protocol."""
+
+    def __init__(
+        self, cfg: DataConfig, prompt: PromptConfig, cache: str, teacher_fingerprint: str | None = None
+    ) -> None:
+        from anydistill.cache import PseudoLabelDataset
+
+        super().__init__(cfg, prompt)
+        self.unlabeled = PseudoLabelDataset(
+            cache, transform=SamInputTransform(cfg.image_size), teacher_fingerprint=teacher_fingerprint, features=True
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            self.unlabeled, batch_size=self.cfg.batch_size, shuffle=True, num_workers=workers,
+            drop_last=len(self.unlabeled) > self.cfg.batch_size, persistent_workers=workers > 0,
+        )  # fmt: skip

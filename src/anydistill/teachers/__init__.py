@@ -10,12 +10,14 @@ from anydistill.teachers.base import Teacher, TeacherTask, fit_to_multiple, stat
 from anydistill.teachers.encoders import FrozenEncoder, HFDinov2Encoder, TimmEncoder
 from anydistill.teachers.hf_depth_anything import HFDepthAnythingTeacher
 from anydistill.teachers.load import load_teacher
+from anydistill.teachers.sam import SamTeacher
 
 __all__ = [
     "AnydistillTeacher",
     "FrozenEncoder",
     "HFDepthAnythingTeacher",
     "HFDinov2Encoder",
+    "SamTeacher",
     "Teacher",
     "TeacherTask",
     "TimmEncoder",

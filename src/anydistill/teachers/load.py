@@ -5,7 +5,9 @@ Accepted specs (nothing is ever downloaded):
 * ``path/to/best.ckpt`` — an anydistill training checkpoint → :class:`AnydistillTeacher`;
 * a Hugging Face folder whose ``config.json`` has ``model_type`` ``depth_anything`` →
   :class:`HFDepthAnythingTeacher`; ``dinov2`` / ``dinov2_with_registers`` → :class:`HFDinov2Encoder`;
-* ``timm:<model_name>`` or ``timm:<model_name>@<weights file>`` → :class:`TimmEncoder`.
+* ``timm:<model_name>`` or ``timm:<model_name>@<weights file>`` → :class:`TimmEncoder`;
+* a segment-anything ``.pth`` (``sam_vit_b_01ec64.pth`` …), or an anydistill promptable checkpoint →
+  :class:`SamTeacher` (image embeddings, for MobileSAM-style encoder distillation).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from anydistill.teachers.base import Teacher
 from anydistill.teachers.hf_utils import read_config
 
 EXPECTED = (
-    "expected an anydistill checkpoint (.ckpt), a Hugging Face model folder (config.json with model_type "
+    "expected an anydistill checkpoint (.ckpt), a segment-anything checkpoint (.pth), a Hugging Face model folder (config.json with model_type "
     "'depth_anything', 'dinov2' or 'dinov2_with_registers'), or 'timm:<model_name>[@<weights file>]'"
 )
 
@@ -43,9 +45,20 @@ def load_teacher(spec: str | Path, **kwargs: Any) -> Teacher:
         raise DataError(path, f"no such file or folder; {EXPECTED}")
     if path.is_file():
         if path.suffix == ".ckpt":
+            from anydistill.promptable.loading import read_promptable_config
+
+            config = read_promptable_config(path)
+            if config is not None and config.task == "promptable":
+                from anydistill.teachers.sam import SamTeacher
+
+                return SamTeacher(path, **kwargs)
             from anydistill.teachers.anydistill_ckpt import AnydistillTeacher
 
             return AnydistillTeacher(path, **kwargs)
+        if path.suffix in (".pth", ".pt"):
+            from anydistill.teachers.sam import SamTeacher
+
+            return SamTeacher(path, **kwargs)
         raise DataError(path, f"unknown teacher file type {path.suffix!r}; {EXPECTED}")
 
     model_type = read_config(path).get("model_type")

@@ -1,0 +1,348 @@
+"""Interactive segmentation evaluation: mIoU after n clicks and the number of clicks (NoC) to reach an IoU.
+
+The protocol of RITM [0] (used by SimpleClick and SAM [1]), for each object of an image:
+
+1. click 1 is the evaluation click of :func:`~anydistill.data.clicks.evaluation_clicks` on an empty
+   prediction (the point of the object farthest from its boundary, positive); the model answers with
+   three masks (``multimask_output=True``) and the one with the highest *predicted* IoU is kept
+   (``oracle_miou@1`` instead keeps the one with the highest *true* IoU);
+2. clicks 2..k: the next evaluation click from the current prediction's errors; the model gets every
+   click so far plus (``use_prev_mask``) the previous low-resolution logits as the mask prompt, and
+   returns one mask;
+3. ``IoU_n`` = IoU of the binarised prediction (``logits > 0`` after ``model.postprocess_masks``) with
+   the ground truth after n clicks, in the ground truth's frame.
+
+Reported over all objects: ``miou@n`` (mean ``IoU_n``, n = 1..k), ``noc@85`` / ``noc@90`` (mean of the
+least n with ``IoU_n >= 0.85 / 0.90``, k when never reached, RITM's convention), ``nof@85`` / ``nof@90``
+(objects that never reach it) and ``oracle_miou@1``. An object whose prediction becomes exact gets
+no further click and keeps its IoU.
+
+The image embedding is computed once per image; all objects of an image are decoded together (in
+chunks of ``chunk`` prompts). Any Sam-like model works (``image_encoder``, ``prompt_encoder``,
+``mask_decoder``, ``preprocess``, ``postprocess_masks``, ``mask_threshold``; the mask decoder takes one
+image embedding ``(1, C, h, w)`` and N prompts, as segment_anything's does).
+
+- [0] Sofiiuk et al., "Reviving Iterative Training with Mask Guidance for Interactive Segmentation"
+  (RITM), ICIP 2022, https://arxiv.org/abs/2102.06583
+- [1] Kirillov et al., "Segment Anything", ICCV 2023, https://arxiv.org/abs/2304.02643
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from anydistill.data.clicks import evaluation_clicks
+from anydistill.eval.metrics import binary_iou
+
+__all__ = [
+    "InteractiveMetrics",
+    "InteractiveResult",
+    "decode_prompts",
+    "embed_images",
+    "evaluate_image",
+    "evaluate_interactive",
+    "interactive_clicks",
+    "number_of_clicks",
+    "prepare_images",
+    "summarize_interactive",
+]
+
+NOC_THRESHOLDS: tuple[float, ...] = (0.85, 0.90)
+
+
+def prepare_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
+    """Normalises and pads images the way the model expects (``model.preprocess`` per image).
+
+    Args:
+        images: ``(B, 3, H, W)`` uint8 or float in 0..255, each valid in its top-left ``input_sizes[b]``
+            (an :class:`~anydistill.data.instances.InstanceDataset` batch), the rest padding.
+        input_sizes: int ``(B, 2)`` ``(h, w)``.
+
+    Returns:
+        ``(B, 3, S, S)`` normalised, zero-padded after normalisation (as ``Sam.preprocess``).
+    """
+    out = []
+    for img, (h, w) in zip(images, input_sizes.tolist(), strict=True):
+        out.append(model.preprocess(img[None, :, :h, :w].float()))  # (1, 3, S, S)
+    return torch.cat(out)
+
+
+def embed_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
+    """Image embeddings ``(B, C, h', w')`` of :func:`prepare_images`'s output (one encoder pass)."""
+    return model.image_encoder(prepare_images(model, images, input_sizes))
+
+
+def decode_prompts(
+    model: nn.Module,
+    embedding: Tensor,
+    image_pe: Tensor,
+    points: tuple[Tensor, Tensor] | None,
+    boxes: Tensor | None,
+    mask_input: Tensor | None,
+    multimask: bool,
+) -> tuple[Tensor, Tensor]:
+    """Prompt encoder + mask decoder for N prompts on one image.
+
+    Args:
+        embedding: ``(1, C, h', w')`` image embedding.
+        image_pe: ``(1, C, h', w')`` dense positional encoding (``prompt_encoder.get_dense_pe()``).
+        points: ``(coords (N, P, 2), labels (N, P))`` in input-frame pixels, or None.
+        boxes: ``(N, 4)`` or None.
+        mask_input: ``(N, 1, 4h', 4w')`` low-resolution logits, or None.
+        multimask: three masks (True) or one.
+
+    Returns:
+        ``(low_res_logits (N, M, 4h', 4w'), iou_pred (N, M))``.
+    """
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return model.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=image_pe,
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+
+
+@dataclass
+class InteractiveResult:
+    """Per-object results of :func:`interactive_clicks`.
+
+    Attributes:
+        ious: float ``(N, k)``, IoU after 1..k clicks.
+        oracle_iou: float ``(N,)``, the best true IoU of the three first-click masks.
+        coords: float ``(N, k, 2)`` the clicks ``(x, y)`` in the ground truth's frame.
+        labels: int64 ``(N, k)`` (1 / 0, -1 where no click was needed).
+    """
+
+    ious: Tensor
+    oracle_iou: Tensor
+    coords: Tensor
+    labels: Tensor
+
+
+def _postprocess(
+    model: nn.Module, low: Tensor, input_size: tuple[int, int], out_size: tuple[int, int]
+) -> Tensor:
+    """Binary masks ``(N, M, *out_size)`` from low-resolution logits ``(N, M, s, s)``."""
+    return model.postprocess_masks(low, input_size, out_size) > model.mask_threshold
+
+
+@torch.no_grad()
+def interactive_clicks(
+    model: nn.Module,
+    embedding: Tensor,
+    input_size: tuple[int, int],
+    gt: Tensor,
+    max_clicks: int = 20,
+    use_prev_mask: bool = True,
+    multimask_first: bool = True,
+) -> InteractiveResult:
+    """Runs the click protocol (module docstring) on N objects of one image.
+
+    Args:
+        model: a Sam-like model.
+        embedding: ``(1, C, h', w')`` the image's embedding.
+        input_size: ``(h, w)`` of the resized image inside the model's padded input.
+        gt: bool ``(N, H, W)`` ground-truth masks in any frame of the same image (the resized one,
+            ``(h, w)``, or the original one); clicks are computed there and scaled to the input frame as
+            ``ResizeLongestSide.apply_coords`` does (``x · w / W``).
+        max_clicks: k.
+        use_prev_mask: feed the previous low-resolution logits as the mask prompt.
+        multimask_first: three masks on the first click (the highest predicted IoU kept); else one.
+
+    Returns:
+        an :class:`InteractiveResult`.
+    """
+    if max_clicks < 1:
+        raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
+    n, gh, gw = gt.shape
+    h, w = int(input_size[0]), int(input_size[1])
+    device = embedding.device
+    if n == 0:
+        return InteractiveResult(
+            torch.zeros((0, max_clicks)),
+            torch.zeros(0),
+            torch.zeros((0, max_clicks, 2)),
+            torch.zeros((0, max_clicks), dtype=torch.int64),
+        )
+    gt = gt.to(device=device, dtype=torch.bool)
+    scale = torch.tensor([w / gw, h / gh], device=device)  # (2,) gt frame -> input frame
+    image_pe = model.prompt_encoder.get_dense_pe()
+    ious = torch.zeros((n, max_clicks), device=device)
+    coords = torch.zeros((n, 0, 2), device=device)  # gt frame
+    labels = torch.zeros((n, 0), dtype=torch.int64, device=device)
+    pred = torch.zeros_like(gt)  # (N, H, W)
+    prev_low: Tensor | None = None
+    oracle = torch.zeros(n, device=device)
+    for t in range(max_clicks):
+        c, lab = evaluation_clicks(pred, gt, previous=(coords, labels))  # (N, 1, 2), (N, 1)
+        coords, labels = torch.cat([coords, c], dim=1), torch.cat([labels, lab], dim=1)
+        points = (coords * scale, labels)  # input frame
+        multimask = multimask_first and t == 0
+        mask_input = prev_low if (use_prev_mask and prev_low is not None) else None
+        low, iou_pred = decode_prompts(model, embedding, image_pe, points, None, mask_input, multimask)
+        masks = _postprocess(model, low, (h, w), (gh, gw))  # (N, M, H, W)
+        true_iou = binary_iou(masks, gt[:, None].expand_as(masks))  # (N, M)
+        pick = iou_pred.argmax(dim=1)  # (N,)
+        rows = torch.arange(n, device=device)
+        new_low, new_pred, new_iou = low[rows, pick][:, None], masks[rows, pick], true_iou[rows, pick]
+        if t == 0:
+            oracle = true_iou.max(dim=1).values
+            ious[:, 0], pred, prev_low = new_iou, new_pred, new_low
+            continue
+        clicked = lab[:, 0] >= 0  # (N,): objects already exact get no click and keep their mask
+        ious[:, t] = torch.where(clicked, new_iou, ious[:, t - 1])
+        pred = torch.where(clicked[:, None, None], new_pred, pred)
+        assert prev_low is not None
+        prev_low = torch.where(clicked[:, None, None, None], new_low, prev_low)
+    return InteractiveResult(ious.cpu(), oracle.cpu(), coords.cpu(), labels.cpu())
+
+
+@torch.no_grad()
+def evaluate_image(
+    model: nn.Module,
+    image: Tensor,
+    input_size: tuple[int, int] | Tensor,
+    gt: Tensor,
+    max_clicks: int = 20,
+    use_prev_mask: bool = True,
+    multimask_first: bool = True,
+    chunk: int = 32,
+) -> InteractiveResult:
+    """:func:`interactive_clicks` for the objects ``gt`` ``(N, H, W)`` of one image ``(3, S, S)``
+    (uint8 or 0..255 float, valid in its top-left ``input_size``), embedding it once and decoding at
+    most ``chunk`` objects at a time."""
+    device = _model_device(model)
+    size = torch.as_tensor(input_size).reshape(1, 2)
+    h, w = (int(v) for v in size[0].tolist())
+    embedding = embed_images(model, image[None].to(device), size)  # (1, C, h', w')
+    parts = [
+        interactive_clicks(
+            model, embedding, (h, w), gt[i : i + chunk], max_clicks, use_prev_mask, multimask_first
+        )
+        for i in range(0, max(gt.shape[0], 1), chunk)
+    ]
+    return InteractiveResult(
+        *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(InteractiveResult))
+    )
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def number_of_clicks(ious: Tensor, threshold: float) -> Tensor:
+    """NoC per object: the least n (1-based) with ``ious[:, n-1] >= threshold``, ``k`` when never reached.
+
+    Args:
+        ious: ``(N, k)``.
+
+    Returns:
+        float ``(N,)``.
+    """
+    reached = ious >= threshold  # (N, k)
+    first = reached.float().argmax(dim=1) + 1  # (N,)
+    return torch.where(reached.any(dim=1), first, torch.full_like(first, ious.shape[1])).float()
+
+
+def summarize_interactive(
+    ious: Tensor, oracle_iou: Tensor | None = None, thresholds: Iterable[float] = NOC_THRESHOLDS
+) -> dict[str, float]:
+    """``miou@1..k``, ``noc@T`` and ``nof@T`` (T = 85, 90 for thresholds 0.85, 0.90), ``oracle_miou@1``.
+
+    Args:
+        ious: ``(N, k)`` IoU after each click.
+        oracle_iou: optional ``(N,)``.
+        thresholds: IoU thresholds of NoC / NoF.
+    """
+    ious = ious.float()
+    out: dict[str, float] = {"num_objects": float(ious.shape[0])}
+    if ious.shape[0] == 0:
+        return out
+    for n, v in enumerate(ious.mean(dim=0).tolist(), start=1):
+        out[f"miou@{n}"] = v
+    for thr in thresholds:
+        key = f"{round(thr * 100)}"
+        out[f"noc@{key}"] = number_of_clicks(ious, thr).mean().item()
+        out[f"nof@{key}"] = float((ious < thr).all(dim=1).sum().item())
+    if oracle_iou is not None:
+        out["oracle_miou@1"] = oracle_iou.float().mean().item()
+    return out
+
+
+class InteractiveMetrics(Metric):
+    """Accumulates :class:`InteractiveResult` s (across batches and processes) and summarises them."""
+
+    full_state_update = False
+
+    def __init__(self, thresholds: Iterable[float] = NOC_THRESHOLDS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = tuple(thresholds)
+        self.add_state("ious", default=[], dist_reduce_fx="cat")
+        self.add_state("oracle", default=[], dist_reduce_fx="cat")
+
+    def update(self, result: InteractiveResult) -> None:  # type: ignore[override]
+        self.ious.append(result.ious.to(self.device))
+        self.oracle.append(result.oracle_iou.to(self.device))
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        if not self.ious:
+            return {"num_objects": 0.0}
+        return summarize_interactive(dim_zero_cat(self.ious), dim_zero_cat(self.oracle), self.thresholds)
+
+
+@torch.no_grad()
+def evaluate_interactive(
+    model: nn.Module,
+    dataset: Iterable[dict[str, Any]],
+    max_clicks: int = 20,
+    use_prev_mask: bool = True,
+    multimask_first: bool = True,
+    max_images: int | None = None,
+    chunk: int = 32,
+) -> dict[str, float]:
+    """The interactive protocol over an :class:`~anydistill.data.instances.InstanceDataset`.
+
+    Ground truth is each sample's masks cropped to its ``input_size`` (the resized frame, longest side
+    ``S``; at SAM's 1024 this is close to the original resolution).
+
+    Args:
+        model: a Sam-like model (put in eval mode here), on the device to evaluate on.
+        dataset: :class:`InstanceDataset` items (``image``, ``masks``, ``input_size``).
+        max_clicks: k (RITM / SAM: 20).
+        use_prev_mask, multimask_first: see :func:`interactive_clicks`.
+        max_images: evaluate at most this many images.
+        chunk: objects decoded together.
+
+    Returns:
+        :func:`summarize_interactive`'s dict.
+    """
+    model.eval()
+    metrics = InteractiveMetrics()
+    for i, sample in enumerate(dataset):
+        if max_images is not None and i >= max_images:
+            break
+        h, w = (int(v) for v in sample["input_size"].tolist())
+        gt = sample["masks"][:, :h, :w]
+        if gt.shape[0] == 0:
+            continue
+        metrics.update(
+            evaluate_image(
+                model, sample["image"], (h, w), gt, max_clicks, use_prev_mask, multimask_first, chunk
+            )
+        )
+    return metrics.compute()

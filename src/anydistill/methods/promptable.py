@@ -1,0 +1,305 @@
+"""Promptable segmentation training (Segment Anything's simulated interactive training).
+
+Per image of a batch, the image embedding is computed once; then, for all its objects together,
+``num_rounds`` decoder rounds (SAM [0], appendix A: 11):
+
+- round 0: the first prompt of :func:`~anydistill.data.clicks.first_prompts` (a jittered box with
+  probability ``p_box``, else a positive point drawn from the mask), no mask prompt;
+- rounds 1..R-1: every round feeds the previous round's low-resolution logits as the mask prompt
+  (unthresholded, as SAM); ``R - 1 - refine_rounds`` of them also add a click drawn uniformly from the
+  error region of the previous prediction (:func:`~anydistill.data.clicks.error_clicks`); the
+  ``refine_rounds`` others add nothing: one is always the last round, the rest are placed at random
+  among the middle rounds (SAM: 1 + 8 click rounds + 2 refinement rounds = 11).
+
+Multimask output (three masks, best-of-three loss) is used on round 0 for point prompts only. The SAM
+paper returns three masks "for a single prompt" and one for more than one prompt, and every later
+round carries at least two prompts (clicks and the mask). Whether a box alone counts as ambiguous the
+paper does not say; SAM 2's training code counts a box as two points (one mask), and so do we by
+default (``multimask_box=False``). When three masks are returned, the one with the highest predicted
+IoU is the one fed to the next round and used to sample the next click (SAM).
+
+The loss (:func:`~anydistill.losses.promptable.sam_loss`, 20·focal + dice on the best mask + IoU-head
+MSE) is computed at the model's input resolution on logits upsampled bilinearly from the 4x-downsampled
+decoder output (as SAM 2's training code; ``loss_resolution="low_res"`` instead area-downsamples the
+ground truth, for memory), on the unpadded pixels only, averaged over objects and rounds.
+
+The mask prompt is not detached between rounds by default (SAM 2's training code feeds the previous
+logits as they are, so a round's loss also trains earlier rounds through the mask encoder;
+``detach_mask_prompt=True`` cuts that path). With ``freeze_image_encoder`` (fine-tuning an official
+checkpoint) the encoder runs under ``no_grad`` in eval mode and is left out of the optimiser.
+
+- [0] Kirillov et al., "Segment Anything", ICCV 2023, https://arxiv.org/abs/2304.02643
+- [1] Ravi et al., "SAM 2", 2024, https://arxiv.org/abs/2408.00714 (training/model/sam2.py)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anydistill.data.clicks import Prompts, error_clicks, first_prompts, prompt_groups
+from anydistill.eval.interactive import InteractiveMetrics, decode_prompts, embed_images, evaluate_image
+from anydistill.losses.promptable import SamLoss, mask_ious
+
+__all__ = ["PromptableModule", "round_plan"]
+
+
+def round_plan(
+    num_rounds: int, refine_rounds: int = 2, generator: torch.Generator | None = None
+) -> list[bool]:
+    """Which rounds add a prompt: ``plan[r]`` is True for round 0 (the first prompt) and for click rounds.
+
+    The last round is a refinement round (no new prompt) when ``refine_rounds >= 1``; the other
+    ``refine_rounds - 1`` are drawn among rounds ``1..R-2``.
+    """
+    if num_rounds < 1 or refine_rounds < 0:
+        raise ValueError(f"num_rounds must be >= 1 and refine_rounds >= 0, got {num_rounds}, {refine_rounds}")
+    plan = [True] * num_rounds
+    if num_rounds >= 2 and refine_rounds >= 1:
+        plan[-1] = False
+        middle = list(range(1, num_rounds - 1))
+        for k in torch.randperm(len(middle), generator=generator)[: refine_rounds - 1].tolist():
+            plan[middle[k]] = False
+    return plan
+
+
+@dataclass
+class _Objects:
+    """The objects of one image during the rounds of a training step."""
+
+    index: int  # image index in the batch
+    gt: Tensor  # (n, S, S) bool
+    valid: Tensor  # (n, S, S) bool, False on padding
+    size: tuple[int, int]  # (h, w) unpadded
+    prompts: Prompts | None = None
+    low: Tensor | None = None  # (n, 1, s, s) kept low-resolution logits
+    pred: Tensor | None = None  # (n, S, S) bool kept prediction
+
+
+class PromptableModule(L.LightningModule):
+    """LightningModule training a Sam-like model on :func:`~anydistill.data.instances.collate_instances`
+    batches (``image`` uint8 ``(B, 3, S, S)``, ``masks`` ``(B, K, S, S)``, ``valid`` ``(B, K)``,
+    ``input_size`` ``(B, 2)``), with ``S`` the model's ``image_encoder.img_size``.
+
+    Args:
+        model: a Sam-like model (``image_encoder``, ``prompt_encoder``, ``mask_decoder``, ``preprocess``,
+            ``postprocess_masks``), e.g. ``anydistill.models.sam.Sam``.
+        optim: :class:`~anydistill.config.OptimConfig` as a dict (``lr``, ``weight_decay``,
+            ``warmup_steps``, ``min_lr_ratio``, ``backbone_lr_mult`` = the image encoder's lr multiplier).
+        loss: :class:`~anydistill.losses.promptable.SamLoss` arguments (``focal_weight``,
+            ``dice_weight``, ``iou_weight``, ``iou_supervision``).
+        num_rounds: decoder rounds per step (SAM: 11).
+        refine_rounds: rounds without a new click (SAM: 2).
+        p_box: probability that the first prompt is a box (SAM: 0.5).
+        box_noise_std, box_noise_max: box jitter (SAM: 0.1 of the side, at most 20 px).
+        multimask_first_round: three masks on round 0 for point prompts.
+        multimask_box: three masks on round 0 for box prompts too.
+        detach_mask_prompt: detach the previous logits fed back as the mask prompt.
+        loss_resolution: ``"input"`` (upsampled logits) or ``"low_res"`` (downsampled ground truth).
+        freeze_image_encoder: no gradient, eval mode, not optimised.
+        val_max_clicks: clicks of the validation protocol (:mod:`anydistill.eval.interactive`).
+        val_instances: most objects per validation image.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        num_rounds: int = 11,
+        refine_rounds: int = 2,
+        p_box: float = 0.5,
+        box_noise_std: float = 0.1,
+        box_noise_max: float = 20.0,
+        multimask_first_round: bool = True,
+        multimask_box: bool = False,
+        detach_mask_prompt: bool = False,
+        loss_resolution: Literal["input", "low_res"] = "input",
+        freeze_image_encoder: bool = False,
+        val_max_clicks: int = 5,
+        val_instances: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        round_plan(num_rounds, refine_rounds)  # validates both
+        if not 0.0 <= p_box <= 1.0:
+            raise ValueError(f"p_box must be in [0, 1], got {p_box}")
+        if loss_resolution not in ("input", "low_res"):
+            raise ValueError(f"loss_resolution must be 'input' or 'low_res', got {loss_resolution!r}")
+        self.model = model
+        self.optim_cfg = dict(optim or {})
+        self.loss_fn = SamLoss(**(loss or {}))
+        self.num_rounds, self.refine_rounds = num_rounds, refine_rounds
+        self.p_box, self.box_noise_std, self.box_noise_max = p_box, box_noise_std, box_noise_max
+        self.multimask_first_round, self.multimask_box = multimask_first_round, multimask_box
+        self.detach_mask_prompt = detach_mask_prompt
+        self.loss_resolution = loss_resolution
+        self.freeze_image_encoder = freeze_image_encoder
+        self.val_max_clicks, self.val_instances = val_max_clicks, val_instances
+        self.val_metrics = InteractiveMetrics()
+        if freeze_image_encoder:
+            self.model.image_encoder.requires_grad_(False)
+            self.model.image_encoder.eval()
+
+    def train(self, mode: bool = True) -> PromptableModule:
+        super().train(mode)
+        if self.freeze_image_encoder:
+            self.model.image_encoder.eval()  # frozen: dropout / norm statistics stay in eval mode
+        return self
+
+    # ------------------------------------------------------------------ forward pieces
+    def encode(self, images: Tensor, input_sizes: Tensor) -> Tensor:
+        """Image embeddings ``(B, C, h', w')`` of a batch (no gradient when the encoder is frozen)."""
+        size = getattr(self.model.image_encoder, "img_size", images.shape[-1])
+        if images.shape[-2:] != (size, size):
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} but the model's input size is {size}; build the "
+                "InstanceDataset with size equal to the image encoder's img_size"
+            )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_encoder):
+            return embed_images(self.model, images, input_sizes)
+
+    def _objects(self, batch: dict[str, Tensor]) -> list[_Objects]:
+        side = batch["image"].shape[-1]
+        out = []
+        for b in range(batch["image"].shape[0]):
+            gt = batch["masks"][b][batch["valid"][b]]  # (n, S, S)
+            if gt.shape[0] == 0:
+                continue
+            h, w = (int(v) for v in batch["input_size"][b].tolist())
+            valid = torch.zeros((side, side), dtype=torch.bool, device=gt.device)
+            valid[:h, :w] = True
+            out.append(_Objects(b, gt, valid.expand_as(gt), (h, w)))
+        return out
+
+    def _round(
+        self, obj: _Objects, embedding: Tensor, image_pe: Tensor, r: int, add: bool
+    ) -> dict[str, Tensor]:
+        """One decoder round for the objects of one image; returns summed loss terms."""
+        if r == 0:
+            obj.prompts = first_prompts(obj.gt, self.p_box, obj.size, self.box_noise_std, self.box_noise_max)
+        elif add:
+            assert obj.prompts is not None and obj.pred is not None
+            obj.prompts = obj.prompts.append(*error_clicks(obj.pred, obj.gt, obj.valid))
+        assert obj.prompts is not None
+        mask_prompt = obj.low.detach() if (obj.low is not None and self.detach_mask_prompt) else obj.low
+        side = obj.gt.shape[-1]
+        threshold = getattr(self.model, "mask_threshold", 0.0)
+        sums: dict[str, Tensor] = {}
+        rows_all, lows, preds = [], [], []
+        for rows, points, boxes in prompt_groups(obj.prompts):
+            multimask = r == 0 and self.multimask_first_round and (boxes is None or self.multimask_box)
+            mask_in = mask_prompt[rows] if mask_prompt is not None else None
+            low, iou_pred = decode_prompts(self.model, embedding, image_pe, points, boxes, mask_in, multimask)
+            up = F.interpolate(low, (side, side), mode="bilinear", align_corners=False)  # (n, M, S, S)
+            if self.loss_resolution == "input":
+                out = self.loss_fn(up, obj.gt[rows], iou_pred, obj.valid[rows], reduction="none")
+            else:
+                gt_low, valid_low = (
+                    F.interpolate(x[rows, None].float(), low.shape[-2:], mode="area")[:, 0] >= 0.5
+                    for x in (obj.gt, obj.valid)
+                )  # (n, s, s)
+                out = self.loss_fn(low, gt_low, iou_pred, valid_low, reduction="none")
+            keep = iou_pred.detach().argmax(dim=1)  # (n,) the mask passed on (highest predicted IoU)
+            ar = torch.arange(len(rows), device=low.device)
+            kept_iou = mask_ious(up[ar, keep][:, None], obj.gt[rows], obj.valid[rows], threshold)[:, 0]
+            for key, value in (
+                ("loss", out.loss),
+                ("focal", out.focal),
+                ("dice", out.dice),
+                ("iou_loss", out.iou),
+            ):
+                sums[key] = sums.get(key, 0) + value.sum()
+            sums["iou"] = sums.get("iou", 0) + kept_iou.sum()
+            rows_all.append(rows)
+            lows.append(low[ar, keep][:, None])  # (n, 1, s, s)
+            preds.append(up[ar, keep].detach() > threshold)  # (n, S, S)
+        order = torch.cat(rows_all).argsort()
+        obj.low, obj.pred = torch.cat(lows)[order], torch.cat(preds)[order]
+        return sums
+
+    def rounds(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Runs the simulated interaction on a batch; returns the mean loss terms over objects and rounds
+        (``loss``, ``focal``, ``dice``, ``iou_loss``) and the IoU of the kept mask after the first and
+        last rounds (``iou_first``, ``iou``)."""
+        objects = self._objects(batch)
+        if not objects:  # no object in the batch: nothing to learn from
+            return {"loss": torch.zeros((), device=self.device, requires_grad=True)}
+        embeddings = self.encode(batch["image"], batch["input_size"])  # (B, C, h', w')
+        image_pe = self.model.prompt_encoder.get_dense_pe()
+        plan = round_plan(self.num_rounds, self.refine_rounds)
+        count = sum(o.gt.shape[0] for o in objects)
+        totals: dict[str, Tensor] = {}
+        for r, add in enumerate(plan):
+            round_iou: Tensor | int = 0
+            for obj in objects:
+                sums = self._round(obj, embeddings[obj.index : obj.index + 1], image_pe, r, add)
+                for key in ("loss", "focal", "dice", "iou_loss"):
+                    totals[key] = totals.get(key, 0) + sums[key]
+                round_iou = round_iou + sums["iou"]
+            if r == 0:
+                totals["iou_first"] = round_iou / count  # type: ignore[assignment]
+            totals["iou"] = round_iou / count  # type: ignore[assignment]
+        for key in ("loss", "focal", "dice", "iou_loss"):
+            totals[key] = totals[key] / (count * self.num_rounds)
+        totals["num_objects"] = torch.tensor(float(count))
+        return totals
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.rounds(batch)
+        n = int(out.get("num_objects", torch.tensor(1.0)).item()) or 1
+        logs = {f"train/{k}": v.detach() for k, v in out.items() if k != "num_objects"}
+        self.log_dict(logs, batch_size=n)
+        self.log("loss", out["loss"].detach(), prog_bar=True, logger=False, batch_size=n)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        for b in range(batch["image"].shape[0]):
+            h, w = (int(v) for v in batch["input_size"][b].tolist())
+            gt = batch["masks"][b][batch["valid"][b]][: self.val_instances, :h, :w]  # (n, h, w)
+            if gt.shape[0]:
+                result = evaluate_image(self.model, batch["image"][b], (h, w), gt, self.val_max_clicks)
+                self.val_metrics.update(result)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        if values.get("num_objects", 0) > 0:
+            self.log_dict({f"val/{k}": float(v) for k, v in values.items()})
+            self.log("miou", values[f"miou@{self.val_max_clicks}"], prog_bar=True, logger=False)
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW (no weight decay on norms and biases), the image encoder at ``lr · backbone_lr_mult``,
+        linear warm-up then cosine decay (as :class:`~anydistill.methods.supervised.SupervisedModule`)."""
+        cfg = self.optim_cfg
+        lr, wd, mult = cfg.get("lr", 1e-4), cfg.get("weight_decay", 0.1), cfg.get("backbone_lr_mult", 1.0)
+        encoder = {id(p) for p in self.model.image_encoder.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups.setdefault((id(p) in encoder, p.ndim <= 1), []).append(p)
+        param_groups = [
+            {"params": ps, "lr": lr * (mult if enc else 1.0), "weight_decay": 0.0 if no_wd else wd}
+            for (enc, no_wd), ps in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        warmup = min(cfg.get("warmup_steps", 50), max(total // 5, 1))
+        min_ratio = cfg.get("min_lr_ratio", 0.01)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

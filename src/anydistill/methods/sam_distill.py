@@ -1,0 +1,137 @@
+"""Segment Anything encoder distillation (MobileSAM's decoupled distillation, optional EdgeSAM loss).
+
+The student is a whole SAM (``model``): a small image encoder plus the teacher's prompt encoder and
+mask decoder, copied in. The teacher's image embeddings were computed once by the teacher pass
+(``anydistill pseudo-label --teacher sam_vit_b.pth``) and are read from the cache, so the big encoder
+never runs here. Per batch of unlabeled images:
+
+    L = embed_weight · ‖E_s(x) − E_t(x)‖² (mean over (B, 256, h', w'), MobileSAM [0] eq. 2)
+      + mask_weight · mean_prompts( 20·focal + dice )(D(E_s(x), p), 1[D_t(E_t(x), p) > 0])
+
+The second term (``mask_weight > 0``) is EdgeSAM's "prompt-in-the-loop" idea [1] in its simplest form:
+``mask_points`` random single-point prompts per image (uniform in the unpadded image), each decoded
+once from the student's embedding through the student's decoder ``D`` and once from the cached
+teacher embedding through the teacher's frozen decoder ``D_t``; the student's mask logits learn the
+teacher's binarised masks with SAM's mask loss. EdgeSAM also samples boxes and iterates on the
+error region; we do not (yet).
+
+The prompt encoder and mask decoder are frozen (MobileSAM: "the decoder can be directly used") unless
+``finetune_decoder``; then a frozen copy ``teacher_head`` keeps the teacher's decoder for ``D_t``.
+Validation is the interactive protocol of :class:`~anydistill.methods.promptable.PromptableModule`.
+
+- [0] Zhang et al., "Faster Segment Anything: Towards Lightweight SAM for Mobile Applications", 2023,
+  https://arxiv.org/abs/2306.14289
+- [1] Zhou et al., "EdgeSAM: Prompt-In-the-Loop Distillation for On-Device Deployment of SAM", 2023,
+  https://arxiv.org/abs/2312.06660
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anydistill.eval.interactive import decode_prompts, embed_images
+from anydistill.losses.promptable import sam_loss
+from anydistill.methods.promptable import PromptableModule
+
+__all__ = ["SamEncoderDistillModule", "random_points"]
+
+
+def random_points(input_sizes: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``(B, n, 2)`` (x, y) pixel centres drawn uniformly inside each image's unpadded ``(h, w)``."""
+    u = torch.rand((input_sizes.shape[0], n, 2), generator=generator)  # (B, n, 2)
+    wh = input_sizes.flip(-1).to(u)[:, None, :]  # (B, 1, 2): (w, h)
+    return (u * wh).floor() + 0.5
+
+
+class SamEncoderDistillModule(PromptableModule):
+    """MobileSAM-style distillation of ``model.image_encoder`` from cached teacher embeddings.
+
+    Batches (:func:`anydistill.data.datamodule.SamDistillDataModule`): ``image`` uint8 ``(B, 3, S, S)``
+    padded, ``input_size`` ``(B, 2)``, ``feat`` float ``(B, 256, S/16, S/16)`` teacher embeddings.
+
+    Args:
+        model: the student SAM; its prompt encoder and mask decoder hold the teacher's weights.
+        embed_weight: weight of the embedding MSE.
+        mask_weight: weight of the prompt-in-the-loop mask loss (0: off, MobileSAM).
+        mask_points: single-point prompts per image for the mask loss.
+        finetune_decoder: train the prompt encoder and mask decoder too.
+        **kwargs: :class:`PromptableModule`'s (``optim``, ``val_max_clicks``, ``val_instances``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        embed_weight: float = 1.0,
+        mask_weight: float = 0.0,
+        mask_points: int = 8,
+        finetune_decoder: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.save_hyperparameters(ignore=["model"])
+        if embed_weight < 0 or mask_weight < 0 or embed_weight + mask_weight == 0:
+            raise ValueError(
+                f"need embed_weight, mask_weight >= 0, not both 0; got {embed_weight}, {mask_weight}"
+            )
+        if mask_points < 1:
+            raise ValueError(f"mask_points must be >= 1, got {mask_points}")
+        self.embed_weight, self.mask_weight, self.mask_points = embed_weight, mask_weight, mask_points
+        self.finetune_decoder = finetune_decoder
+        self.teacher_head: nn.ModuleDict | None = None
+        if mask_weight > 0 and finetune_decoder:
+            head = {"prompt_encoder": model.prompt_encoder, "mask_decoder": model.mask_decoder}
+            self.teacher_head = copy.deepcopy(nn.ModuleDict(head)).requires_grad_(False).eval()
+        if not finetune_decoder:
+            model.prompt_encoder.requires_grad_(False)
+            model.mask_decoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> SamEncoderDistillModule:
+        super().train(mode)
+        if self.teacher_head is not None:
+            self.teacher_head.eval()
+        return self
+
+    def _teacher_decode(self, embedding: Tensor, points: tuple[Tensor, Tensor]) -> Tensor:
+        """Teacher mask logits ``(N, 1, 4h', 4w')`` from a cached embedding ``(1, C, h', w')``."""
+        head = self.teacher_head if self.teacher_head is not None else self.model
+        with torch.no_grad():
+            pe = head.prompt_encoder.get_dense_pe()
+            logits, _ = decode_prompts(head, embedding, pe, points, None, None, multimask=False)
+        return logits
+
+    def mask_loss(self, student_emb: Tensor, teacher_emb: Tensor, input_sizes: Tensor) -> Tensor:
+        """Prompt-in-the-loop loss, averaged over ``B · mask_points`` single-point prompts."""
+        coords = random_points(input_sizes.cpu(), self.mask_points).to(student_emb.device)  # (B, n, 2)
+        pe = self.model.prompt_encoder.get_dense_pe()
+        losses = []
+        for b in range(student_emb.shape[0]):
+            points = (coords[b][:, None, :], torch.ones_like(coords[b][:, :1]))  # (n, 1, 2), (n, 1)
+            target = self._teacher_decode(teacher_emb[b : b + 1], points)[:, 0] > 0  # (n, 4h', 4w')
+            logits, iou = decode_prompts(self.model, student_emb[b : b + 1], pe, points, None, None, False)
+            out = sam_loss(logits, target, iou, iou_weight=0.0)  # (n, 1, 4h', 4w') vs (n, 4h', 4w')
+            losses.append(out.loss)
+        return torch.stack(losses).mean()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        target = batch["feat"].float()  # (B, C, h', w') cached teacher embeddings
+        emb = embed_images(self.model, batch["image"], batch["input_size"])  # (B, C, h', w')
+        if emb.shape != target.shape:
+            raise ValueError(
+                f"student embedding {tuple(emb.shape)} vs cached teacher embedding {tuple(target.shape)}: "
+                "the student's img_size must equal the teacher's"
+            )
+        logs = {"train/embed_mse": F.mse_loss(emb, target)}
+        loss = self.embed_weight * logs["train/embed_mse"]
+        if self.mask_weight > 0:
+            logs["train/mask_loss"] = self.mask_loss(emb, target, batch["input_size"])
+            loss = loss + self.mask_weight * logs["train/mask_loss"]
+        logs["train/loss"] = loss
+        n = batch["image"].shape[0]
+        self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=n)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=n)
+        return loss

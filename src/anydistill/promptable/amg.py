@@ -1,0 +1,529 @@
+"""Automatic mask generation ("segment everything") with a promptable SAM-style model.
+
+The recipe of SAM [0] §A / segment-anything's ``SamAutomaticMaskGenerator`` [1], same defaults and
+same output records:
+
+1. Crops: the whole image, plus (``crop_n_layers > 0``) layer ``i`` of ``2^i x 2^i`` overlapping
+   crops. Each crop is embedded once by the image encoder.
+2. Prompts: a regular grid of foreground points over each crop (``points_per_side^2`` points, divided
+   by ``crop_n_points_downscale_factor^i`` per side in layer ``i``), decoded ``points_per_batch`` at a
+   time with ``multimask_output=True``: each point gives 3 candidate masks (whole, part, sub-part)
+   with logits ``(P, 3, H, W)`` at crop resolution and predicted IoUs ``(P, 3)``.
+3. Filters, per batch: predicted IoU ``> pred_iou_thresh`` (0.88); stability score
+   ``>= stability_score_thresh`` (0.95), where the stability score is the IoU between the mask
+   thresholded at ``mask_threshold + stability_score_offset`` and at ``mask_threshold -
+   stability_score_offset`` (a mask that hardly moves when the cut-off moves is confident); masks
+   whose box lies within 20 px of a crop edge that is not an image edge are dropped (cut objects).
+   A threshold of 0 switches its filter off.
+4. Box NMS within each crop (IoU ``box_nms_thresh`` = 0.7, scored by predicted IoU), then, with
+   several crops, NMS across crops (``crop_nms_thresh``), preferring masks from smaller crops.
+5. Optional clean-up (``min_mask_region_area > 0``): fill holes and drop islands smaller than that
+   area, then NMS again preferring masks that needed no change.
+
+Masks are kept as COCO RLE between steps (image-size bool masks for every candidate would not fit in
+memory for large images).
+
+Each record is a dict: ``segmentation`` (bool ``(H, W)`` array, or COCO RLE dict with ``str`` counts
+when ``output_mode="coco_rle"``), ``area`` (int px), ``bbox`` (XYWH, ints, width = last column -
+first column as upstream), ``predicted_iou``, ``point_coords`` (``[[x, y]]`` image px),
+``stability_score`` and ``crop_box`` (XYWH).
+
+- [0] Kirillov et al., "Segment Anything", ICCV 2023, https://arxiv.org/abs/2304.02643
+- [1] https://github.com/facebookresearch/segment-anything (``automatic_mask_generator.py``)
+"""
+
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/automatic_mask_generator.py
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.ops.boxes import batched_nms, box_area
+
+from anydistill.promptable.mask_utils import (
+    _pycocotools_mask,
+    batched_mask_to_box,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    decode_rle,
+    encode_rle,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    rle_area,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
+
+__all__ = ["AutomaticMaskGenerator", "masks_to_coco_json", "save_coco_json", "save_overlay"]
+
+OutputMode = Literal["binary_mask", "coco_rle"]
+_OUTPUT_MODES = ("binary_mask", "coco_rle")
+
+
+class PromptPredictor(Protocol):
+    """What the generator needs of a predictor (``segment_anything.SamPredictor`` and ours both fit)."""
+
+    transform: Any
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None: ...
+
+    def predict_torch(
+        self,
+        point_coords: Tensor | None,
+        point_labels: Tensor | None,
+        boxes: Tensor | None = None,
+        mask_input: Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def reset_image(self) -> None: ...
+
+
+def _make_predictor(model: nn.Module) -> PromptPredictor:
+    # Imported here so this module imports before/without the predictor module.
+    from anydistill.promptable.predictor import SamPredictor
+
+    return SamPredictor(model)
+
+
+@dataclass
+class _Candidates:
+    """Kept masks as parallel fields; ``rles`` is a list, the rest ``(N, ...)`` CPU tensors."""
+
+    rles: list[dict[str, Any]] = field(default_factory=list)
+    boxes: Tensor = field(
+        default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64)
+    )  # (N, 4) XYXY image px
+    iou_preds: Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
+    points: Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))  # (N, 2) image px
+    stability: Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
+    crop_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64))  # (N, 4) XYXY
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def select(self, keep: Tensor) -> _Candidates:
+        """Rows ``keep`` (int indices, in that order)."""
+        keep = keep.cpu()
+        return _Candidates(
+            rles=[self.rles[i] for i in keep.tolist()],
+            boxes=self.boxes[keep],
+            iou_preds=self.iou_preds[keep],
+            points=self.points[keep],
+            stability=self.stability[keep],
+            crop_boxes=self.crop_boxes[keep],
+        )
+
+    @staticmethod
+    def cat(parts: list[_Candidates]) -> _Candidates:
+        if not parts:
+            return _Candidates()
+        return _Candidates(
+            rles=[r for p in parts for r in p.rles],
+            boxes=torch.cat([p.boxes for p in parts]),
+            iou_preds=torch.cat([p.iou_preds for p in parts]),
+            points=torch.cat([p.points for p in parts]),
+            stability=torch.cat([p.stability for p in parts]),
+            crop_boxes=torch.cat([p.crop_boxes for p in parts]),
+        )
+
+
+def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Class-agnostic NMS: indices kept, by decreasing score."""
+    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), dtype=torch.int64), iou_threshold)
+
+
+class AutomaticMaskGenerator:
+    """Masks for everything in an image from a grid of point prompts (see the module docstring for the recipe).
+
+    Args:
+        model: a SAM-style model (then ``anydistill.promptable.SamPredictor(model)`` is built), or a
+            predictor-like object with ``set_image``, ``predict_torch``, ``reset_image`` and
+            ``transform`` (e.g. ``segment_anything.SamPredictor``), used as is.
+        points_per_side: grid points per image side (``points_per_side^2`` prompts on the full image);
+            exclusive with ``point_grids``.
+        points_per_batch: prompts decoded at once (memory: ``3 * points_per_batch`` full-size logit maps).
+        pred_iou_thresh: keep masks whose predicted IoU is ``>`` this (0 disables).
+        stability_score_thresh: keep masks whose stability score is ``>=`` this (0 disables).
+        stability_score_offset: logit offset ``o`` of the stability score ``IoU(l > t + o, l > t - o)``.
+        box_nms_thresh: box IoU above which a lower-scored mask of the same crop is dropped.
+        crop_n_layers: extra crop layers; layer ``i`` has ``(2^i)^2`` crops.
+        crop_nms_thresh: box IoU for the NMS across crops.
+        crop_overlap_ratio: overlap of neighbouring crops in layer 1, as a fraction of the short side
+            (halved in each further layer).
+        crop_n_points_downscale_factor: layer ``i`` uses ``points_per_side / factor^i`` points per side.
+        point_grids: explicit grids, one ``(N_i, 2)`` array in ``[0, 1]`` (x, y) per layer
+            ``0..crop_n_layers``; exclusive with ``points_per_side``.
+        min_mask_region_area: if > 0, fill holes and remove islands smaller than this many pixels
+            (needs scipy; may differ slightly from upstream, which uses OpenCV).
+        output_mode: ``"binary_mask"`` (bool ``(H, W)`` arrays) or ``"coco_rle"`` (RLE dicts).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | PromptPredictor,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: OutputMode = "binary_mask",
+    ) -> None:
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError(
+                "give exactly one of points_per_side and point_grids "
+                f"(got points_per_side={points_per_side!r}, point_grids={'set' if point_grids is not None else None})"
+            )
+        if output_mode not in _OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {_OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if crop_n_layers < 0:
+            raise ValueError(f"crop_n_layers must be >= 0, got {crop_n_layers}")
+        if crop_n_points_downscale_factor < 1:
+            raise ValueError(
+                f"crop_n_points_downscale_factor must be >= 1, got {crop_n_points_downscale_factor}"
+            )
+        for name, value in (("box_nms_thresh", box_nms_thresh), ("crop_nms_thresh", crop_nms_thresh)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= crop_overlap_ratio < 1.0:
+            raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}")
+        if min_mask_region_area < 0:
+            raise ValueError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}")
+
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+            self.point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
+        else:
+            assert point_grids is not None
+            if len(point_grids) < crop_n_layers + 1:
+                raise ValueError(
+                    f"point_grids needs one grid per layer 0..crop_n_layers ({crop_n_layers + 1}), got {len(point_grids)}"
+                )
+            self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+            for i, g in enumerate(self.point_grids):
+                if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+                    raise ValueError(
+                        f"point_grids[{i}] must be a non-empty (N, 2) array, got shape {g.shape}"
+                    )
+                if g.min() < 0 or g.max() > 1:
+                    raise ValueError(f"point_grids[{i}] must hold (x, y) normalised to [0, 1]")
+
+        _pycocotools_mask()  # fail now, not after the first crop, when pycocotools is missing
+        if min_mask_region_area > 0:
+            try:
+                import scipy.ndimage  # noqa: F401
+            except ImportError as err:  # pragma: no cover - depends on the environment
+                raise ImportError("min_mask_region_area > 0 needs scipy: pip install scipy") from err
+
+        self.predictor: PromptPredictor = model if hasattr(model, "predict_torch") else _make_predictor(model)  # type: ignore[arg-type]
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+
+    @property
+    def mask_threshold(self) -> float:
+        model = getattr(self.predictor, "model", None)
+        return float(getattr(model, "mask_threshold", 0.0))
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Mask records for an RGB image ``(H, W, 3)`` uint8, ordered as upstream (by NMS score)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} {image.dtype}"
+            )
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"image is empty: shape {image.shape}")
+
+        data = self._generate_masks(image)
+        if self.min_mask_region_area > 0:
+            data = self._remove_small_regions(data, max(self.box_nms_thresh, self.crop_nms_thresh))
+
+        if self.output_mode == "binary_mask":
+            masks = decode_rle(data.rles)  # (N, H, W) bool
+            segmentations: list[Any] = list(masks)
+        else:
+            segmentations = list(data.rles)
+        areas = rle_area(data.rles)
+        bboxes = box_xyxy_to_xywh(data.boxes).tolist()
+        crop_boxes = box_xyxy_to_xywh(data.crop_boxes).tolist()
+        ious, stabilities, points = data.iou_preds.tolist(), data.stability.tolist(), data.points.tolist()
+        return [
+            {
+                "segmentation": segmentations[i],
+                "area": areas[i],
+                "bbox": bboxes[i],
+                "predicted_iou": ious[i],
+                "point_coords": [points[i]],
+                "stability_score": stabilities[i],
+                "crop_box": crop_boxes[i],
+            }
+            for i in range(len(data))
+        ]
+
+    def _generate_masks(self, image: np.ndarray) -> _Candidates:
+        orig_size = (image.shape[0], image.shape[1])
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        parts = []
+        for crop_box, layer in zip(crop_boxes, layer_idxs, strict=True):
+            if crop_box[2] <= crop_box[0] or crop_box[3] <= crop_box[1]:
+                continue  # empty crop of a tiny image (upstream would crash on it)
+            parts.append(self._process_crop(image, crop_box, layer, orig_size))
+        data = _Candidates.cat(parts)
+        if len(crop_boxes) > 1 and len(data) > 0:
+            # Duplicates across crops: prefer masks from smaller crops (score 1 / crop area).
+            scores = 1 / box_area(data.crop_boxes)
+            data = data.select(_nms(data.boxes, scores, self.crop_nms_thresh))
+        return data
+
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int]
+    ) -> _Candidates:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1, :]
+        crop_size = (crop.shape[0], crop.shape[1])
+        self.predictor.set_image(crop)
+
+        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # (P, 2) crop px, (x, y)
+        parts = [
+            self._process_batch(points[s : s + self.points_per_batch], crop_size, crop_box, orig_size)
+            for s in range(0, len(points), self.points_per_batch)
+        ]
+        self.predictor.reset_image()
+
+        data = _Candidates.cat(parts)
+        # Duplicates within the crop, scored by predicted IoU.
+        data = data.select(_nms(data.boxes, data.iou_preds, self.box_nms_thresh))
+        data.boxes = uncrop_boxes_xyxy(data.boxes, crop_box)
+        data.points = uncrop_points(data.points, crop_box)
+        return data
+
+    def _process_batch(
+        self,
+        points: np.ndarray,
+        crop_size: tuple[int, int],
+        crop_box: list[int],
+        orig_size: tuple[int, int],
+    ) -> _Candidates:
+        orig_h, orig_w = orig_size
+        device = _predictor_device(self.predictor)
+        coords = torch.as_tensor(
+            self.predictor.transform.apply_coords(points, crop_size), device=device
+        )  # (P, 2)
+        labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)  # (P,) all foreground
+        logits, iou_preds, _ = self.predictor.predict_torch(
+            coords[:, None, :], labels[:, None], multimask_output=True, return_logits=True
+        )  # (P, 3, h, w), (P, 3)
+        m = logits.shape[1]
+        logits = logits.flatten(0, 1)  # (P*3, h, w)
+        iou_preds = iou_preds.flatten(0, 1)  # (P*3,)
+        pts = torch.as_tensor(points).repeat_interleave(m, dim=0)  # (P*3, 2), each point once per mask
+
+        keep = torch.ones(len(iou_preds), dtype=torch.bool, device=iou_preds.device)
+        if self.pred_iou_thresh > 0.0:
+            keep &= iou_preds > self.pred_iou_thresh
+        logits, iou_preds, pts = logits[keep], iou_preds[keep], pts[keep.cpu()]
+
+        stability = calculate_stability_score(logits, self.mask_threshold, self.stability_score_offset)
+        if self.stability_score_thresh > 0.0:
+            keep = stability >= self.stability_score_thresh
+            logits, iou_preds, pts, stability = (
+                logits[keep],
+                iou_preds[keep],
+                pts[keep.cpu()],
+                stability[keep],
+            )
+
+        masks = logits > self.mask_threshold  # (K, h, w) bool
+        del logits
+        boxes = batched_mask_to_box(masks)  # (K, 4) crop px
+        keep = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+        if not bool(keep.all()):
+            masks, boxes, iou_preds, pts, stability = (
+                masks[keep],
+                boxes[keep],
+                iou_preds[keep],
+                pts[keep.cpu()],
+                stability[keep],
+            )
+        rles = encode_rle(uncrop_masks(masks, crop_box, orig_h, orig_w))  # full-image RLEs
+        return _Candidates(
+            rles=rles,
+            boxes=boxes.cpu(),
+            iou_preds=iou_preds.float().cpu(),
+            points=pts,
+            stability=stability.float().cpu(),
+            crop_boxes=torch.tensor([crop_box], dtype=torch.int64).expand(len(rles), 4),
+        )
+
+    def _remove_small_regions(self, data: _Candidates, nms_thresh: float) -> _Candidates:
+        """Fill small holes, drop small islands, then NMS preferring unchanged masks (score 1 vs 0)."""
+        if len(data) == 0:
+            return data
+        # One mask at a time: connected components have no batched form, and decoding all masks at
+        # once would hold N full-size masks in memory.
+        new_rles, new_boxes, unchanged = [], [], []
+        for rle in data.rles:
+            mask = decode_rle(rle)
+            mask, holes_changed = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, islands_changed = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            changed = holes_changed or islands_changed
+            unchanged.append(0.0 if changed else 1.0)
+            new_rles.append(encode_rle(torch.from_numpy(mask)[None])[0] if changed else rle)
+            new_boxes.append(batched_mask_to_box(torch.from_numpy(mask)))
+        data = _Candidates(
+            rles=new_rles,
+            boxes=torch.stack(new_boxes),
+            iou_preds=data.iou_preds,
+            points=data.points,
+            stability=data.stability,
+            crop_boxes=data.crop_boxes,
+        )
+        return data.select(_nms(data.boxes, torch.tensor(unchanged), nms_thresh))
+
+
+def _predictor_device(predictor: Any) -> torch.device:
+    device = getattr(predictor, "device", None)
+    if device is not None:
+        return torch.device(device)
+    features = getattr(predictor, "features", None)
+    return features.device if isinstance(features, Tensor) else torch.device("cpu")
+
+
+def _rle_of(segmentation: np.ndarray | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(segmentation, dict):
+        counts = segmentation["counts"]
+        return {
+            "size": list(segmentation["size"]),
+            "counts": counts.decode() if isinstance(counts, bytes) else counts,
+        }
+    return encode_rle(torch.from_numpy(np.asarray(segmentation, dtype=bool))[None])[0]
+
+
+def _size_of(segmentation: np.ndarray | dict[str, Any]) -> tuple[int, int]:
+    if isinstance(segmentation, dict):
+        h, w = segmentation["size"]
+        return int(h), int(w)
+    h, w = np.asarray(segmentation).shape
+    return int(h), int(w)
+
+
+def masks_to_coco_json(
+    records: list[dict[str, Any]],
+    image_id: int = 0,
+    file_name: str | None = None,
+    size: tuple[int, int] | None = None,
+    category_id: int = 1,
+) -> dict[str, Any]:
+    """COCO-style dict (``images``, ``annotations``, ``categories``) for the records of one image.
+
+    Each annotation has ``segmentation`` as compressed RLE ``{"size": [H, W], "counts": str}``,
+    ``area``, ``bbox`` (XYWH), ``iscrowd`` 0, ``score`` (= predicted IoU, as COCO results expect) and
+    SAM's ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``. All masks get the one
+    class-agnostic ``category_id``. ``size = (H, W)`` defaults to the masks' size; it is required
+    when there are no records.
+    """
+    sizes = {_size_of(r["segmentation"]) for r in records}
+    if size is None:
+        if not sizes:
+            raise ValueError("masks_to_coco_json: no records, so the image size must be given")
+        if len(sizes) > 1:
+            raise ValueError(f"masks_to_coco_json: records have different mask sizes {sorted(sizes)}")
+        size = next(iter(sizes))
+    h, w = int(size[0]), int(size[1])
+    if sizes - {(h, w)}:
+        raise ValueError(f"masks_to_coco_json: mask sizes {sorted(sizes)} do not match size {(h, w)}")
+    annotations = []
+    for i, r in enumerate(records):
+        annotations.append(
+            {
+                "id": i + 1,
+                "image_id": image_id,
+                "category_id": category_id,
+                "segmentation": _rle_of(r["segmentation"]),
+                "area": int(r["area"]),
+                "bbox": [float(v) for v in r["bbox"]],
+                "iscrowd": 0,
+                "score": float(r["predicted_iou"]),
+                "predicted_iou": float(r["predicted_iou"]),
+                "stability_score": float(r["stability_score"]),
+                "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
+                "crop_box": [float(v) for v in r["crop_box"]],
+            }
+        )
+    image = {"id": image_id, "height": h, "width": w}
+    if file_name is not None:
+        image["file_name"] = file_name
+    return {
+        "images": [image],
+        "annotations": annotations,
+        "categories": [{"id": category_id, "name": "object"}],
+    }
+
+
+def save_coco_json(records: list[dict[str, Any]], path: str | Path, **kwargs: Any) -> Path:
+    """Write :func:`masks_to_coco_json` (same keyword arguments) to ``path``, creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(masks_to_coco_json(records, **kwargs)))
+    return path
+
+
+def save_overlay(
+    image: np.ndarray, records: list[dict[str, Any]], path: str | Path, alpha: float = 0.5
+) -> Path:
+    """Write the RGB image ``(H, W, 3)`` uint8 with each mask blended in its own palette colour as a PNG.
+
+    Larger masks are painted first so smaller ones stay visible on top; pixels under no mask keep
+    the image's colour.
+    """
+    from anydistill.viz import default_palette, overlay, save_png
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"save_overlay: image must be (H, W, 3), got shape {image.shape}")
+    h, w = image.shape[:2]
+    ids = np.zeros((h, w), dtype=np.int64)  # 0 = no mask, k = k-th mask (by decreasing area)
+    order = sorted(range(len(records)), key=lambda i: -int(records[i]["area"]))
+    for k, i in enumerate(order, start=1):
+        seg = records[i]["segmentation"]
+        mask = decode_rle(_rle_of(seg)) if isinstance(seg, dict) else np.asarray(seg, dtype=bool)
+        if mask.shape != (h, w):
+            raise ValueError(f"save_overlay: mask {i} has shape {mask.shape}, image is {(h, w)}")
+        ids[mask] = k
+    # Palette entry 0 is black; skip it and cycle through 255 colours.
+    palette = default_palette(256)[1:]
+    colors = palette[(ids - 1) % len(palette)]  # (H, W, 3)
+    blended = np.where((ids > 0)[..., None], overlay(image.astype(np.uint8), colors, alpha), image)
+    return save_png(blended.astype(np.uint8), path)

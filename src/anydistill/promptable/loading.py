@@ -1,0 +1,99 @@
+"""One loader for every promptable (SAM-structured) model a user can point at.
+
+* an official segment-anything ``.pth`` (``sam_vit_b_01ec64.pth`` …) or an anydistill SAM state dict:
+  :func:`anydistill.models.sam.load_sam_checkpoint` (size detected from the tensor shapes);
+* an anydistill training checkpoint (``best.ckpt`` of ``anydistill train task=promptable`` or of
+  ``anydistill distill task=promptable``): the model is rebuilt from the config stored in the
+  checkpoint (model name, its kwargs, ``data.image_size``) and its ``model.*`` weights loaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from anydistill.errors import ConfigError, DataError
+
+__all__ = ["build_promptable_model", "load_promptable", "read_promptable_config"]
+
+
+def _read_ckpt(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, "checkpoint is empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
+    if not isinstance(ckpt, dict):
+        raise DataError(path, "not a checkpoint (expected a dict)")
+    return ckpt
+
+
+def read_promptable_config(path: str | Path) -> Any | None:
+    """The :class:`~anydistill.config.TrainConfig` stored in an anydistill ``.ckpt`` (None otherwise)."""
+    from anydistill.config import config_from_dict
+
+    path = Path(path)
+    if path.suffix != ".ckpt":
+        return None
+    ckpt = _read_ckpt(path)
+    return config_from_dict(ckpt["anydistill_config"]) if "anydistill_config" in ckpt else None
+
+
+def load_promptable(path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
+    """A SAM-structured model (:class:`~anydistill.models.sam.Sam`) from ``path``, in eval mode.
+
+    Raises:
+        DataError: missing, truncated or foreign file; an anydistill checkpoint of another task.
+    """
+    from anydistill.models import build_model
+    from anydistill.models.sam import load_sam_checkpoint
+
+    path = Path(path)
+    if path.suffix != ".ckpt":
+        return load_sam_checkpoint(path, **overrides).to(device).eval()
+    ckpt = _read_ckpt(path)
+    if "anydistill_config" not in ckpt or "state_dict" not in ckpt:
+        return load_sam_checkpoint(path, **overrides).to(device).eval()
+    from anydistill.config import config_from_dict
+
+    cfg = config_from_dict(ckpt["anydistill_config"])
+    if cfg.task != "promptable":
+        raise DataError(path, f"is a {cfg.task!r} checkpoint, not a promptable (SAM) model")
+    kwargs = {"img_size": cfg.data.image_size, **dict(cfg.model.kwargs), **overrides}
+    model = build_model(cfg.model.name, **kwargs)
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(path, f"weights do not match the model its config describes: {exc}") from None
+    return model.to(device).eval()
+
+
+def build_promptable_model(cfg: Any) -> nn.Module:
+    """The model a ``task=promptable`` config trains: ``prompt.init_checkpoint`` when set (an official
+    SAM ``.pth``, e.g. to fine-tune with a frozen encoder, or an anydistill checkpoint), else
+    ``build_model(model.name, img_size=data.image_size, **model.kwargs)``.
+
+    Raises:
+        ConfigError: the checkpoint's input size differs from ``data.image_size``.
+    """
+    from anydistill.models import build_model
+
+    if cfg.prompt.init_checkpoint:
+        model = load_promptable(cfg.prompt.init_checkpoint)
+    else:
+        model = build_model(cfg.model.name, **{"img_size": cfg.data.image_size, **dict(cfg.model.kwargs)})
+    if int(model.image_encoder.img_size) != cfg.data.image_size:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} but the model's image encoder takes "
+            f"{model.image_encoder.img_size}² inputs; set data.image_size={model.image_encoder.img_size}"
+        )
+    return model

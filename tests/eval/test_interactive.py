@@ -1,0 +1,270 @@
+"""Interactive evaluation: NoC / mIoU@n with an oracle model whose answers are known, and a tiny SAM."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anydistill.data.clicks import evaluation_clicks
+from anydistill.data.instances import InstanceDataset, InstanceRecord
+from anydistill.eval.interactive import (
+    InteractiveMetrics,
+    InteractiveResult,
+    decode_prompts,
+    embed_images,
+    evaluate_image,
+    evaluate_interactive,
+    interactive_clicks,
+    number_of_clicks,
+    summarize_interactive,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is much faster than several on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- a fake "oracle" Sam
+
+
+class _Encoder(nn.Module):
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return torch.zeros((x.shape[0], 1, 1, 1))
+
+
+class _PromptEncoder(nn.Module):
+    """Passes the number of real clicks of each prompt to the decoder; records what it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Tensor, Tensor, Tensor | None]] = []
+
+    def get_dense_pe(self) -> Tensor:
+        return torch.zeros((1, 1, 1, 1))
+
+    def forward(self, points, boxes, masks):
+        coords, labels = points
+        self.calls.append((coords.clone(), labels.clone(), masks))
+        clicks = (labels >= 0).sum(dim=1).float()  # (N,)
+        return clicks[:, None, None], torch.zeros((coords.shape[0], 1, 1, 1))
+
+
+class _OracleDecoder(nn.Module):
+    """Object i is answered exactly once it has ``needed[i]`` clicks, by an empty mask before.
+
+    Multimask output: [current answer (predicted IoU 0.9), the ground truth (0.1), empty (0.5)], so the
+    kept mask is the current answer and the oracle mask is always exact.
+    """
+
+    def __init__(self, gt_input: Tensor, needed: list[int]) -> None:
+        super().__init__()
+        self.gt_logits = torch.where(gt_input, 10.0, -10.0)  # (N, S, S) input frame
+        self.needed = torch.tensor(needed)
+
+    def forward(
+        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output
+    ):
+        clicks = sparse_prompt_embeddings[:, 0, 0]  # (N,)
+        exact = clicks >= self.needed
+        empty = torch.full_like(self.gt_logits, -10.0)
+        answer = torch.where(exact[:, None, None], self.gt_logits, empty)  # (N, S, S)
+        if not multimask_output:
+            return answer[:, None], torch.full((len(clicks), 1), 0.5)
+        masks = torch.stack([answer, self.gt_logits, empty], dim=1)  # (N, 3, S, S)
+        return masks, torch.tensor([0.9, 0.1, 0.5]).expand(len(clicks), 3)
+
+
+class _OracleSam(nn.Module):
+    mask_threshold = 0.0
+
+    def __init__(self, gt_input: Tensor, needed: list[int], img_size: int) -> None:
+        super().__init__()
+        self.image_encoder = _Encoder(img_size)
+        self.prompt_encoder = _PromptEncoder()
+        self.mask_decoder = _OracleDecoder(gt_input, needed)
+
+    def preprocess(self, x: Tensor) -> Tensor:
+        s = self.image_encoder.img_size
+        return F.pad(x, (0, s - x.shape[-1], 0, s - x.shape[-2]))
+
+    def postprocess_masks(self, masks: Tensor, input_size, original_size) -> Tensor:
+        # The same steps as segment_anything's Sam.postprocess_masks (decoder output = input size here).
+        s = self.image_encoder.img_size
+        masks = F.interpolate(masks, (s, s), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+
+def _squares(n: int, size: int, side: int = 6) -> Tensor:
+    gt = torch.zeros((n, size, size), dtype=torch.bool)
+    for i in range(n):
+        y, x = 2 + 4 * i, 3 + 5 * i
+        gt[i, y : y + side, x : x + side] = True
+    return gt
+
+
+@pytest.mark.parametrize("use_prev_mask", [True, False])
+def test_oracle_model_gives_exact_noc_and_miou(use_prev_mask: bool) -> None:
+    gt = _squares(4, 32)
+    needed = [1, 3, 5, 9]  # the last object is never exact within 6 clicks
+    model = _OracleSam(gt, needed, img_size=32)
+    result = evaluate_image(
+        model, torch.zeros((3, 32, 32)), (32, 32), gt, max_clicks=6, use_prev_mask=use_prev_mask
+    )
+    expected = torch.tensor([[float(t + 1 >= k) for t in range(6)] for k in needed])
+    assert torch.equal(result.ious, expected)
+    assert result.oracle_iou.tolist() == [1.0] * 4
+    assert number_of_clicks(result.ious, 0.85).tolist() == [1.0, 3.0, 5.0, 6.0]
+    summary = summarize_interactive(result.ious, result.oracle_iou)
+    assert summary["noc@85"] == summary["noc@90"] == pytest.approx((1 + 3 + 5 + 6) / 4)
+    assert summary["nof@90"] == 1.0
+    assert [summary[f"miou@{n}"] for n in range(1, 7)] == pytest.approx([0.25, 0.25, 0.5, 0.5, 0.75, 0.75])
+    assert summary["oracle_miou@1"] == 1.0
+    assert model.image_encoder.calls == 1
+    calls = model.prompt_encoder.calls
+    assert len(calls) == 6 and calls[0][2] is None
+    assert all((c[2] is not None) == use_prev_mask for c in calls[1:])
+    if use_prev_mask:
+        assert calls[1][2].shape == (4, 1, 32, 32)
+    # Objects already exact get padding clicks: object 0 has exactly one real click.
+    assert (result.labels[0, 1:] == -1).all() and (result.labels[3] >= 0).all()
+
+
+def test_first_click_is_the_deepest_point_and_clicks_are_scaled_to_the_input_frame() -> None:
+    gt_small = _squares(2, 16, side=4)  # ground truth in the original frame (16 x 16)
+    gt_input = torch.zeros((2, 32, 32), dtype=torch.bool)  # 2x resized into the input frame (32 x 32)
+    gt_input[:, :32, :32] = gt_small.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    model = _OracleSam(gt_input, [2, 2], img_size=32)
+    result = evaluate_image(model, torch.zeros((3, 32, 32)), (32, 32), gt_small, max_clicks=3)
+    first, labels = evaluation_clicks(torch.zeros_like(gt_small), gt_small)
+    assert torch.equal(result.coords[:, :1], first) and (labels == 1).all()
+    coords_seen, _, _ = model.prompt_encoder.calls[0]
+    assert torch.equal(coords_seen, first * 2)  # apply_coords: x * w_input / w_original
+    assert result.ious[:, 1:].eq(1.0).all()  # IoU measured in the 16 x 16 frame after postprocess
+
+
+def test_number_of_clicks_and_summary_on_hand_made_curves() -> None:
+    ious = torch.tensor([[0.5, 0.86, 0.95], [0.9, 0.8, 0.95], [0.1, 0.2, 0.3]])
+    assert number_of_clicks(ious, 0.85).tolist() == [2.0, 1.0, 3.0]
+    assert number_of_clicks(ious, 0.90).tolist() == [3.0, 1.0, 3.0]
+    s = summarize_interactive(ious, torch.tensor([0.6, 0.9, 0.2]))
+    assert s["miou@1"] == pytest.approx(0.5) and s["miou@3"] == pytest.approx(2.2 / 3)
+    assert s["noc@85"] == pytest.approx(2.0) and s["noc@90"] == pytest.approx(7 / 3)
+    assert s["nof@85"] == 1.0 and s["nof@90"] == 1.0 and s["oracle_miou@1"] == pytest.approx(1.7 / 3)
+    metric = InteractiveMetrics()
+    metric.update(
+        InteractiveResult(ious[:2], torch.tensor([0.6, 0.9]), torch.zeros(2, 3, 2), torch.ones(2, 3))
+    )
+    metric.update(InteractiveResult(ious[2:], torch.tensor([0.2]), torch.zeros(1, 3, 2), torch.ones(1, 3)))
+    assert metric.compute() == pytest.approx(s)
+
+
+# --------------------------------------------------------------------------- a tiny random SAM
+
+
+def _tiny_sam(img_size: int = 64, dim: int = 32, patch: int = 8) -> nn.Module:
+    modeling = pytest.importorskip("segment_anything.modeling")
+    grid = img_size // patch
+    torch.manual_seed(0)
+    return modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            img_size=img_size,
+            patch_size=patch,
+            embed_dim=32,
+            depth=1,
+            num_heads=2,
+            mlp_ratio=2.0,
+            out_chans=dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=8,
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            transformer_dim=dim,
+            transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            iou_head_hidden_dim=32,
+        ),
+    ).eval()
+
+
+def _numpy_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+def test_tiny_sam_first_click_iou_matches_numpy_and_encoder_runs_once() -> None:
+    model = _tiny_sam()
+    image = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+    gt = _squares(3, 48, side=10)  # input size (48, 64): the image is padded at the bottom
+    gt = torch.cat([gt, torch.zeros((3, 48, 16), dtype=torch.bool)], dim=2)  # (3, 48, 64)
+    calls = {"enc": 0, "dec": 0}
+    model.image_encoder.register_forward_hook(lambda *a: calls.__setitem__("enc", calls["enc"] + 1))
+    model.mask_decoder.register_forward_hook(lambda *a: calls.__setitem__("dec", calls["dec"] + 1))
+    result = evaluate_image(model, image, (48, 64), gt, max_clicks=3, chunk=2)
+    assert result.ious.shape == (3, 3) and result.oracle_iou.shape == (3,)
+    assert ((result.ious >= 0) & (result.ious <= 1)).all()
+    assert (result.oracle_iou >= result.ious[:, 0] - 1e-6).all()
+    assert calls == {"enc": 1, "dec": 3 * 2}  # one embedding; k decoder calls per chunk of objects
+    # Click 1 again by hand: highest predicted IoU among three masks, IoU in numpy.
+    with torch.no_grad():
+        emb = embed_images(model, image[None], torch.tensor([[48, 64]]))
+        first, labels = evaluation_clicks(torch.zeros_like(gt), gt)
+        low, iou_pred = decode_prompts(
+            model, emb, model.prompt_encoder.get_dense_pe(), (first, labels), None, None, True
+        )
+        masks = model.postprocess_masks(low, (48, 64), (48, 64)) > 0
+    for i in range(3):
+        pick = int(iou_pred[i].argmax())
+        assert result.ious[i, 0].item() == pytest.approx(_numpy_iou(masks[i, pick].numpy(), gt[i].numpy()))
+        assert result.oracle_iou[i].item() == pytest.approx(
+            max(_numpy_iou(masks[i, m].numpy(), gt[i].numpy()) for m in range(3))
+        )
+
+
+def test_evaluate_interactive_over_a_dataset() -> None:
+    model = _tiny_sam()
+    records = []
+    for k in range(2):
+        id_map = np.zeros((40, 40), dtype=np.int32)
+        id_map[5 : 15 + k, 5:20] = 1
+        id_map[25:35, 10 + k : 30] = 2
+        image = np.where(id_map[..., None] > 0, 220, 30).astype(np.uint8).repeat(3, axis=2)
+        records.append(InstanceRecord.from_id_map(image, id_map, f"img{k}"))
+    dataset = InstanceDataset(records, size=64, min_area=10, sampling="fixed")
+    summary = evaluate_interactive(model, dataset, max_clicks=3)
+    assert summary["num_objects"] == 4.0
+    assert set(summary) >= {"miou@1", "miou@2", "miou@3", "noc@85", "noc@90", "oracle_miou@1"}
+    assert 1.0 <= summary["noc@90"] <= 3.0 and summary["oracle_miou@1"] >= summary["miou@1"] - 1e-6
+
+
+def test_interactive_clicks_without_objects_and_bad_clicks() -> None:
+    model = _OracleSam(torch.zeros((0, 8, 8), dtype=torch.bool), [], img_size=8)
+    out = interactive_clicks(
+        model, torch.zeros((1, 1, 1, 1)), (8, 8), torch.zeros((0, 8, 8), dtype=torch.bool), 4
+    )
+    assert out.ious.shape == (0, 4)
+    with pytest.raises(ValueError, match="max_clicks"):
+        interactive_clicks(
+            model, torch.zeros((1, 1, 1, 1)), (8, 8), torch.zeros((1, 8, 8), dtype=torch.bool), 0
+        )
