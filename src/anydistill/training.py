@@ -186,6 +186,7 @@ def _distill_promptable(cfg: TrainConfig) -> TrainResult:
     from anydistill.data.datamodule import SamDistillDataModule
     from anydistill.methods.sam_distill import SamEncoderDistillModule
     from anydistill.models import build_model
+    from anydistill.promptable.loading import sam_model_name
     from anydistill.teachers.sam import SamTeacher
 
     p = cfg.prompt
@@ -195,7 +196,7 @@ def _distill_promptable(cfg: TrainConfig) -> TrainResult:
     if teacher.img_size != cfg.data.image_size:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must equal the teacher's input size {teacher.img_size}")
     datamodule = SamDistillDataModule(cfg.data, p, cfg.distill.cache, teacher_fingerprint=teacher.fingerprint)
-    student = build_model(cfg.model.name, **{"img_size": teacher.img_size, **dict(cfg.model.kwargs)})
+    student = build_model(sam_model_name(cfg), **{"img_size": teacher.img_size, **dict(cfg.model.kwargs)})
     for part in ("prompt_encoder", "mask_decoder"):
         getattr(student, part).load_state_dict(getattr(teacher.model, part).state_dict())
     del teacher

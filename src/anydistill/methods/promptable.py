@@ -132,7 +132,9 @@ class PromptableModule(L.LightningModule):
             raise ValueError(f"p_box must be in [0, 1], got {p_box}")
         if loss_resolution not in ("input", "low_res"):
             raise ValueError(f"loss_resolution must be 'input' or 'low_res', got {loss_resolution!r}")
-        self.model = model
+        # Builders return eval-mode models (as segment-anything's); Lightning does not call .train()
+        # at the start of fit, so BatchNorm would train with frozen statistics.
+        self.model = model.train()
         self.optim_cfg = dict(optim or {})
         self.loss_fn = SamLoss(**(loss or {}))
         self.num_rounds, self.refine_rounds = num_rounds, refine_rounds

@@ -96,6 +96,18 @@ class SamEncoderDistillModule(PromptableModule):
             self.teacher_head.eval()
         return self
 
+    # The frozen teacher decoder copy is rebuilt from the teacher at construction (the student's decoder
+    # is initialised from it); do not store it in every checkpoint.
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        return {k: v for k, v in state.items() if not k.startswith("teacher_head.")}
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False):
+        if self.teacher_head is not None:
+            own = {f"teacher_head.{k}": v for k, v in self.teacher_head.state_dict().items()}
+            state_dict = {**state_dict, **own}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _teacher_decode(self, embedding: Tensor, points: tuple[Tensor, Tensor]) -> Tensor:
         """Teacher mask logits ``(N, 1, 4h', 4w')`` from a cached embedding ``(1, C, h', w')``."""
         head = self.teacher_head if self.teacher_head is not None else self.model

@@ -67,14 +67,41 @@ def load_promptable(path: str | Path, device: str | torch.device = "cpu", **over
     cfg = config_from_dict(ckpt["anydistill_config"])
     if cfg.task != "promptable":
         raise DataError(path, f"is a {cfg.task!r} checkpoint, not a promptable (SAM) model")
+    if cfg.prompt.init_checkpoint:
+        # Fine-tuned from another checkpoint (e.g. an official .pth): its architecture is the
+        # checkpoint's, not model.name's; the shapes in the state dict describe it.
+        from anydistill.models.sam import load_sam_checkpoint
+
+        return load_sam_checkpoint(path, **{"img_size": cfg.data.image_size, **overrides}).to(device).eval()
     kwargs = {"img_size": cfg.data.image_size, **dict(cfg.model.kwargs), **overrides}
-    model = build_model(cfg.model.name, **kwargs)
+    model = build_model(sam_model_name(cfg), **kwargs)
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise DataError(path, f"weights do not match the model its config describes: {exc}") from None
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(path, f"weights do not match the model its config describes ({first})") from None
     return model.to(device).eval()
+
+
+def sam_model_name(cfg: Any) -> str:
+    """``model.name`` for a promptable config: the default SAM student when left at the config's
+    default (a depth model), else it must be a SAM-structured model.
+
+    Raises:
+        ConfigError: ``model.name`` is not a registered SAM model.
+    """
+    from anydistill.config import ModelConfig
+    from anydistill.models import list_models
+    from anydistill.models.sam import DEFAULT_SAM_STUDENT
+
+    name = cfg.model.name
+    if name == ModelConfig().name:
+        return DEFAULT_SAM_STUDENT
+    sam_models = [n for n in list_models() if n.startswith("sam_")]
+    if name not in sam_models:
+        raise ConfigError(f"model.name={name!r} is not a promptable model; task=promptable takes one of {sam_models}")
+    return name
 
 
 def build_promptable_model(cfg: Any) -> nn.Module:
@@ -90,7 +117,7 @@ def build_promptable_model(cfg: Any) -> nn.Module:
     if cfg.prompt.init_checkpoint:
         model = load_promptable(cfg.prompt.init_checkpoint)
     else:
-        model = build_model(cfg.model.name, **{"img_size": cfg.data.image_size, **dict(cfg.model.kwargs)})
+        model = build_model(sam_model_name(cfg), **{"img_size": cfg.data.image_size, **dict(cfg.model.kwargs)})
     if int(model.image_encoder.img_size) != cfg.data.image_size:
         raise ConfigError(
             f"data.image_size={cfg.data.image_size} but the model's image encoder takes "

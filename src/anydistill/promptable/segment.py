@@ -1,6 +1,6 @@
 """``anydistill segment``: masks for one image from clicks and boxes, or every object (``--auto``).
 
-Writes, in ``out``: ``masks.png`` (the chosen mask, 0/255) or, with ``--multimask``, ``mask_0..2.png``;
+Writes, in ``out``: ``mask.png`` (the chosen mask, 0/255) or, with ``--multimask``, ``mask_0..2.png``;
 ``overlay.png`` (masks tinted over the image, clicks drawn: green = positive, red = negative, boxes
 outlined); ``result.json`` (predicted IoU per mask, prompts, sizes). With ``--auto``:
 ``masks_coco.json`` (COCO RLE, pycocotools-readable) and ``overlay.png``.
@@ -109,11 +109,11 @@ def segment(
     rgb = read_image(Path(image))  # (H, W, 3) uint8, EXIF applied
     model = load_promptable(checkpoint, device=device)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     report = SegmentReport(out)
     if auto:
         generator = AutomaticMaskGenerator(model, **(auto_kwargs or {}))
         records = generator.generate(rgb)
+        out.mkdir(parents=True, exist_ok=True)
         report.files.append(
             save_coco_json(records, out / "masks_coco.json", file_name=Path(image).name, size=rgb.shape[:2])
         )
@@ -132,6 +132,7 @@ def segment(
         None if box is None else np.array(box, np.float32),
         multimask_output=multimask or ambiguous,
     )  # (C, H, W) bool, (C,)
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad prompts leave no empty folder behind
     if not multimask:
         best = int(np.argmax(iou))
         masks, iou = masks[best : best + 1], iou[best : best + 1]

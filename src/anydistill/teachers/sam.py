@@ -50,7 +50,7 @@ class SamTeacher(Teacher):
         self.img_size = int(self.model.image_encoder.img_size)
         self.feature_dim = int(self.model.prompt_encoder.embed_dim)
         self.feature_stride = self.img_size // int(self.model.prompt_encoder.image_embedding_size[0])
-        self._freeze({"img_size": self.img_size, "source": Path(checkpoint_path).name})
+        self._freeze({"img_size": self.img_size})  # weights + settings, not the file's name
         self.to(device)
 
     def _features(self, images01: Tensor) -> Tensor:
