@@ -113,7 +113,12 @@ def _cmd_segment(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from anydistill import api
 
-    report = api.demo(args.out, quick=args.quick)
+    if args.promptable:
+        from anydistill.demo_promptable import run_promptable_demo
+
+        report = run_promptable_demo(args.out, quick=args.quick, baseline=args.baseline)
+    else:
+        report = api.demo(args.out, quick=args.quick)
     print(f"demo report: {report}")
 
 
@@ -196,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
+    demo.add_argument("--promptable", action="store_true",
+                      help="the Segment Anything story instead: promptable teacher, encoder-distilled student")
+    demo.add_argument("--baseline", action="store_true",
+                      help="--promptable: also train the student on the labels directly, for comparison")
     demo.set_defaults(func=_cmd_demo)
 
     models = sub.add_parser("models", help="list the model zoo")

@@ -1,0 +1,89 @@
+"""MobileSAM-style encoder distillation: the loss terms, what is frozen, what is saved."""
+
+import pytest
+import torch
+
+from anydistill.methods.sam_distill import SamEncoderDistillModule, random_points
+from anydistill.models import build_model
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _batch(model, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (b, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    grid = SIZE // 16
+    feat = torch.randn(b, model.prompt_encoder.embed_dim, grid, grid, generator=g)
+    return {"image": images, "input_size": torch.tensor([[SIZE, SIZE], [40, SIZE]])[:b], "feat": feat}
+
+
+def test_random_points_lie_inside_each_unpadded_image():
+    sizes = torch.tensor([[10, 30], [25, 5]])  # (h, w)
+    pts = random_points(sizes, 500, torch.Generator().manual_seed(0))  # (2, 500, 2) (x, y)
+    for b, (h, w) in enumerate(sizes.tolist()):
+        assert pts[b, :, 0].min() >= 0.5 and pts[b, :, 0].max() <= w - 0.5
+        assert pts[b, :, 1].min() >= 0.5 and pts[b, :, 1].max() <= h - 0.5
+
+
+def test_embedding_loss_is_the_mse_to_the_cached_embedding_and_only_the_encoder_learns():
+    torch.manual_seed(0)
+    model = build_model("sam_tiny", img_size=SIZE)
+    module = SamEncoderDistillModule(model, optim={"lr": 1e-3})
+    module.log_dict = module.log = lambda *a, **k: None  # no trainer attached
+    batch = _batch(model)
+    loss = module.training_step(batch, 0)
+    from anydistill.eval.interactive import embed_images
+
+    with torch.no_grad():
+        expected = ((embed_images(model, batch["image"], batch["input_size"]) - batch["feat"]) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in model.image_encoder.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in model.mask_decoder.parameters())
+    assert not any(p.requires_grad for p in model.prompt_encoder.parameters())
+
+
+def test_mask_loss_trains_the_encoder_through_the_frozen_decoder():
+    torch.manual_seed(0)
+    model = build_model("sam_tiny", img_size=SIZE)
+    module = SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=1.0, mask_points=3)
+    module.log_dict = module.log = lambda *a, **k: None
+    loss = module.training_step(_batch(model), 0)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    grads = [p.grad for p in model.image_encoder.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_finetuned_decoder_keeps_a_frozen_teacher_copy_out_of_the_checkpoint():
+    torch.manual_seed(0)
+    model = build_model("sam_tiny", img_size=SIZE)
+    module = SamEncoderDistillModule(model, mask_weight=1.0, finetune_decoder=True)
+    assert any(p.requires_grad for p in model.mask_decoder.parameters())
+    assert module.teacher_head is not None and not any(
+        p.requires_grad for p in module.teacher_head.parameters()
+    )
+    state = module.state_dict()
+    assert not any(k.startswith("teacher_head.") for k in state)
+    with torch.no_grad():  # the student's decoder drifts; the teacher copy must not
+        next(model.mask_decoder.parameters()).add_(1.0)
+    module.load_state_dict(state)  # strict, although teacher_head.* is not in the state
+    assert torch.equal(
+        next(module.teacher_head["mask_decoder"].parameters()) + 1.0, next(model.mask_decoder.parameters())
+    )
+
+
+def test_bad_weights_are_refused():
+    model = build_model("sam_tiny", img_size=SIZE)
+    with pytest.raises(ValueError, match="not both 0"):
+        SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=0.0)
+    with pytest.raises(ValueError, match="mask_points"):
+        SamEncoderDistillModule(model, mask_points=0)
