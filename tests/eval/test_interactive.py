@@ -16,13 +16,16 @@ from anydistill.eval.interactive import (
     InteractiveMetrics,
     InteractiveResult,
     decode_prompts,
+    decodes_batched,
     embed_images,
+    evaluate_batch,
     evaluate_image,
     evaluate_interactive,
     interactive_clicks,
     number_of_clicks,
     summarize_interactive,
 )
+from anydistill.models.sam import MaskDecoder, TwoWayTransformer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -178,11 +181,12 @@ def test_number_of_clicks_and_summary_on_hand_made_curves() -> None:
 # --------------------------------------------------------------------------- a tiny random SAM
 
 
-def _tiny_sam(img_size: int = 64, dim: int = 32, patch: int = 8) -> nn.Module:
+def _tiny_sam(img_size: int = 64, dim: int = 32, patch: int = 8, ours: bool = False) -> nn.Module:
+    """segment_anything's Sam (random, tiny); ``ours``: with our MaskDecoder, the same weights."""
     modeling = pytest.importorskip("segment_anything.modeling")
     grid = img_size // patch
     torch.manual_seed(0)
-    return modeling.Sam(
+    model = modeling.Sam(
         image_encoder=modeling.ImageEncoderViT(
             img_size=img_size,
             patch_size=patch,
@@ -206,6 +210,15 @@ def _tiny_sam(img_size: int = 64, dim: int = 32, patch: int = 8) -> nn.Module:
             iou_head_hidden_dim=32,
         ),
     ).eval()
+    if ours:
+        decoder = MaskDecoder(
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            iou_head_hidden_dim=32,
+        )
+        decoder.load_state_dict(model.mask_decoder.state_dict())
+        model.mask_decoder = decoder.eval()
+    return model
 
 
 def _numpy_iou(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -242,6 +255,52 @@ def test_tiny_sam_first_click_iou_matches_numpy_and_encoder_runs_once() -> None:
         )
 
 
+def _three_images() -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Images (3, 3, 64, 64) of input sizes 48x64, 64x40, 64x64 with 2, 0 and 3 objects (resized frame)."""
+    g = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8, generator=g)
+    sizes = torch.tensor([[48, 64], [64, 40], [64, 64]])
+    gts = []
+    for (h, w), n in zip(sizes.tolist(), (2, 0, 3), strict=True):
+        gt = torch.zeros((n, h, w), dtype=torch.bool)
+        for i in range(n):
+            y, x = (
+                int(torch.randint(0, h - 12, (1,), generator=g)),
+                int(torch.randint(0, w - 12, (1,), generator=g)),
+            )
+            gt[i, y : y + 8 + 2 * i, x : x + 12] = True
+        gts.append(gt)
+    gts[2][2, 40:, 50:] = True  # touches the image border
+    return images, sizes, gts
+
+
+@pytest.mark.parametrize("ours", [False, True])
+def test_evaluate_batch_equals_evaluate_image_per_image(ours: bool) -> None:
+    """Objects of several images decoded together (chunks across images, per-object embeddings with
+    our decoder, one call per image with segment_anything's) give each image's own results."""
+    model = _tiny_sam(ours=ours)
+    assert decodes_batched(model) == ours
+    images, sizes, gts = _three_images()
+    calls = {"enc": 0, "dec": []}
+    model.image_encoder.register_forward_hook(lambda m, i, o: calls.__setitem__("enc", calls["enc"] + 1))
+    model.mask_decoder.register_forward_hook(lambda m, i, o: calls["dec"].append(o[0].shape[0]))
+    batched = evaluate_batch(model, images, sizes, gts, max_clicks=4, chunk=3)
+    assert calls["enc"] == 1
+    # chunks: objects 0, 1, 2 (images 0, 0, 2) then 3, 4 (image 2); 4 clicks each
+    assert calls["dec"] == ([3] * 4 + [2] * 4 if ours else [2, 1] * 4 + [2] * 4)
+    ref = [evaluate_image(model, images[b], tuple(sizes[b].tolist()), gts[b], max_clicks=4) for b in (0, 2)]
+    assert batched.ious.shape == (5, 4) and batched.coords.shape == (5, 4, 2)
+    torch.testing.assert_close(batched.ious, torch.cat([r.ious for r in ref]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(batched.oracle_iou, torch.cat([r.oracle_iou for r in ref]), rtol=0, atol=1e-6)
+    assert torch.equal(batched.coords, torch.cat([r.coords for r in ref]))
+    assert torch.equal(batched.labels, torch.cat([r.labels for r in ref]))
+    assert (batched.coords[:3, :, 1] < 48).all()  # image 0's clicks stay off its padding
+    with pytest.raises(ValueError, match="input size"):
+        evaluate_batch(model, images, sizes, [gts[0], gts[1], gts[2][:, :60]], max_clicks=2)
+    with pytest.raises(ValueError, match="one ground truth"):
+        evaluate_batch(model, images, sizes, gts[:2], max_clicks=2)
+
+
 def test_evaluate_interactive_over_a_dataset() -> None:
     model = _tiny_sam()
     records = []
@@ -256,6 +315,8 @@ def test_evaluate_interactive_over_a_dataset() -> None:
     assert summary["num_objects"] == 4.0
     assert set(summary) >= {"miou@1", "miou@2", "miou@3", "noc@85", "noc@90", "oracle_miou@1"}
     assert 1.0 <= summary["noc@90"] <= 3.0 and summary["oracle_miou@1"] >= summary["miou@1"] - 1e-6
+    one_by_one = evaluate_interactive(_tiny_sam(ours=True), dataset, max_clicks=3, batch_size=1)
+    assert one_by_one == pytest.approx(summary, abs=1e-6)
 
 
 def test_interactive_clicks_without_objects_and_bad_clicks() -> None:

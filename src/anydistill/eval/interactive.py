@@ -18,9 +18,12 @@ least n with ``IoU_n >= 0.85 / 0.90``, k when never reached, RITM's convention),
 no further click and keeps its IoU.
 
 The image embedding is computed once per image; all objects of an image are decoded together (in
-chunks of ``chunk`` prompts). Any Sam-like model works (``image_encoder``, ``prompt_encoder``,
-``mask_decoder``, ``preprocess``, ``postprocess_masks``, ``mask_threshold``; the mask decoder takes one
-image embedding ``(1, C, h, w)`` and N prompts, as segment_anything's does).
+chunks of ``chunk`` prompts). :func:`evaluate_batch` embeds several images in one encoder pass and
+decodes the objects of all of them together when the mask decoder takes one embedding per prompt set
+(our :class:`~anydistill.models.sam.MaskDecoder`, ``accepts_batched_embeddings``); a decoder that takes
+one image embedding ``(1, C, h, w)`` and N prompts (segment_anything's) is called once per image.
+Any Sam-like model works (``image_encoder``, ``prompt_encoder``, ``mask_decoder``, ``preprocess``,
+``postprocess_masks``, ``mask_threshold``).
 
 - [0] Sofiiuk et al., "Reviving Iterative Training with Mask Guidance for Interactive Segmentation"
   (RITM), ICIP 2022, https://arxiv.org/abs/2102.06583
@@ -29,7 +32,7 @@ image embedding ``(1, C, h, w)`` and N prompts, as segment_anything's does).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -44,8 +47,11 @@ from anydistill.eval.metrics import binary_iou
 __all__ = [
     "InteractiveMetrics",
     "InteractiveResult",
+    "decode_embedded",
     "decode_prompts",
+    "decodes_batched",
     "embed_images",
+    "evaluate_batch",
     "evaluate_image",
     "evaluate_interactive",
     "interactive_clicks",
@@ -79,6 +85,61 @@ def embed_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tenso
     return model.image_encoder(prepare_images(model, images, input_sizes))
 
 
+def decodes_batched(model: nn.Module) -> bool:
+    """Whether ``model.mask_decoder`` takes one image embedding per prompt set (``B_img == B``), which our
+    :class:`~anydistill.models.sam.MaskDecoder` declares with ``accepts_batched_embeddings``;
+    segment_anything's repeats a single ``(1, C, h, w)`` embedding for every prompt set."""
+    return bool(getattr(model.mask_decoder, "accepts_batched_embeddings", False))
+
+
+def decode_embedded(
+    model: nn.Module,
+    embeddings: Tensor,
+    image_pe: Tensor,
+    sparse: Tensor,
+    dense: Tensor,
+    multimask: bool,
+    image_index: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The mask decoder for N embedded prompt sets, each on one image of a batch.
+
+    With ``image_index`` and a decoder that :func:`decodes_batched`, one call on the per-prompt-set
+    embeddings ``embeddings[image_index]`` ``(N, C, h', w')``; otherwise one call per image on its prompt
+    sets (the outputs put back in order). Both give the same outputs: the decoder treats the N rows
+    independently (attention within a row, norms and MLPs per token).
+
+    Args:
+        embeddings: ``(B, C, h', w')`` image embeddings.
+        image_pe: ``(1, C, h', w')`` dense positional encoding (``prompt_encoder.get_dense_pe()``).
+        sparse: ``(N, T, C)`` point / box tokens; dense: ``(N, C, h', w')`` mask-prompt embedding.
+        multimask: three masks (True) or one.
+        image_index: int64 ``(N,)``, the image of each prompt set; None: ``B`` is 1.
+
+    Returns:
+        ``(low_res_logits (N, M, 4h', 4w'), iou_pred (N, M))``.
+    """
+
+    def decode(emb: Tensor, sp: Tensor, de: Tensor) -> tuple[Tensor, Tensor]:
+        return model.mask_decoder(
+            image_embeddings=emb,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sp,
+            dense_prompt_embeddings=de,
+            multimask_output=multimask,
+        )
+
+    if image_index is None or embeddings.shape[0] == 1:
+        return decode(embeddings, sparse, dense)
+    if decodes_batched(model):
+        return decode(embeddings[image_index], sparse, dense)  # (N, C, h', w'): one per prompt set
+    rows = [torch.nonzero(image_index == b).flatten() for b in image_index.unique().tolist()]
+    if len(rows) == 1:
+        return decode(embeddings[image_index[:1]], sparse, dense)
+    outs = [decode(embeddings[image_index[r[:1]]], sparse[r], dense[r]) for r in rows]
+    inverse = torch.cat(rows).argsort()  # (N,) back to the prompt sets' order
+    return torch.cat([o[0] for o in outs])[inverse], torch.cat([o[1] for o in outs])[inverse]
+
+
 def decode_prompts(
     model: nn.Module,
     embedding: Tensor,
@@ -87,28 +148,25 @@ def decode_prompts(
     boxes: Tensor | None,
     mask_input: Tensor | None,
     multimask: bool,
+    image_index: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Prompt encoder + mask decoder for N prompts on one image.
+    """Prompt encoder + mask decoder for N prompts on one image (or, with ``image_index``, on the images
+    of a batch: :func:`decode_embedded`).
 
     Args:
-        embedding: ``(1, C, h', w')`` image embedding.
+        embedding: ``(1, C, h', w')`` image embedding (``(B, C, h', w')`` with ``image_index``).
         image_pe: ``(1, C, h', w')`` dense positional encoding (``prompt_encoder.get_dense_pe()``).
         points: ``(coords (N, P, 2), labels (N, P))`` in input-frame pixels, or None.
         boxes: ``(N, 4)`` or None.
         mask_input: ``(N, 1, 4h', 4w')`` low-resolution logits, or None.
         multimask: three masks (True) or one.
+        image_index: optional int64 ``(N,)``, the image of each prompt.
 
     Returns:
         ``(low_res_logits (N, M, 4h', 4w'), iou_pred (N, M))``.
     """
     sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-    return model.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=image_pe,
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-    )
+    return decode_embedded(model, embedding, image_pe, sparse, dense, multimask, image_index)
 
 
 @dataclass
@@ -139,24 +197,31 @@ def _postprocess(
 def interactive_clicks(
     model: nn.Module,
     embedding: Tensor,
-    input_size: tuple[int, int],
+    input_size: tuple[int, int] | Tensor,
     gt: Tensor,
     max_clicks: int = 20,
     use_prev_mask: bool = True,
     multimask_first: bool = True,
+    image_index: Tensor | None = None,
 ) -> InteractiveResult:
-    """Runs the click protocol (module docstring) on N objects of one image.
+    """Runs the click protocol (module docstring) on N objects of one image, or of several images.
 
     Args:
         model: a Sam-like model.
-        embedding: ``(1, C, h', w')`` the image's embedding.
-        input_size: ``(h, w)`` of the resized image inside the model's padded input.
+        embedding: ``(1, C, h', w')`` the image's embedding; with ``image_index``, ``(B, C, h', w')``.
+        input_size: ``(h, w)`` of the resized image inside the model's padded input; with
+            ``image_index``, int ``(N, 2)``, each object's image's.
         gt: bool ``(N, H, W)`` ground-truth masks in any frame of the same image (the resized one,
             ``(h, w)``, or the original one); clicks are computed there and scaled to the input frame as
-            ``ResizeLongestSide.apply_coords`` does (``x · w / W``).
+            ``ResizeLongestSide.apply_coords`` does (``x · w / W``). With ``image_index``: in the padded
+            input frame ``(S, S)``, pixels outside an object's ``input_size`` being padding (never
+            clicked, not counted), which gives the same clicks and IoUs as each object's crop
+            ``gt[:h, :w]`` in the one-image form.
         max_clicks: k.
         use_prev_mask: feed the previous low-resolution logits as the mask prompt.
         multimask_first: three masks on the first click (the highest predicted IoU kept); else one.
+        image_index: optional int64 ``(N,)``, each object's image in ``embedding``
+            (:func:`decode_embedded`).
 
     Returns:
         an :class:`InteractiveResult`.
@@ -164,7 +229,6 @@ def interactive_clicks(
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
     n, gh, gw = gt.shape
-    h, w = int(input_size[0]), int(input_size[1])
     device = embedding.device
     if n == 0:
         return InteractiveResult(
@@ -174,7 +238,19 @@ def interactive_clicks(
             torch.zeros((0, max_clicks), dtype=torch.int64),
         )
     gt = gt.to(device=device, dtype=torch.bool)
-    scale = torch.tensor([w / gw, h / gh], device=device)  # (2,) gt frame -> input frame
+    valid: Tensor | None = None
+    if image_index is None:
+        h, w = (int(v) for v in torch.as_tensor(input_size).reshape(2).tolist())
+        scale = torch.tensor([w / gw, h / gh], device=device)  # (2,) gt frame -> input frame
+    else:
+        side = getattr(model.image_encoder, "img_size", gw)
+        if (gh, gw) != (side, side):
+            raise ValueError(f"with image_index, gt must be in the padded input frame {side}², got {gh}x{gw}")
+        sizes = torch.as_tensor(input_size, device=device).reshape(-1, 2).expand(n, 2)  # (N, 2) (h, w)
+        grid = torch.arange(side, device=device)
+        valid = (grid[:, None] < sizes[:, :1, None]) & (grid < sizes[:, 1:, None])  # (N, S, S)
+        gt, scale = gt & valid, torch.ones(2, device=device)
+        image_index = image_index.to(device)
     image_pe = model.prompt_encoder.get_dense_pe()
     ious = torch.zeros((n, max_clicks), device=device)
     coords = torch.zeros((n, 0, 2), device=device)  # gt frame
@@ -183,13 +259,18 @@ def interactive_clicks(
     prev_low: Tensor | None = None
     oracle = torch.zeros(n, device=device)
     for t in range(max_clicks):
-        c, lab = evaluation_clicks(pred, gt, previous=(coords, labels))  # (N, 1, 2), (N, 1)
+        c, lab = evaluation_clicks(pred, gt, valid, previous=(coords, labels))  # (N, 1, 2), (N, 1)
         coords, labels = torch.cat([coords, c], dim=1), torch.cat([labels, lab], dim=1)
         points = (coords * scale, labels)  # input frame
         multimask = multimask_first and t == 0
         mask_input = prev_low if (use_prev_mask and prev_low is not None) else None
-        low, iou_pred = decode_prompts(model, embedding, image_pe, points, None, mask_input, multimask)
-        masks = _postprocess(model, low, (h, w), (gh, gw))  # (N, M, H, W)
+        low, iou_pred = decode_prompts(
+            model, embedding, image_pe, points, None, mask_input, multimask, image_index
+        )
+        if valid is None:
+            masks = _postprocess(model, low, (h, w), (gh, gw))  # (N, M, H, W)
+        else:  # the padded frame: upsampled, padding cleared (= postprocessing to each crop)
+            masks = _postprocess(model, low, (gh, gw), (gh, gw)) & valid[:, None]  # (N, M, S, S)
         true_iou = binary_iou(masks, gt[:, None].expand_as(masks))  # (N, M)
         pick = iou_pred.argmax(dim=1)  # (N,)
         rows = torch.arange(n, device=device)
@@ -204,6 +285,12 @@ def interactive_clicks(
         assert prev_low is not None
         prev_low = torch.where(clicked[:, None, None, None], new_low, prev_low)
     return InteractiveResult(ious.cpu(), oracle.cpu(), coords.cpu(), labels.cpu())
+
+
+def _cat_results(parts: list[InteractiveResult]) -> InteractiveResult:
+    return InteractiveResult(
+        *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(InteractiveResult))
+    )
 
 
 @torch.no_grad()
@@ -230,9 +317,68 @@ def evaluate_image(
         )
         for i in range(0, max(gt.shape[0], 1), chunk)
     ]
-    return InteractiveResult(
-        *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(InteractiveResult))
-    )
+    return _cat_results(parts)
+
+
+@torch.no_grad()
+def evaluate_batch(
+    model: nn.Module,
+    images: Tensor,
+    input_sizes: Tensor,
+    gts: Sequence[Tensor],
+    max_clicks: int = 20,
+    use_prev_mask: bool = True,
+    multimask_first: bool = True,
+    chunk: int = 32,
+) -> InteractiveResult:
+    """:func:`evaluate_image` for the objects of several images at once: one encoder pass, then chunks
+    of at most ``chunk`` objects taken across images, each chunk decoded in one call per click when the
+    decoder :func:`decodes_batched` (else one call per image of the chunk). Same results as
+    :func:`evaluate_image` on each image with its ground truth in the resized frame.
+
+    Args:
+        images: ``(B, 3, S, S)`` uint8 or 0..255 float, image b valid in its top-left ``input_sizes[b]``.
+        input_sizes: int ``(B, 2)`` ``(h, w)``.
+        gts: B bool tensors ``(N_b, h_b, w_b)``, each image's objects in its resized frame.
+
+    Returns:
+        the :class:`InteractiveResult` of all objects, image by image.
+    """
+    if len(gts) != images.shape[0] or input_sizes.shape != (images.shape[0], 2):
+        raise ValueError(
+            f"need one ground truth and one (h, w) per image: {images.shape[0]} images, {len(gts)} "
+            f"ground truths, input_sizes {tuple(input_sizes.shape)}"
+        )
+    side = images.shape[-1]
+    sizes = input_sizes.long().cpu()
+    for b, (g, (h, w)) in enumerate(zip(gts, sizes.tolist(), strict=True)):
+        if tuple(g.shape[-2:]) != (h, w):
+            raise ValueError(
+                f"ground truth {b} is {tuple(g.shape[-2:])}, not its image's input size {(h, w)}"
+            )
+    device = _model_device(model)
+    gt = torch.zeros((sum(g.shape[0] for g in gts), side, side), dtype=torch.bool, device=device)
+    start = 0
+    for g in gts:  # (N, S, S): each object in its image's padded input frame
+        gt[start : start + g.shape[0], : g.shape[1], : g.shape[2]] = g.to(device, torch.bool)
+        start += g.shape[0]
+    counts = torch.tensor([g.shape[0] for g in gts])
+    image_index = torch.repeat_interleave(torch.arange(len(gts)), counts)  # (N,) each object's image
+    embeddings = embed_images(model, images.to(device), sizes)  # (B, C, h', w')
+    parts = [
+        interactive_clicks(
+            model,
+            embeddings,
+            sizes[image_index[i : i + chunk]],
+            gt[i : i + chunk],
+            max_clicks,
+            use_prev_mask,
+            multimask_first,
+            image_index[i : i + chunk].to(device),
+        )
+        for i in range(0, max(gt.shape[0], 1), chunk)
+    ]
+    return _cat_results(parts)  # coords: (x, y) of the padded frame = of the resized frame
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -314,6 +460,7 @@ def evaluate_interactive(
     multimask_first: bool = True,
     max_images: int | None = None,
     chunk: int = 32,
+    batch_size: int = 4,
 ) -> dict[str, float]:
     """The interactive protocol over an :class:`~anydistill.data.instances.InstanceDataset`.
 
@@ -327,22 +474,33 @@ def evaluate_interactive(
         use_prev_mask, multimask_first: see :func:`interactive_clicks`.
         max_images: evaluate at most this many images.
         chunk: objects decoded together.
+        batch_size: images embedded together (:func:`evaluate_batch`).
 
     Returns:
         :func:`summarize_interactive`'s dict.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval()
     metrics = InteractiveMetrics()
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        images = torch.stack([p["image"] for p in pending])  # (B, 3, S, S)
+        sizes = torch.stack([p["input_size"] for p in pending])  # (B, 2)
+        gts = [p["masks"][:, :h, :w] for p, (h, w) in zip(pending, sizes.tolist(), strict=True)]
+        metrics.update(
+            evaluate_batch(model, images, sizes, gts, max_clicks, use_prev_mask, multimask_first, chunk)
+        )
+        pending.clear()
+
     for i, sample in enumerate(dataset):
         if max_images is not None and i >= max_images:
             break
-        h, w = (int(v) for v in sample["input_size"].tolist())
-        gt = sample["masks"][:, :h, :w]
-        if gt.shape[0] == 0:
-            continue
-        metrics.update(
-            evaluate_image(
-                model, sample["image"], (h, w), gt, max_clicks, use_prev_mask, multimask_first, chunk
-            )
-        )
+        if sample["masks"].shape[0]:
+            pending.append(sample)
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
     return metrics.compute()

@@ -1,7 +1,7 @@
 """Promptable segmentation training (Segment Anything's simulated interactive training).
 
-Per image of a batch, the image embedding is computed once; then, for all its objects together,
-``num_rounds`` decoder rounds (SAM [0], appendix A: 11):
+The image embeddings of a batch are computed in one encoder pass; then the objects of all images go
+together through ``num_rounds`` decoder rounds (SAM [0], appendix A: 11):
 
 - round 0: the first prompt of :func:`~anydistill.data.clicks.first_prompts` (a jittered box with
   probability ``p_box``, else a positive point drawn from the mask), no mask prompt;
@@ -22,6 +22,15 @@ The loss (:func:`~anydistill.losses.promptable.sam_loss`, 20·focal + dice on th
 MSE) is computed at the model's input resolution on logits upsampled bilinearly from the 4x-downsampled
 decoder output (as SAM 2's training code; ``loss_resolution="low_res"`` instead area-downsamples the
 ground truth, for memory), on the unpadded pixels only, averaged over objects and rounds.
+
+Each round decodes every object of the batch in one mask-decoder call when the decoder takes one image
+embedding per prompt set (our :class:`~anydistill.models.sam.MaskDecoder`: each object gets its image's
+embedding), else in one call per image (segment_anything's decoder); the results are the same. Point-
+and box-prompted objects are encoded apart (a prompt encoder takes boxes for all rows or none) but
+carry the same number of tokens (P clicks + a padding point, or P - 1 clicks + two box corners), so
+their tokens are concatenated into one call; only round 0 splits them when their multimask flags
+differ. Prompts are drawn for all objects at once, so the random draws do not depend on how the
+decoder is called.
 
 The mask prompt is not detached between rounds by default (SAM 2's training code feeds the previous
 logits as they are, so a round's loss also trains earlier rounds through the mask encoder;
@@ -44,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anydistill.data.clicks import Prompts, error_clicks, first_prompts, prompt_groups
-from anydistill.eval.interactive import InteractiveMetrics, decode_prompts, embed_images, evaluate_image
+from anydistill.eval.interactive import InteractiveMetrics, decode_embedded, embed_images, evaluate_batch
 from anydistill.losses.promptable import SamLoss, mask_ious
 
 __all__ = ["PromptableModule", "round_plan"]
@@ -71,15 +80,15 @@ def round_plan(
 
 @dataclass
 class _Objects:
-    """The objects of one image during the rounds of a training step."""
+    """The objects of all images of a batch (N in all, image by image) during a training step."""
 
-    index: int  # image index in the batch
-    gt: Tensor  # (n, S, S) bool
-    valid: Tensor  # (n, S, S) bool, False on padding
-    size: tuple[int, int]  # (h, w) unpadded
+    image: Tensor  # (N,) int64 index of each object's image in the batch
+    gt: Tensor  # (N, S, S) bool
+    valid: Tensor  # (N, S, S) bool, False on padding
+    size: Tensor  # (N, 2) int64 (h, w) unpadded
     prompts: Prompts | None = None
-    low: Tensor | None = None  # (n, 1, s, s) kept low-resolution logits
-    pred: Tensor | None = None  # (n, S, S) bool kept prediction
+    low: Tensor | None = None  # (N, 1, s, s) kept low-resolution logits
+    pred: Tensor | None = None  # (N, S, S) bool kept prediction
 
 
 class PromptableModule(L.LightningModule):
@@ -167,58 +176,72 @@ class PromptableModule(L.LightningModule):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_image_encoder):
             return embed_images(self.model, images, input_sizes)
 
-    def _objects(self, batch: dict[str, Tensor]) -> list[_Objects]:
-        side = batch["image"].shape[-1]
+    def _objects(self, batch: dict[str, Tensor]) -> _Objects:
+        image, slot = torch.nonzero(batch["valid"], as_tuple=True)  # (N,), (N,)
+        gt = batch["masks"][image, slot]  # (N, S, S)
+        size = batch["input_size"].to(gt.device)[image]  # (N, 2)
+        grid = torch.arange(gt.shape[-1], device=gt.device)
+        valid = (grid[:, None] < size[:, :1, None]) & (grid < size[:, 1:, None])  # (N, S, S)
+        return _Objects(image, gt, valid, size)
+
+    def _decode(
+        self, obj: _Objects, embeddings: Tensor, image_pe: Tensor, r: int
+    ) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Encodes every object's prompts and decodes them: ``[(rows, low, iou_pred)]``, one entry per
+        decoder call (``low (n, M, s, s)``, ``iou_pred (n, M)`` for the objects ``rows``)."""
+        assert obj.prompts is not None
+        mask_prompt = obj.low.detach() if (obj.low is not None and self.detach_mask_prompt) else obj.low
+        calls: dict[tuple[bool, int], list[tuple[Tensor, Tensor, Tensor]]] = {}
+        for rows, points, boxes in prompt_groups(obj.prompts):
+            multimask = r == 0 and self.multimask_first_round and (boxes is None or self.multimask_box)
+            mask_in = mask_prompt[rows] if mask_prompt is not None else None
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_in)
+            calls.setdefault((multimask, sparse.shape[1]), []).append((rows, sparse, dense))
         out = []
-        for b in range(batch["image"].shape[0]):
-            gt = batch["masks"][b][batch["valid"][b]]  # (n, S, S)
-            if gt.shape[0] == 0:
-                continue
-            h, w = (int(v) for v in batch["input_size"][b].tolist())
-            valid = torch.zeros((side, side), dtype=torch.bool, device=gt.device)
-            valid[:h, :w] = True
-            out.append(_Objects(b, gt, valid.expand_as(gt), (h, w)))
+        for (multimask, _), parts in calls.items():
+            rows, sparse, dense = (torch.cat(x) if len(x) > 1 else x[0] for x in zip(*parts, strict=True))
+            low, iou_pred = decode_embedded(
+                self.model, embeddings, image_pe, sparse, dense, multimask, obj.image[rows]
+            )
+            out.append((rows, low, iou_pred))
         return out
 
     def _round(
-        self, obj: _Objects, embedding: Tensor, image_pe: Tensor, r: int, add: bool
+        self, obj: _Objects, embeddings: Tensor, image_pe: Tensor, r: int, add: bool
     ) -> dict[str, Tensor]:
-        """One decoder round for the objects of one image; returns summed loss terms."""
+        """One decoder round for all objects; returns the loss terms and kept-mask IoU summed over them."""
         if r == 0:
             obj.prompts = first_prompts(obj.gt, self.p_box, obj.size, self.box_noise_std, self.box_noise_max)
         elif add:
             assert obj.prompts is not None and obj.pred is not None
             obj.prompts = obj.prompts.append(*error_clicks(obj.pred, obj.gt, obj.valid))
-        assert obj.prompts is not None
-        mask_prompt = obj.low.detach() if (obj.low is not None and self.detach_mask_prompt) else obj.low
         side = obj.gt.shape[-1]
         threshold = getattr(self.model, "mask_threshold", 0.0)
         sums: dict[str, Tensor] = {}
         rows_all, lows, preds = [], [], []
-        for rows, points, boxes in prompt_groups(obj.prompts):
-            multimask = r == 0 and self.multimask_first_round and (boxes is None or self.multimask_box)
-            mask_in = mask_prompt[rows] if mask_prompt is not None else None
-            low, iou_pred = decode_prompts(self.model, embedding, image_pe, points, boxes, mask_in, multimask)
+        for rows, low, iou_pred in self._decode(obj, embeddings, image_pe, r):
+            gt, valid = obj.gt[rows], obj.valid[rows]  # (n, S, S)
             up = F.interpolate(low, (side, side), mode="bilinear", align_corners=False)  # (n, M, S, S)
             if self.loss_resolution == "input":
-                out = self.loss_fn(up, obj.gt[rows], iou_pred, obj.valid[rows], reduction="none")
+                out = self.loss_fn(up, gt, iou_pred, valid, reduction="none")
             else:
                 gt_low, valid_low = (
-                    F.interpolate(x[rows, None].float(), low.shape[-2:], mode="area")[:, 0] >= 0.5
-                    for x in (obj.gt, obj.valid)
+                    F.interpolate(x[:, None].float(), low.shape[-2:], mode="area")[:, 0] >= 0.5
+                    for x in (gt, valid)
                 )  # (n, s, s)
                 out = self.loss_fn(low, gt_low, iou_pred, valid_low, reduction="none")
             keep = iou_pred.detach().argmax(dim=1)  # (n,) the mask passed on (highest predicted IoU)
             ar = torch.arange(len(rows), device=low.device)
-            kept_iou = mask_ious(up[ar, keep][:, None], obj.gt[rows], obj.valid[rows], threshold)[:, 0]
-            for key, value in (
-                ("loss", out.loss),
-                ("focal", out.focal),
-                ("dice", out.dice),
-                ("iou_loss", out.iou),
-            ):
+            kept_iou = mask_ious(up[ar, keep][:, None], gt, valid, threshold)[:, 0]
+            terms = {
+                "loss": out.loss,
+                "focal": out.focal,
+                "dice": out.dice,
+                "iou_loss": out.iou,
+                "iou": kept_iou,
+            }
+            for key, value in terms.items():
                 sums[key] = sums.get(key, 0) + value.sum()
-            sums["iou"] = sums.get("iou", 0) + kept_iou.sum()
             rows_all.append(rows)
             lows.append(low[ar, keep][:, None])  # (n, 1, s, s)
             preds.append(up[ar, keep].detach() > threshold)  # (n, S, S)
@@ -230,24 +253,20 @@ class PromptableModule(L.LightningModule):
         """Runs the simulated interaction on a batch; returns the mean loss terms over objects and rounds
         (``loss``, ``focal``, ``dice``, ``iou_loss``) and the IoU of the kept mask after the first and
         last rounds (``iou_first``, ``iou``)."""
-        objects = self._objects(batch)
-        if not objects:  # no object in the batch: nothing to learn from
+        obj = self._objects(batch)
+        count = obj.gt.shape[0]
+        if count == 0:  # no object in the batch: nothing to learn from
             return {"loss": torch.zeros((), device=self.device, requires_grad=True)}
         embeddings = self.encode(batch["image"], batch["input_size"])  # (B, C, h', w')
         image_pe = self.model.prompt_encoder.get_dense_pe()
-        plan = round_plan(self.num_rounds, self.refine_rounds)
-        count = sum(o.gt.shape[0] for o in objects)
         totals: dict[str, Tensor] = {}
-        for r, add in enumerate(plan):
-            round_iou: Tensor | int = 0
-            for obj in objects:
-                sums = self._round(obj, embeddings[obj.index : obj.index + 1], image_pe, r, add)
-                for key in ("loss", "focal", "dice", "iou_loss"):
-                    totals[key] = totals.get(key, 0) + sums[key]
-                round_iou = round_iou + sums["iou"]
+        for r, add in enumerate(round_plan(self.num_rounds, self.refine_rounds)):
+            sums = self._round(obj, embeddings, image_pe, r, add)
+            for key in ("loss", "focal", "dice", "iou_loss"):
+                totals[key] = totals.get(key, 0) + sums[key]
             if r == 0:
-                totals["iou_first"] = round_iou / count  # type: ignore[assignment]
-            totals["iou"] = round_iou / count  # type: ignore[assignment]
+                totals["iou_first"] = sums["iou"] / count
+            totals["iou"] = sums["iou"] / count
         for key in ("loss", "focal", "dice", "iou_loss"):
             totals[key] = totals[key] / (count * self.num_rounds)
         totals["num_objects"] = torch.tensor(float(count))
@@ -263,12 +282,14 @@ class PromptableModule(L.LightningModule):
         return out["loss"]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        for b in range(batch["image"].shape[0]):
-            h, w = (int(v) for v in batch["input_size"][b].tolist())
-            gt = batch["masks"][b][batch["valid"][b]][: self.val_instances, :h, :w]  # (n, h, w)
-            if gt.shape[0]:
-                result = evaluate_image(self.model, batch["image"][b], (h, w), gt, self.val_max_clicks)
-                self.val_metrics.update(result)
+        sizes = batch["input_size"]
+        gts = [
+            batch["masks"][b][batch["valid"][b]][: self.val_instances, :h, :w]  # (n, h, w)
+            for b, (h, w) in enumerate(sizes.tolist())
+        ]
+        if any(g.shape[0] for g in gts):
+            result = evaluate_batch(self.model, batch["image"], sizes, gts, self.val_max_clicks)
+            self.val_metrics.update(result)
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.eval.interactive import decode_prompts, embed_images
+from anydistill.eval.interactive import decode_embedded, embed_images
 from anydistill.losses.promptable import sam_loss
 from anydistill.methods.promptable import PromptableModule
 
@@ -108,26 +108,28 @@ class SamEncoderDistillModule(PromptableModule):
             state_dict = {**state_dict, **own}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _teacher_decode(self, embedding: Tensor, points: tuple[Tensor, Tensor]) -> Tensor:
-        """Teacher mask logits ``(N, 1, 4h', 4w')`` from a cached embedding ``(1, C, h', w')``."""
-        head = self.teacher_head if self.teacher_head is not None else self.model
-        with torch.no_grad():
-            pe = head.prompt_encoder.get_dense_pe()
-            logits, _ = decode_prompts(head, embedding, pe, points, None, None, multimask=False)
+    def _decode(self, head: nn.Module, emb: Tensor, points: tuple[Tensor, Tensor], index: Tensor) -> Tensor:
+        """Low-res mask logits ``(N, 1, 4h', 4w')`` for N single-point prompts, prompt ``i`` on image
+        ``index[i]`` of ``emb (B, C, h', w')``, in one decoder call (our decoder) or one per image."""
+        sparse, dense = head.prompt_encoder(
+            points=points, boxes=None, masks=None
+        )  # (N, 2, C), (N, C, h', w')
+        pe = head.prompt_encoder.get_dense_pe()  # (1, C, h', w')
+        logits, _ = decode_embedded(head, emb, pe, sparse, dense, multimask=False, image_index=index)
         return logits
 
     def mask_loss(self, student_emb: Tensor, teacher_emb: Tensor, input_sizes: Tensor) -> Tensor:
         """Prompt-in-the-loop loss, averaged over ``B · mask_points`` single-point prompts."""
-        coords = random_points(input_sizes.cpu(), self.mask_points).to(student_emb.device)  # (B, n, 2)
-        pe = self.model.prompt_encoder.get_dense_pe()
-        losses = []
-        for b in range(student_emb.shape[0]):
-            points = (coords[b][:, None, :], torch.ones_like(coords[b][:, :1]))  # (n, 1, 2), (n, 1)
-            target = self._teacher_decode(teacher_emb[b : b + 1], points)[:, 0] > 0  # (n, 4h', 4w')
-            logits, iou = decode_prompts(self.model, student_emb[b : b + 1], pe, points, None, None, False)
-            out = sam_loss(logits, target, iou, iou_weight=0.0)  # (n, 1, 4h', 4w') vs (n, 4h', 4w')
-            losses.append(out.loss)
-        return torch.stack(losses).mean()
+        b, n = student_emb.shape[0], self.mask_points
+        coords = random_points(input_sizes.cpu(), n).to(student_emb.device).reshape(b * n, 1, 2)  # (N, 1, 2)
+        points = (coords, torch.ones(b * n, 1, dtype=torch.int, device=coords.device))  # (N, 1, 2), (N, 1)
+        index = torch.arange(b, device=coords.device).repeat_interleave(n)  # (N,): image of each prompt
+        with torch.no_grad():
+            head = self.teacher_head if self.teacher_head is not None else self.model
+            target = self._decode(head, teacher_emb, points, index)[:, 0] > 0  # (N, 4h', 4w')
+        logits = self._decode(self.model, student_emb, points, index)  # (N, 1, 4h', 4w')
+        iou = logits.new_zeros(logits.shape[:2])  # the IoU head is not distilled here
+        return sam_loss(logits, target, iou, iou_weight=0.0).loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         target = batch["feat"].float()  # (B, C, h', w') cached teacher embeddings

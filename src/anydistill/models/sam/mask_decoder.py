@@ -58,7 +58,14 @@ class MaskDecoder(nn.Module):
         activation: of the upscaling convs (GELU).
         iou_head_depth: layers of the IoU MLP (3).
         iou_head_hidden_dim: its hidden width (256).
+
+    Attributes:
+        accepts_batched_embeddings: True: ``image_embeddings`` may hold one embedding per prompt set
+            (``B_img == B``), so prompts on different images go through one call (segment_anything's
+            decoder repeats one ``(1, C, h, w)`` embedding for every prompt set and lacks this flag).
     """
+
+    accepts_batched_embeddings: bool = True
 
     def __init__(
         self,
