@@ -61,12 +61,13 @@ def main() -> None:
     args = parser.parse_args()
     steps = 2 if args.quick else 5
     rows, data = [], {}
-    for teacher_name in ("depth_small", "depth_vits14"):
+    # depth_vits14 / depth_vitb14 have the sizes of Depth-Anything-V2-Small / -Base.
+    for teacher_name in ("depth_small", "depth_vits14", "depth_vitb14"):
         module = DistillModule(distill={"perturb": True, "cutmix": True}, task="depth", model_name="depth_tiny")
         module.train()
         teacher = build_model(teacher_name).eval()
         # one input size both models accept: 224 is a multiple of 32 (student) and of 14 (ViT teacher)
-        side = 224 if teacher_name == "depth_vits14" else args.size
+        side = 224 if teacher_name.endswith("14") else args.size
         batch = make_batch(side, 16, 32)
         cached = time_steps(module, batch, steps, None)
         online = time_steps(module, batch, steps, teacher)

@@ -35,7 +35,7 @@ def _cmd_data_import(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from anydistill import api
 
-    result = api.train(args.config, overrides=args.overrides)
+    result = api.train(args.config, overrides=[*([f"task={args.task}"] if args.task else []), *args.overrides])
     print(f"run folder: {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(json.dumps(result.metrics, indent=2))
@@ -44,7 +44,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_distill(args: argparse.Namespace) -> None:
     from anydistill import api
 
-    result = api.distill(args.config, overrides=args.overrides)
+    overrides = [*([f"task={args.task}"] if args.task else []), *args.overrides]
+    if args.teacher:
+        overrides.append(f"prompt.teacher={args.teacher}")  # used by task=promptable
+    if args.images:
+        # The teacher pass first (resumes, or returns at once when the cache is finished), then train.
+        from anydistill.cache import run_teacher_pass
+        from anydistill.config import load_config
+        from anydistill.teachers import load_teacher
+
+        if not args.teacher:
+            raise AnydistillError("--images needs --teacher: the model that labels them")
+        cfg = load_config(args.config, overrides)
+        cache = cfg.distill.cache or str(Path(cfg.run_dir) / "cache")
+        run_teacher_pass(load_teacher(args.teacher), args.images, cache, num_workers=cfg.data.num_workers)
+        overrides.append(f"distill.cache={cache}")
+    result = api.distill(args.config, overrides=overrides)
     print(f"run folder: {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(json.dumps(result.metrics, indent=2))
@@ -66,8 +81,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     if args.task == "promptable" or (args.task == "auto" and _is_promptable(args.checkpoint)):
         metrics = evaluate_promptable(
-            args.checkpoint, args.data, count=args.count, max_clicks=args.max_clicks, out_json=args.json
-        )
+            args.checkpoint, args.data, count=args.count, max_clicks=args.max_clicks,
+            max_instances=args.max_instances, device=args.device, out_json=args.json,
+        )  # fmt: skip
         print(format_table(metrics))
         return
     metrics = api.evaluate(
@@ -154,11 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a depth or semantic student (resumes an interrupted run)")
     train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
+    train.add_argument("--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=...")
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_epochs=3")
     train.set_defaults(func=_cmd_train)
 
-    dist = sub.add_parser("distill", help="train a student from labeled data + a teacher-pass cache (Depth Anything recipe)")
+    dist = sub.add_parser(
+        "distill", help="train a student from a teacher-pass cache (Depth Anything recipe; MobileSAM for promptable)"
+    )
     dist.add_argument("--config", type=Path, default=None, help="YAML config; distill.cache must be set")
+    dist.add_argument("--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=...")
+    dist.add_argument("--teacher", default=None,
+                      help="the teacher (promptable: the SAM checkpoint whose decoder the student reuses)")
+    dist.add_argument("--images", type=Path, default=None,
+                      help="unlabeled images: run the teacher pass into distill.cache (default RUN_DIR/cache) first")
     dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
     dist.set_defaults(func=_cmd_distill)
 
@@ -176,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", choices=["auto", "promptable"], default="auto",
                     help="promptable: the interactive protocol (NoC@85/90, mIoU per click); auto: from the checkpoint")
     ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
+    ev.add_argument("--max-instances", type=int, default=16, help="promptable: objects per image")
+    ev.add_argument("--device", default="cpu", help="promptable: cpu, cuda, ...")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every image of a folder")

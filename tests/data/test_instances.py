@@ -36,6 +36,9 @@ def test_preprocess_shape_parity_with_segment_anything() -> None:
     transforms = pytest.importorskip("segment_anything.utils.transforms")
     for h, w in [(480, 640), (333, 500), (1, 7), (999, 1000), (37, 20)]:
         assert preprocess_shape(h, w, 1024) == transforms.ResizeLongestSide.get_preprocess_shape(h, w, 1024)
+    # where upstream gives a 0-pixel side (and its resize fails), we keep 1 pixel
+    assert transforms.ResizeLongestSide.get_preprocess_shape(1, 2100, 1024)[0] == 0
+    assert preprocess_shape(1, 2100, 1024) == (1, 1024)
 
 
 def test_resize_longest_side_pads_bottom_right() -> None:

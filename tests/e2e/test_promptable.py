@@ -106,11 +106,22 @@ def test_training_runs_the_student_in_train_mode(trained) -> None:
     assert means and any(float(m.abs().max()) > 0 for m in means)
 
 
-def test_promptable_without_a_sam_model_name_is_handled(tmp_path, capsys) -> None:
-    """Either a SAM student by default (exit 0) or one clear line naming model.name (exit 2)."""
+def test_promptable_without_a_model_name_trains_the_default_sam_student(tmp_path) -> None:
     argv = [a for a in PROMPT if not a.startswith("model.name")]
-    code = main(["train", f"run_dir={tmp_path / 'r'}", "trainer.max_steps=1", *argv])
-    assert code == 0 or (code == 2 and "model.name" in _one_error_line(capsys.readouterr().err))
+    assert main(["train", f"run_dir={tmp_path / 'r'}", "trainer.max_steps=1", *argv]) == 0
+    config = torch.load(tmp_path / "r" / "checkpoints" / "best.ckpt", weights_only=False)["anydistill_config"]
+    assert config["task"] == "promptable"
+    assert any(k.startswith("model.image_encoder.backbone.") for k in _ckpt_keys(tmp_path / "r"))
+
+
+def test_promptable_with_a_depth_model_name_is_one_clear_line(tmp_path, capsys) -> None:
+    argv = [a for a in PROMPT if not a.startswith("model.name")]
+    assert main(["train", f"run_dir={tmp_path / 'r'}", "trainer.max_steps=1", "model.name=seg_tiny", *argv]) == 2
+    assert "model.name='seg_tiny'" in _one_error_line(capsys.readouterr().err)
+
+
+def _ckpt_keys(run) -> list[str]:
+    return list(torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"])
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -352,3 +363,23 @@ def test_finetune_with_another_image_size_is_refused(finetuned, tmp_path, capsys
 
 def test_finetuned_official_checkpoint_can_be_evaluated(finetuned, capsys) -> None:
     assert main(["evaluate", "--checkpoint", str(finetuned[1]), "--count", "1", "--max-clicks", "2"]) == 0
+
+
+def test_distill_task_teacher_images_runs_the_pass_then_trains(trained, tmp_path, capsys) -> None:
+    """The issue's one-liner: ``distill --task promptable --teacher T --images DIR`` caches the
+    teacher's embeddings into RUN_DIR/cache, then trains; a rerun reuses the finished cache."""
+    write_toyworld(tmp_path / "unlabeled", count=3, size=SIZE, domain="wide", seed=8, progress=False)
+    run = tmp_path / "student"
+    argv = ["distill", "--task", "promptable", "--teacher", str(trained[1]), "--images",
+            str(tmp_path / "unlabeled" / "images"), f"run_dir={run}", "trainer.max_steps=1",
+            *[a for a in PROMPT if not a.startswith("task=")]]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    manifest = json.loads((run / "cache" / "manifest.json").read_text())
+    assert manifest["count"] == 3 and manifest["targets"] == ["feat"]
+    assert _global_step(run / "checkpoints" / "last.ckpt") == 1
+    assert main(argv) == 0  # resumes: cache finished, run finished
+
+
+def test_distill_images_without_teacher_is_one_clear_line(tmp_path, capsys) -> None:
+    assert main(["distill", "--task", "promptable", "--images", str(tmp_path), *PROMPT[1:]]) == 2
+    assert "--teacher" in _one_error_line(capsys.readouterr().err)

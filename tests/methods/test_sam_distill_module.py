@@ -29,8 +29,9 @@ def test_random_points_lie_inside_each_unpadded_image():
     sizes = torch.tensor([[10, 30], [25, 5]])  # (h, w)
     pts = random_points(sizes, 500, torch.Generator().manual_seed(0))  # (2, 500, 2) (x, y)
     for b, (h, w) in enumerate(sizes.tolist()):
-        assert pts[b, :, 0].min() >= 0.5 and pts[b, :, 0].max() <= w - 0.5
-        assert pts[b, :, 1].min() >= 0.5 and pts[b, :, 1].max() <= h - 0.5
+        assert pts[b, :, 0].min() == 0 and pts[b, :, 0].max() == w - 1  # integer pixel indices
+        assert pts[b, :, 1].min() == 0 and pts[b, :, 1].max() == h - 1
+        assert torch.equal(pts, pts.floor())
 
 
 def test_embedding_loss_is_the_mse_to_the_cached_embedding_and_only_the_encoder_learns():
@@ -49,6 +50,21 @@ def test_embedding_loss_is_the_mse_to_the_cached_embedding_and_only_the_encoder_
     assert all(p.grad is not None for p in model.image_encoder.parameters() if p.requires_grad)
     assert not any(p.requires_grad for p in model.mask_decoder.parameters())
     assert not any(p.requires_grad for p in model.prompt_encoder.parameters())
+
+
+def test_mask_loss_targets_the_teachers_masks_from_the_cached_embedding():
+    """Student embedding == cached embedding: the student's masks are the teacher's, so the loss is
+    that of logits against their own binarisation, below the loss of an unrelated embedding."""
+    torch.manual_seed(0)
+    model = build_model("sam_tiny", img_size=SIZE)
+    module = SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=1.0, mask_points=6)
+    batch = _batch(model)
+    feat, sizes = batch["feat"], batch["input_size"]
+    torch.manual_seed(1)
+    same = module.mask_loss(feat, feat, sizes)
+    torch.manual_seed(1)  # the same prompts
+    other = module.mask_loss(torch.randn_like(feat) * 3, feat, sizes)
+    assert same < other
 
 
 def test_mask_loss_trains_the_encoder_through_the_frozen_decoder():

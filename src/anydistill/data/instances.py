@@ -56,7 +56,8 @@ def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]
     """``(h, w)`` of an ``height x width`` image resized so that its longest side is ``long_side``."""
     # Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/utils/transforms.py
     scale = long_side / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # Never 0 (upstream gives 0 for a 1x2100 image at 1024, and the resize then fails).
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(

@@ -42,10 +42,11 @@ __all__ = ["SamEncoderDistillModule", "random_points"]
 
 
 def random_points(input_sizes: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """``(B, n, 2)`` (x, y) pixel centres drawn uniformly inside each image's unpadded ``(h, w)``."""
+    """``(B, n, 2)`` (x, y) pixel indices drawn uniformly inside each image's unpadded ``(h, w)`` (the
+    prompt encoder adds the half-pixel offset, as for every click in training and evaluation)."""
     u = torch.rand((input_sizes.shape[0], n, 2), generator=generator)  # (B, n, 2)
     wh = input_sizes.flip(-1).to(u)[:, None, :]  # (B, 1, 2): (w, h)
-    return (u * wh).floor() + 0.5
+    return (u * wh).floor()
 
 
 class SamEncoderDistillModule(PromptableModule):
@@ -108,7 +109,9 @@ class SamEncoderDistillModule(PromptableModule):
             state_dict = {**state_dict, **own}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _decode(self, head: nn.Module, emb: Tensor, points: tuple[Tensor, Tensor], index: Tensor) -> Tensor:
+    def _decode_points(
+        self, head: nn.Module, emb: Tensor, points: tuple[Tensor, Tensor], index: Tensor
+    ) -> Tensor:
         """Low-res mask logits ``(N, 1, 4h', 4w')`` for N single-point prompts, prompt ``i`` on image
         ``index[i]`` of ``emb (B, C, h', w')``, in one decoder call (our decoder) or one per image."""
         sparse, dense = head.prompt_encoder(
@@ -126,10 +129,15 @@ class SamEncoderDistillModule(PromptableModule):
         index = torch.arange(b, device=coords.device).repeat_interleave(n)  # (N,): image of each prompt
         with torch.no_grad():
             head = self.teacher_head if self.teacher_head is not None else self.model
-            target = self._decode(head, teacher_emb, points, index)[:, 0] > 0  # (N, 4h', 4w')
-        logits = self._decode(self.model, student_emb, points, index)  # (N, 1, 4h', 4w')
+            target = self._decode_points(head, teacher_emb, points, index)[:, 0] > 0  # (N, 4h', 4w')
+        logits = self._decode_points(self.model, student_emb, points, index)  # (N, 1, 4h', 4w')
         iou = logits.new_zeros(logits.shape[:2])  # the IoU head is not distilled here
-        return sam_loss(logits, target, iou, iou_weight=0.0).loss
+        # Only the image's own pixels count, not the padding: low-res mask pixels cover 4x4 input pixels.
+        low = logits.shape[-1]
+        cells = torch.arange(low, device=logits.device) * (self.model.image_encoder.img_size / low)  # (4w',)
+        hw = input_sizes.to(logits.device)[index]  # (N, 2)
+        valid = (cells[None, :, None] < hw[:, 0, None, None]) & (cells[None, None, :] < hw[:, 1, None, None])
+        return sam_loss(logits, target, iou, valid=valid, iou_weight=0.0).loss  # valid (N, 4h', 4w')
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         target = batch["feat"].float()  # (B, C, h', w') cached teacher embeddings

@@ -36,13 +36,18 @@ from anydistill.promptable.transforms import ResizeLongestSide
 _FRAME_TOL = 1e-3
 
 
-def _check_points_inside(coords: Tensor, size: tuple[int, int], frame: str, tol: float = 0.0) -> None:
-    """``coords (..., 2)`` (x, y) must lie in ``[0, W] x [0, H]`` of ``size = (H, W)`` (± ``tol``)."""
+def _check_points_inside(
+    coords: Tensor, size: tuple[int, int], frame: str, tol: float = 0.0, labels: Tensor | None = None
+) -> None:
+    """``coords (..., 2)`` (x, y) must lie in ``[0, W] x [0, H]`` of ``size = (H, W)`` (± ``tol``);
+    padding points (``labels == -1``) are ignored by the prompt encoder and not checked."""
     if coords.numel() == 0:
         return
     h, w = size
     x, y = coords[..., 0], coords[..., 1]
     bad = ~((x >= -tol) & (x <= w + tol) & (y >= -tol) & (y <= h + tol))  # NaN counts as outside
+    if labels is not None:
+        bad &= labels.to(bad.device) != -1
     if bool(bad.any()):
         i = tuple(int(v) for v in torch.nonzero(bad)[0])
         pt = coords[i].tolist()
@@ -192,7 +197,13 @@ class SamPredictor:
                 raise ValueError(
                     f"point_labels must be ({coords.shape[0]},), one per point, got {labels.shape}"
                 )
-            _check_points_inside(torch.as_tensor(coords, dtype=torch.float64), self.original_size, "image")
+            _check_points_inside(
+                torch.as_tensor(coords, dtype=torch.float64),
+                self.original_size,
+                "image",
+                0.0,
+                torch.as_tensor(labels),
+            )
             coords_t = torch.as_tensor(
                 self.transform.apply_coords(coords, self.original_size), dtype=torch.float, device=self.device
             )[None]  # (1, N, 2)
@@ -257,7 +268,9 @@ class SamPredictor:
                     f"point_labels must be (B, N) = {tuple(point_coords.shape[:2])}, got {tuple(point_labels.shape)}"
                 )
             _check_labels(point_labels)
-            _check_points_inside(point_coords, self.input_size, "resized input frame", _FRAME_TOL)
+            _check_points_inside(
+                point_coords, self.input_size, "resized input frame", _FRAME_TOL, point_labels
+            )
             batch["point_coords"] = point_coords.shape[0]
             points = (point_coords.to(self.device), point_labels.to(self.device))
         if boxes is not None:

@@ -50,9 +50,12 @@ class PositionEmbeddingRandom(nn.Module):
     def forward(self, size: tuple[int, int]) -> Tensor:
         """The encoding of every cell centre of an ``(h, w)`` grid: ``(C, h, w)``."""
         h, w = size
-        device = self.positional_encoding_gaussian_matrix.device
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h  # (h,)
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w  # (w,)
+        device, dtype = (
+            self.positional_encoding_gaussian_matrix.device,
+            self.positional_encoding_gaussian_matrix.dtype,
+        )
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h  # (h,)
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w  # (w,)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
         return self._pe_encoding(grid).permute(2, 0, 1)  # (C, h, w)
 
