@@ -206,3 +206,33 @@ def test_coco_source_errors(tmp_path: Path) -> None:
     source = CocoInstances(_coco(tmp_path, [ann], images), tmp_path / "img")
     with pytest.raises(DataError, match="size mismatch"):
         source[0]
+
+
+def test_coco_source_through_the_config_and_datamodule(tmp_path: Path) -> None:
+    """``data.source=coco`` + ``prompt.coco_json``: the training datamodule reads the COCO instances."""
+    from anydistill.config import load_config
+    from anydistill.data.datamodule import InstanceDataModule
+
+    for i in range(4):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    images = [{"id": i, "file_name": f"im{i}.png", "height": 20, "width": 30} for i in range(4)]
+    anns = [{"id": 10 + i, "image_id": i, "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]], "iscrowd": 0}
+            for i in range(4)]  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": []}))
+    cfg = load_config(None, ["task=promptable", "data.source=coco", f"data.train_root={tmp_path}",
+                             f"prompt.coco_json={tmp_path / 'ann.json'}", "data.image_size=32",
+                             "prompt.min_area=4", "data.val_fraction=0.25", "data.batch_size=2",
+                             "data.num_workers=0"])  # fmt: skip
+    dm = InstanceDataModule(cfg.data, cfg.prompt)
+    assert (len(dm.train_set), len(dm.val_set)) == (3, 1)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["masks"].shape[:2] == (2, 1)
+    assert batch["valid"].all() and batch["masks"].flatten(1).sum(1).gt(20).all()
+
+
+def test_coco_source_needs_its_json(tmp_path: Path) -> None:
+    from anydistill.config import load_config
+    from anydistill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="coco_json"):
+        load_config(None, ["task=promptable", "data.source=coco", f"data.train_root={tmp_path}"])
