@@ -232,12 +232,14 @@ def _tiny_vit_kwargs() -> dict:
     return dict(img_size=128, embed_dim=48, depth=2, num_heads=2, global_attn_indexes=(1,), window_size=4)
 
 
-def test_vit_encoder_matches_upstream() -> None:
-    """timm's samvit (our ViT) == segment_anything's ImageEncoderViT after the key mapping."""
+@pytest.mark.parametrize("img_size, window", [(128, 4), (160, 4)])
+def test_vit_encoder_matches_upstream(img_size: int, window: int) -> None:
+    """timm's samvit (our ViT) == segment_anything's ImageEncoderViT after the key mapping. The 10x10
+    grid with 4x4 windows exercises the window padding that real SAM needs (64x64 grid, 14x14 windows)."""
     torch.manual_seed(0)
     up = _perturb(
         ImageEncoderViT(
-            img_size=128,
+            img_size=img_size,
             patch_size=16,
             embed_dim=48,
             depth=2,
@@ -245,14 +247,15 @@ def test_vit_encoder_matches_upstream() -> None:
             out_chans=C,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             use_rel_pos=True,
-            window_size=4,
+            window_size=window,
             global_attn_indexes=(1,),
         )
     )
-    ours = SamViTEncoder(out_chans=C, **_tiny_vit_kwargs()).eval()
+    kwargs = {**_tiny_vit_kwargs(), "img_size": img_size, "window_size": window}
+    ours = SamViTEncoder(out_chans=C, **kwargs).eval()
     mapped = official_to_anydistill({f"image_encoder.{k}": v for k, v in up.state_dict().items()})
     ours.load_state_dict({k.removeprefix("image_encoder."): v for k, v in mapped.items()}, strict=True)
-    x = torch.randn(2, 3, 128, 128)
+    x = torch.randn(2, 3, img_size, img_size)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), up(x), atol=1e-4, rtol=1e-4)
 
