@@ -7,14 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from sam_upstream import tiny_upstream_sam
+from segment_anything.modeling import Sam
 
 from anydistill.cache import PseudoLabelDataset
 from anydistill.cli import main
@@ -306,28 +306,7 @@ def test_distill_promptable_config_errors(trained, sam_cache, tmp_path, capsys) 
 
 # ------------------------------------------------------------- fine-tuning an official SAM .pth
 def _upstream_tiny(seed: int = 0) -> Sam:
-    """segment_anything's Sam at SIZE (ViT 48 wide, 2 blocks; decoder 32 wide, 8 heads), randomised."""
-    torch.manual_seed(seed)
-    c = 32
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=SIZE, embed_dim=48, depth=2, num_heads=2, out_chans=c,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=4,
-            global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=c, image_embedding_size=(SIZE // 16, SIZE // 16), input_image_size=(SIZE, SIZE),
-            mask_in_chans=8,
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=c, transformer=TwoWayTransformer(depth=1, embedding_dim=c, mlp_dim=64, num_heads=8),
-            iou_head_depth=2, iou_head_hidden_dim=24,
-        ),
-    )  # fmt: skip
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return sam.eval()
+    return tiny_upstream_sam(seed, img_size=SIZE, decoder_heads=8)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from sam_upstream import tiny_upstream_sam
 from segment_anything import sam_model_registry
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
 
 from anydistill.errors import DataError
 from anydistill.models import build_model
@@ -33,35 +33,7 @@ def _one_thread():
 
 
 def _upstream_tiny(seed: int = 0) -> Sam:
-    """segment_anything's Sam, tiny (ViT 48 wide, 2 blocks, window 4, block 1 global; decoder 32 wide),
-    every weight randomised."""
-    torch.manual_seed(seed)
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=128,
-            embed_dim=48,
-            depth=2,
-            num_heads=2,
-            out_chans=C,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=4,
-            global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=C, image_embedding_size=(8, 8), input_image_size=(128, 128), mask_in_chans=8
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=C,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=C, mlp_dim=64, num_heads=2),
-            iou_head_depth=2,
-            iou_head_hidden_dim=24,
-        ),
-    )
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return sam.eval()
+    return tiny_upstream_sam(seed, img_size=128, width=C)
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
+from sam_upstream import tiny_upstream_sam
 from segment_anything import SamPredictor as UpstreamPredictor
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide as UpstreamResize
 
 from anydistill.models.sam import load_sam_checkpoint
@@ -30,32 +29,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> tuple[Sam, torch.nn.Module]:
     """segment_anything's Sam (tiny, random) saved as an official checkpoint and loaded as ours."""
-    torch.manual_seed(0)
-    up = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=128,
-            embed_dim=48,
-            depth=2,
-            num_heads=2,
-            out_chans=C,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=4,
-            global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=C, image_embedding_size=(8, 8), input_image_size=(128, 128), mask_in_chans=16
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=C,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=C, mlp_dim=64, num_heads=2),
-            iou_head_depth=3,
-            iou_head_hidden_dim=32,
-        ),
-    )
-    with torch.no_grad():
-        for p in up.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    up = tiny_upstream_sam(0, img_size=128, width=C, mask_in_chans=16, decoder_depth=2, iou_head_depth=3,
+                           iou_head_hidden_dim=32)  # fmt: skip
     path = tmp_path_factory.mktemp("sam") / "sam.pth"
     torch.save(up.eval().state_dict(), path)
     return up, load_sam_checkpoint(path, decoder_num_heads=2)

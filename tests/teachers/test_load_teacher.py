@@ -55,10 +55,15 @@ def test_unknown_or_missing_specs(tmp_path):
     with pytest.raises(DataError, match="no such file or folder") as err:
         load_teacher(tmp_path / "nope")
     assert err.value.path == tmp_path / "nope"
-    weights = tmp_path / "model.pth"
+    weights = tmp_path / "model.bin"
     weights.write_bytes(b"x")
     with pytest.raises(DataError, match="timm:<model_name>"):
         load_teacher(weights)
+    garbage = tmp_path / "model.pth"  # .pth is read as a segment-anything checkpoint
+    garbage.write_bytes(b"x")
+    with pytest.raises(DataError, match="truncated or corrupt") as err:
+        load_teacher(garbage)
+    assert "\n" not in str(err.value)  # one line, not torch's page of advice
     with pytest.raises(DataError, match="config.json"):
         load_teacher(tmp_path)  # a folder without config.json
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))

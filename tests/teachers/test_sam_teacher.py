@@ -7,14 +7,14 @@ within what a ±1 grey level of resize rounding changes.
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sam_upstream import tiny_upstream_sam
 from segment_anything import SamPredictor as UpstreamPredictor
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from anydistill.config import DataConfig, ModelConfig, TrainConfig
@@ -38,35 +38,8 @@ def _one_thread():
 
 
 def _upstream_tiny(seed: int) -> Sam:
-    """segment_anything's Sam, tiny (ViT 48 wide, 2 blocks; decoder 32 wide with SAM's 8 heads, so
-    ``load_sam_checkpoint``'s default ``decoder_num_heads`` fits), every weight randomised."""
-    torch.manual_seed(seed)
-    sam = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=S,
-            embed_dim=48,
-            depth=2,
-            num_heads=2,
-            out_chans=C,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=4,
-            global_attn_indexes=(1,),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=C, image_embedding_size=(S // 16, S // 16), input_image_size=(S, S), mask_in_chans=8
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=C,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=C, mlp_dim=64, num_heads=8),
-            iou_head_depth=2,
-            iou_head_hidden_dim=24,
-        ),
-    )
-    with torch.no_grad():
-        for p in sam.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return sam.eval()
+    """8 decoder heads, so ``load_sam_checkpoint``'s default ``decoder_num_heads`` fits."""
+    return tiny_upstream_sam(seed, img_size=S, width=C, decoder_heads=8)
 
 
 def _save_pth(sam: Sam, folder: Path) -> Path:

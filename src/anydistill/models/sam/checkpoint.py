@@ -100,17 +100,21 @@ def read_sam_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "SAM checkpoint file not found")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise DataError(path, "reading .safetensors needs the safetensors package (pip install safetensors)") from None
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: Any = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — any failure to unpickle is a bad user file
+        first = (str(e).strip().splitlines() or [""])[0][:200]  # torch's messages run to a page
         raise DataError(
-            path, f"cannot be read as a PyTorch weights file, truncated or corrupt? ({type(e).__name__}: {e})"
-        ) from e
+            path, f"cannot be read as a PyTorch weights file, truncated or corrupt? ({type(e).__name__}: {first})"
+        ) from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):  # Lightning / common training-loop layouts
             if isinstance(obj.get(key), dict):
