@@ -44,3 +44,39 @@ def tiny_upstream_sam(
         for p in sam.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return sam.eval()
+
+
+def tiny_patch8_sam(img_size: int = 64, dim: int = 32, patch: int = 8, ours: bool = False) -> torch.nn.Module:
+    """An even smaller segment_anything Sam for training/evaluation tests (1 ViT block, patch 8, global
+    attention), in train mode; ``ours``: its mask decoder swapped for ours with the same weights."""
+    from segment_anything import modeling
+
+    from anydistill.models.sam import MaskDecoder as OurMaskDecoder
+    from anydistill.models.sam import TwoWayTransformer as OurTwoWayTransformer
+
+    grid = img_size // patch
+    torch.manual_seed(0)
+    model = modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
+            img_size=img_size, patch_size=patch, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0,
+            out_chans=dim, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        ),
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size),
+            mask_in_chans=8,
+        ),
+        mask_decoder=modeling.MaskDecoder(
+            transformer_dim=dim,
+            transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            iou_head_hidden_dim=32,
+        ),
+    )  # fmt: skip
+    if ours:
+        decoder = OurMaskDecoder(
+            transformer_dim=dim,
+            transformer=OurTwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            iou_head_hidden_dim=32,
+        )
+        decoder.load_state_dict(model.mask_decoder.state_dict())
+        model.mask_decoder = decoder
+    return model

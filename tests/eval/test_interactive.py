@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sam_upstream import tiny_patch8_sam
 from torch import Tensor, nn
 
 from anydistill.data.clicks import evaluation_clicks
@@ -25,7 +24,6 @@ from anydistill.eval.interactive import (
     number_of_clicks,
     summarize_interactive,
 )
-from anydistill.models.sam import MaskDecoder, TwoWayTransformer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -183,42 +181,8 @@ def test_number_of_clicks_and_summary_on_hand_made_curves() -> None:
 
 def _tiny_sam(img_size: int = 64, dim: int = 32, patch: int = 8, ours: bool = False) -> nn.Module:
     """segment_anything's Sam (random, tiny); ``ours``: with our MaskDecoder, the same weights."""
-    modeling = pytest.importorskip("segment_anything.modeling")
-    grid = img_size // patch
-    torch.manual_seed(0)
-    model = modeling.Sam(
-        image_encoder=modeling.ImageEncoderViT(
-            img_size=img_size,
-            patch_size=patch,
-            embed_dim=32,
-            depth=1,
-            num_heads=2,
-            mlp_ratio=2.0,
-            out_chans=dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        ),
-        prompt_encoder=modeling.PromptEncoder(
-            embed_dim=dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(img_size, img_size),
-            mask_in_chans=8,
-        ),
-        mask_decoder=modeling.MaskDecoder(
-            transformer_dim=dim,
-            transformer=modeling.TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            iou_head_hidden_dim=32,
-        ),
-    ).eval()
-    if ours:
-        decoder = MaskDecoder(
-            transformer_dim=dim,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            iou_head_hidden_dim=32,
-        )
-        decoder.load_state_dict(model.mask_decoder.state_dict())
-        model.mask_decoder = decoder.eval()
-    return model
+    pytest.importorskip("segment_anything")
+    return tiny_patch8_sam(img_size, dim, patch, ours).eval()
 
 
 def _numpy_iou(pred: np.ndarray, gt: np.ndarray) -> float:
