@@ -32,13 +32,7 @@ PROMPT = ["task=promptable", "model.name=sam_tiny", f"data.image_size={SIZE}", "
           "prompt.val_instances=2"]  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to other processes' load on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _global_step(ckpt: Path) -> int:

@@ -18,13 +18,7 @@ from anydistill.methods.promptable import PromptableModule, round_plan
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster than several on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_sam(img_size: int = SIZE, dim: int = 32, patch: int = 8, ours: bool = False) -> nn.Module:

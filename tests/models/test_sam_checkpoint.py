@@ -23,13 +23,7 @@ from anydistill.models.sam.checkpoint import infer_decoder_config, vit_size_name
 C = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to other processes' load on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _upstream_tiny(seed: int = 0) -> Sam:

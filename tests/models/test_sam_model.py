@@ -29,13 +29,7 @@ C = 32  # prompt / transformer width of the tiny models
 GRID = 8  # image embedding grid (img_size 128)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to other processes' load on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -44,13 +44,7 @@ IMG = 128  # model input size
 FAST = dict(points_per_side=8)  # 64 prompts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: more threads only fight each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sam_parts(seed: int = 2) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder]:

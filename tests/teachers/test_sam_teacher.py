@@ -28,13 +28,7 @@ S = 128  # the tiny upstream model's input size (SAM: 1024)
 C = 32  # its embedding width (SAM: 256)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest and immune to other processes' load on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _upstream_tiny(seed: int) -> Sam:
