@@ -77,3 +77,23 @@ def test_roundtrip_through_yaml_and_dict(tmp_path: Path):
     assert again == cfg
     assert config_from_dict(cfg.to_dict()) == cfg
     assert again.model.kwargs == {"backbone": "resnet18"}
+
+
+def test_prompt_section_reaches_the_promptable_module():
+    """Every prompt.* training knob arrives in PromptableModule's arguments (a dropped key would
+    silently train with the default)."""
+    import inspect
+
+    from anydistill.methods.promptable import PromptableModule
+    from anydistill.training import _promptable_kwargs
+
+    cfg = load_config(None, ["task=promptable", "prompt.focal_weight=7", "prompt.dice_weight=3", "prompt.iou_weight=0.5",
+                             "prompt.num_rounds=5", "prompt.refine_rounds=1", "prompt.p_box=0.25",
+                             "prompt.loss_resolution=low_res", "prompt.val_max_clicks=4", "prompt.val_instances=3",
+                             "optim.lr=0.0003"])  # fmt: skip
+    kwargs = _promptable_kwargs(cfg)
+    assert kwargs["loss"] == {"focal_weight": 7.0, "dice_weight": 3.0, "iou_weight": 0.5}
+    assert (kwargs["num_rounds"], kwargs["refine_rounds"], kwargs["p_box"]) == (5, 1, 0.25)
+    assert (kwargs["loss_resolution"], kwargs["val_max_clicks"], kwargs["val_instances"]) == ("low_res", 4, 3)
+    assert kwargs["optim"]["lr"] == 0.0003
+    assert set(kwargs) <= set(inspect.signature(PromptableModule.__init__).parameters)
