@@ -90,9 +90,13 @@ def test_prompt_section_reaches_the_promptable_module():
     cfg = load_config(None, ["task=promptable", "prompt.focal_weight=7", "prompt.dice_weight=3", "prompt.iou_weight=0.5",
                              "prompt.num_rounds=5", "prompt.refine_rounds=1", "prompt.p_box=0.25",
                              "prompt.loss_resolution=low_res", "prompt.val_max_clicks=4", "prompt.val_instances=3",
-                             "optim.lr=0.0003"])  # fmt: skip
+                             "prompt.iou_supervision=all", "prompt.box_noise_std=0.2", "prompt.box_noise_max=7",
+                             "prompt.multimask_first_round=false", "prompt.multimask_box=true",
+                             "prompt.detach_mask_prompt=true", "optim.lr=0.0003"])  # fmt: skip
     kwargs = _promptable_kwargs(cfg)
-    assert kwargs["loss"] == {"focal_weight": 7.0, "dice_weight": 3.0, "iou_weight": 0.5}
+    assert kwargs["loss"] == {"focal_weight": 7.0, "dice_weight": 3.0, "iou_weight": 0.5, "iou_supervision": "all"}
+    assert (kwargs["box_noise_std"], kwargs["box_noise_max"]) == (0.2, 7.0)
+    assert (kwargs["multimask_first_round"], kwargs["multimask_box"], kwargs["detach_mask_prompt"]) == (False, True, True)
     assert (kwargs["num_rounds"], kwargs["refine_rounds"], kwargs["p_box"]) == (5, 1, 0.25)
     assert (kwargs["loss_resolution"], kwargs["val_max_clicks"], kwargs["val_instances"]) == ("low_res", 4, 3)
     assert kwargs["optim"]["lr"] == 0.0003

@@ -143,7 +143,11 @@ class PromptConfig:
     with probability ``p_box`` else a point, + 8 rounds with a click from the error region + 2
     ``refine_rounds`` with no new click, the previous low-res logits always fed back as the mask
     prompt); loss ``focal_weight``·focal + ``dice_weight``·dice on the best of the masks +
-    ``iou_weight``·MSE of the IoU head. ``init_checkpoint``: start from an official segment-anything
+    ``iou_weight``·MSE of the IoU head (on the selected mask, or on all masks with
+    ``iou_supervision=all``). Box prompts are jittered by ``box_noise_std`` of the box side, at most
+    ``box_noise_max`` pixels (SAM: 0.1, 20); round 0 returns three masks for a point
+    (``multimask_first_round``) and for a box too with ``multimask_box``; ``detach_mask_prompt`` stops
+    gradients through the mask fed back between rounds. ``init_checkpoint``: start from an official segment-anything
     ``.pth`` or an anydistill checkpoint; ``freeze_image_encoder``: fine-tune prompt encoder and mask
     decoder only. Instances come from toyworld, a folder (``instances/`` PNGs beside ``images/``) or a
     COCO JSON (``data.source=coco``, ``coco_json``, images under ``data.train_root``).
@@ -152,8 +156,10 @@ class PromptConfig:
     ``teacher``'s cached image embeddings (``distill.cache``, made by ``anydistill pseudo-label
     --teacher <sam checkpoint>``) with weight ``embed_weight``; the teacher's prompt encoder and mask
     decoder are copied into the student, frozen unless ``finetune_decoder``; ``mask_weight > 0`` adds
-    EdgeSAM's prompt-in-the-loop loss: on random point prompts, the student's masks (through the same
-    decoder) learn the teacher's masks decoded from the cached embedding.
+    EdgeSAM's prompt-in-the-loop loss: for ``mask_points`` random clicks per image (or, with
+    probability ``p_box``, the box of the teacher's mask for the click) plus ``mask_rounds`` clicks where
+    student and teacher disagree, the student's masks (through the same decoder) learn the teacher's
+    masks decoded from the cached embedding.
     """
 
     init_checkpoint: str | None = None
@@ -161,11 +167,17 @@ class PromptConfig:
     num_rounds: int = 11
     refine_rounds: int = 2
     p_box: float = 0.5
+    box_noise_std: float = 0.1
+    box_noise_max: float = 20.0
+    multimask_first_round: bool = True
+    multimask_box: bool = False
+    detach_mask_prompt: bool = False
     max_instances: int = 8
     min_area: int = 64
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    iou_supervision: str = "selected"
     loss_resolution: str = "input"
     val_max_clicks: int = 5
     val_instances: int = 8
@@ -175,6 +187,7 @@ class PromptConfig:
     embed_weight: float = 1.0
     mask_weight: float = 0.0
     mask_points: int = 8
+    mask_rounds: int = 2
     finetune_decoder: bool = False
 
 
@@ -214,8 +227,14 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad("prompt.p_box", "must be in [0, 1]")
     if p.num_rounds < 1 or not 0 <= p.refine_rounds < p.num_rounds:
         raise bad("prompt.num_rounds", "need num_rounds >= 1 and 0 <= refine_rounds < num_rounds")
+    if p.iou_supervision not in ("selected", "all"):
+        raise bad("prompt.iou_supervision", "must be 'selected' or 'all'")
+    if p.box_noise_std < 0 or p.box_noise_max < 0:
+        raise bad("prompt.box_noise_std", "box_noise_std and box_noise_max must be >= 0")
     if p.loss_resolution not in ("input", "low_res"):
         raise bad("prompt.loss_resolution", "must be 'input' or 'low_res'")
+    if p.mask_points < 1 or p.mask_rounds < 0:
+        raise bad("prompt.mask_points", "need mask_points >= 1 and mask_rounds >= 0")
     if p.max_instances < 1 or p.val_max_clicks < 1:
         raise bad("prompt", "max_instances and val_max_clicks must be >= 1")
     if cfg.data.image_size <= 0:

@@ -159,10 +159,18 @@ def _promptable_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     p = cfg.prompt
     return dict(
         optim=vars(cfg.optim).copy(),
-        loss=dict(focal_weight=p.focal_weight, dice_weight=p.dice_weight, iou_weight=p.iou_weight),
+        loss=dict(
+            focal_weight=p.focal_weight, dice_weight=p.dice_weight, iou_weight=p.iou_weight,
+            iou_supervision=p.iou_supervision,
+        ),
         num_rounds=p.num_rounds,
         refine_rounds=p.refine_rounds,
         p_box=p.p_box,
+        box_noise_std=p.box_noise_std,
+        box_noise_max=p.box_noise_max,
+        multimask_first_round=p.multimask_first_round,
+        multimask_box=p.multimask_box,
+        detach_mask_prompt=p.detach_mask_prompt,
         loss_resolution=p.loss_resolution,
         val_max_clicks=p.val_max_clicks,
         val_instances=p.val_instances,
@@ -202,7 +210,7 @@ def _distill_promptable(cfg: TrainConfig) -> TrainResult:
     del teacher
     module = SamEncoderDistillModule(
         student, embed_weight=p.embed_weight, mask_weight=p.mask_weight, mask_points=p.mask_points,
-        finetune_decoder=p.finetune_decoder, **_promptable_kwargs(cfg),
+        mask_rounds=p.mask_rounds, finetune_decoder=p.finetune_decoder, **_promptable_kwargs(cfg),
     )  # fmt: skip
     return fit(cfg, module, datamodule, ClassInfo())
 

@@ -98,3 +98,72 @@ def test_bad_weights_are_refused():
         SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=0.0)
     with pytest.raises(ValueError, match="mask_points"):
         SamEncoderDistillModule(model, mask_points=0)
+
+
+def _recording(module):
+    """Wraps ``module._decode`` to record (decoded the student's embedding?, prompts, output) per call;
+    the embeddings given to ``mask_loss`` are told apart by their first value's sign (see callers)."""
+    calls = []
+    original = module._decode
+
+    def record(head, emb, prompts, index):
+        out = original(head, emb, prompts, index)
+        calls.append((bool(emb.flatten()[0] < 0), prompts, out.detach()))
+        return out
+
+    module._decode = record
+    return calls
+
+
+def test_refinement_clicks_come_from_where_student_and_teacher_disagree():
+    """EdgeSAM's loop: each round adds one click in the student-vs-teacher error region (positive where
+    the teacher's mask is, negative elsewhere), and both decoders see the same, growing prompts."""
+    torch.manual_seed(0)
+    model = build_model("sam_tiny", img_size=SIZE)
+    module = SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=1.0, mask_points=5, mask_rounds=3, p_box=0.0)
+    batch = _batch(model)
+    calls = _recording(module)
+    student_emb = torch.randn_like(batch["feat"])  # far from the teacher: masks disagree
+    teacher_emb = batch["feat"]
+    student_emb.view(-1)[0], teacher_emb.view(-1)[0] = -1.0, 1.0  # tells the recorder which is which
+    module.mask_loss(student_emb, teacher_emb, batch["input_size"])
+    assert len(calls) == 2 * 4  # teacher then student, 1 + 3 rounds
+    scale = SIZE / calls[0][2].shape[-1]
+    for r in range(4):
+        (t_is_student, t_prompts, target), (s_is_student, s_prompts, logits) = calls[2 * r], calls[2 * r + 1]
+        assert not t_is_student and s_is_student
+        assert t_prompts is s_prompts and t_prompts.coords.shape[1] == 1 + r
+        if r == 0:
+            continue
+        prev_target = calls[2 * (r - 1)][2][:, 0] > 0
+        prev_pred = calls[2 * (r - 1) + 1][2][:, 0] > 0
+        click = t_prompts.coords[:, -1]  # (N, 2) (x, y) input pixels
+        label = t_prompts.labels[:, -1]
+        cx, cy = (click[:, 0] // scale).long(), (click[:, 1] // scale).long()
+        rows = torch.arange(click.shape[0])
+        wrong = prev_pred[rows, cy, cx] != prev_target[rows, cy, cx]
+        has_error = (prev_pred != prev_target).flatten(1).any(dim=1)
+        assert torch.equal(wrong, has_error)  # the click is on an error cell whenever there is one
+        assert torch.equal(label[has_error] == 1, prev_target[rows, cy, cx][has_error])
+
+
+def test_box_prompts_are_the_boxes_of_the_teachers_masks():
+    torch.manual_seed(0)
+    model = build_model("sam_tiny", img_size=SIZE)
+    module = SamEncoderDistillModule(
+        model, embed_weight=0.0, mask_weight=1.0, mask_points=6, mask_rounds=0, p_box=1.0, box_noise_std=0.0
+    )
+    batch = _batch(model)
+    calls = _recording(module)
+    module.mask_loss(batch["feat"], batch["feat"], batch["input_size"])
+    seed = calls[0][2][:, 0] > 0  # the teacher's mask for the random click
+    prompts = calls[1][1]
+    assert len(calls) == 3 and torch.equal(prompts.has_box, seed.flatten(1).any(dim=1))
+    scale = SIZE / seed.shape[-1]
+    for i in torch.nonzero(prompts.has_box).flatten().tolist():
+        ys, xs = torch.nonzero(seed[i], as_tuple=True)
+        expected = torch.tensor([xs.min() * scale, ys.min() * scale, xs.max() * scale + scale - 1, ys.max() * scale + scale - 1])
+        h, w = batch["input_size"][i // 6].tolist()
+        expected = torch.minimum(expected, torch.tensor([w - 1, h - 1, w - 1, h - 1]).float())
+        assert torch.allclose(prompts.boxes[i], expected)
+        assert prompts.labels[i, 0] == -1  # the click is replaced by the box

@@ -8,12 +8,16 @@ never runs here. Per batch of unlabeled images:
     L = embed_weight · ‖E_s(x) − E_t(x)‖² (mean over (B, 256, h', w'), MobileSAM [0] eq. 2)
       + mask_weight · mean_prompts( 20·focal + dice )(D(E_s(x), p), 1[D_t(E_t(x), p) > 0])
 
-The second term (``mask_weight > 0``) is EdgeSAM's "prompt-in-the-loop" idea [1] in its simplest form:
-``mask_points`` random single-point prompts per image (uniform in the unpadded image), each decoded
-once from the student's embedding through the student's decoder ``D`` and once from the cached
-teacher embedding through the teacher's frozen decoder ``D_t``; the student's mask logits learn the
-teacher's binarised masks with SAM's mask loss. EdgeSAM also samples boxes and iterates on the
-error region; we do not (yet).
+The second term (``mask_weight > 0``) is EdgeSAM's "prompt-in-the-loop" distillation [1]. There are no
+labels, so each of the ``mask_points`` objects per image is what the teacher segments for a random
+click (uniform in the unpadded image). Its first prompt is that click, or with probability ``p_box``
+the jittered box of the teacher's mask for it (EdgeSAM samples boxes and points alike). Then
+``mask_rounds`` refinement rounds each add one click drawn uniformly from where the student's current
+mask and the teacher's disagree (positive where the teacher says object, negative where it does not;
+:func:`~anydistill.data.clicks.error_clicks`), as EdgeSAM does. Every round decodes the prompts so far
+twice, from the student's embedding through the student's decoder ``D`` and from the cached teacher
+embedding through the teacher's frozen decoder ``D_t``, and the student's mask logits learn the
+teacher's binarised mask with SAM's mask loss on the low-res grid (no mask prompt is fed back).
 
 The prompt encoder and mask decoder are frozen (MobileSAM: "the decoder can be directly used") unless
 ``finetune_decoder``; then a frozen copy ``teacher_head`` keeps the teacher's decoder for ``D_t``.
@@ -34,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.eval.interactive import decode_embedded, embed_images
+from anydistill.data.clicks import Prompts, error_clicks, jitter_boxes, masks_to_boxes, prompt_groups
+from anydistill.eval.interactive import decode_prompts, embed_images
 from anydistill.losses.promptable import sam_loss
 from anydistill.methods.promptable import PromptableModule
 
@@ -59,9 +64,12 @@ class SamEncoderDistillModule(PromptableModule):
         model: the student SAM; its prompt encoder and mask decoder hold the teacher's weights.
         embed_weight: weight of the embedding MSE.
         mask_weight: weight of the prompt-in-the-loop mask loss (0: off, MobileSAM).
-        mask_points: single-point prompts per image for the mask loss.
+        mask_points: objects (random clicks) per image for the mask loss.
+        mask_rounds: refinement rounds of the mask loss, each adding a click from where the student's
+            mask and the teacher's disagree.
         finetune_decoder: train the prompt encoder and mask decoder too.
-        **kwargs: :class:`PromptableModule`'s (``optim``, ``val_max_clicks``, ``val_instances``).
+        **kwargs: :class:`PromptableModule`'s (``optim``, ``p_box``, ``box_noise_std``, ``box_noise_max``,
+            ``val_max_clicks``, ``val_instances``).
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class SamEncoderDistillModule(PromptableModule):
         embed_weight: float = 1.0,
         mask_weight: float = 0.0,
         mask_points: int = 8,
+        mask_rounds: int = 2,
         finetune_decoder: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -79,9 +88,10 @@ class SamEncoderDistillModule(PromptableModule):
             raise ValueError(
                 f"need embed_weight, mask_weight >= 0, not both 0; got {embed_weight}, {mask_weight}"
             )
-        if mask_points < 1:
-            raise ValueError(f"mask_points must be >= 1, got {mask_points}")
+        if mask_points < 1 or mask_rounds < 0:
+            raise ValueError(f"need mask_points >= 1 and mask_rounds >= 0, got {mask_points}, {mask_rounds}")
         self.embed_weight, self.mask_weight, self.mask_points = embed_weight, mask_weight, mask_points
+        self.mask_rounds = mask_rounds
         self.finetune_decoder = finetune_decoder
         self.teacher_head: nn.ModuleDict | None = None
         if mask_weight > 0 and finetune_decoder:
@@ -109,35 +119,62 @@ class SamEncoderDistillModule(PromptableModule):
             state_dict = {**state_dict, **own}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _decode_points(
-        self, head: nn.Module, emb: Tensor, points: tuple[Tensor, Tensor], index: Tensor
-    ) -> Tensor:
-        """Low-res mask logits ``(N, 1, 4h', 4w')`` for N single-point prompts, prompt ``i`` on image
-        ``index[i]`` of ``emb (B, C, h', w')``, in one decoder call (our decoder) or one per image."""
-        sparse, dense = head.prompt_encoder(
-            points=points, boxes=None, masks=None
-        )  # (N, 2, C), (N, C, h', w')
+    def _decode(self, head: nn.Module, emb: Tensor, prompts: Prompts, index: Tensor) -> Tensor:
+        """Single-mask low-res logits ``(N, 1, 4h', 4w')`` for N prompt sets, set ``i`` on image
+        ``index[i]`` of ``emb (B, C, h', w')``: one decoder call per prompt kind (points / box), each
+        batched over images when the decoder allows it."""
         pe = head.prompt_encoder.get_dense_pe()  # (1, C, h', w')
-        logits, _ = decode_embedded(head, emb, pe, sparse, dense, multimask=False, image_index=index)
-        return logits
+        rows_all, outs = [], []
+        for rows, points, boxes in prompt_groups(prompts):
+            logits, _ = decode_prompts(head, emb, pe, points, boxes, None, False, index[rows])
+            rows_all.append(rows)
+            outs.append(logits)
+        order = torch.cat(rows_all).argsort()
+        return torch.cat(outs)[order]
 
     def mask_loss(self, student_emb: Tensor, teacher_emb: Tensor, input_sizes: Tensor) -> Tensor:
-        """Prompt-in-the-loop loss, averaged over ``B · mask_points`` single-point prompts."""
+        """Prompt-in-the-loop loss, averaged over ``B · mask_points`` objects and ``1 + mask_rounds``
+        rounds (see the module docstring)."""
         b, n = student_emb.shape[0], self.mask_points
-        coords = random_points(input_sizes.cpu(), n).to(student_emb.device).reshape(b * n, 1, 2)  # (N, 1, 2)
-        points = (coords, torch.ones(b * n, 1, dtype=torch.int, device=coords.device))  # (N, 1, 2), (N, 1)
-        index = torch.arange(b, device=coords.device).repeat_interleave(n)  # (N,): image of each prompt
-        with torch.no_grad():
-            head = self.teacher_head if self.teacher_head is not None else self.model
-            target = self._decode_points(head, teacher_emb, points, index)[:, 0] > 0  # (N, 4h', 4w')
-        logits = self._decode_points(self.model, student_emb, points, index)  # (N, 1, 4h', 4w')
-        iou = logits.new_zeros(logits.shape[:2])  # the IoU head is not distilled here
-        # Only the image's own pixels count, not the padding: low-res mask pixels cover 4x4 input pixels.
-        low = logits.shape[-1]
-        cells = torch.arange(low, device=logits.device) * (self.model.image_encoder.img_size / low)  # (4w',)
-        hw = input_sizes.to(logits.device)[index]  # (N, 2)
+        device = student_emb.device
+        index = torch.arange(b, device=device).repeat_interleave(n)  # (N,): image of each object
+        hw = input_sizes.to(device)[index]  # (N, 2) unpadded (h, w) in input pixels
+        teacher = self.teacher_head if self.teacher_head is not None else self.model
+        # Masks are compared on the decoder's low-res grid; a cell covers scale x scale input pixels and
+        # counts when its top-left pixel is inside the image (not padding).
+        low = student_emb.shape[-1] * 4
+        scale = self.model.image_encoder.img_size / low
+        cells = torch.arange(low, device=device) * scale  # (4w',)
         valid = (cells[None, :, None] < hw[:, 0, None, None]) & (cells[None, None, :] < hw[:, 1, None, None])
-        return sam_loss(logits, target, iou, valid=valid, iou_weight=0.0).loss  # valid (N, 4h', 4w')
+
+        coords = random_points(input_sizes.cpu(), n).to(device).reshape(b * n, 1, 2)  # (N, 1, 2)
+        ones = torch.ones(b * n, 1, dtype=torch.long, device=device)
+        prompts = Prompts(coords, ones, coords.new_zeros(b * n, 4), torch.zeros(b * n, dtype=torch.bool, device=device))
+        if self.p_box > 0:
+            # The "object" of a random click is the teacher's mask for it; its jittered box is the box prompt.
+            with torch.no_grad():
+                seed = self._decode(teacher, teacher_emb, prompts, index)[:, 0] > 0  # (N, 4h', 4w')
+            seed = seed & valid
+            boxes = masks_to_boxes(seed) * scale + torch.tensor([0.0, 0.0, scale - 1, scale - 1], device=device)
+            boxes = jitter_boxes(boxes, hw, self.box_noise_std, self.box_noise_max)
+            has_box = (torch.rand(b * n, device=device) < self.p_box) & seed.flatten(1).any(dim=1)
+            labels = torch.where(has_box[:, None], -ones, ones)  # a box-prompted object's click is padding
+            prompts = Prompts(coords, labels, boxes, has_box)
+
+        total = student_emb.new_zeros(())
+        pred = target = None
+        for r in range(1 + self.mask_rounds):
+            if r > 0:
+                assert pred is not None and target is not None
+                click, label = error_clicks(pred, target, valid)  # (N, 1, 2) on the low-res grid
+                prompts = prompts.append((click * scale + scale // 2).floor(), label)  # input pixels
+            with torch.no_grad():
+                target = self._decode(teacher, teacher_emb, prompts, index)[:, 0] > 0  # (N, 4h', 4w')
+            logits = self._decode(self.model, student_emb, prompts, index)  # (N, 1, 4h', 4w')
+            iou = logits.new_zeros(logits.shape[:2])  # the IoU head is not distilled here
+            total = total + sam_loss(logits, target, iou, valid=valid, iou_weight=0.0).loss
+            pred = logits[:, 0].detach() > 0
+        return total / (1 + self.mask_rounds)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         target = batch["feat"].float()  # (B, C, h', w') cached teacher embeddings
