@@ -87,7 +87,8 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer settings."""
+    """Lightning Trainer settings. ``gradient_clip_val``: clip the global gradient norm to this value
+    (None: no clipping; SAM 2's training clips at 0.1)."""
 
     max_epochs: int = 10
     max_steps: int = -1
@@ -97,6 +98,7 @@ class TrainerConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
+    gradient_clip_val: float | None = None
     log_every_n_steps: int = 10
     val_every_n_epochs: int = 1
     checkpoint_every_n_steps: int = 100
@@ -261,6 +263,8 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad("distill.feature_margin", "must be in [0, 2)")
     if d.kd_temperature <= 0:
         raise bad("distill.kd_temperature", "must be positive")
+    if cfg.trainer.gradient_clip_val is not None and cfg.trainer.gradient_clip_val <= 0:
+        raise bad("trainer.gradient_clip_val", "must be positive (or null for no clipping)")
     if cfg.optim.lr <= 0:
         raise bad("optim.lr", "must be positive")
     return cfg

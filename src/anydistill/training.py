@@ -255,6 +255,7 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
         strategy=cfg.trainer.strategy,
         num_nodes=cfg.trainer.num_nodes,
         precision=cfg.trainer.precision,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
         callbacks=callbacks,

@@ -14,9 +14,6 @@ from anydistill.data.instances import InstanceDataset, InstanceRecord
 from anydistill.eval.interactive import (
     InteractiveMetrics,
     InteractiveResult,
-    decode_prompts,
-    decodes_batched,
-    embed_images,
     evaluate_batch,
     evaluate_image,
     evaluate_interactive,
@@ -24,6 +21,7 @@ from anydistill.eval.interactive import (
     number_of_clicks,
     summarize_interactive,
 )
+from anydistill.promptable.batched import decode_prompts, decodes_batched, embed_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from anydistill.data.clicks import error_clicks, first_prompts
 from anydistill.data.instances import InstanceDataset, InstanceRecord, collate_instances
-from anydistill.eval.interactive import decode_prompts
 from anydistill.methods.promptable import PromptableModule, round_plan
+from anydistill.promptable.batched import decode_prompts
 
 SIZE = 32
 

@@ -36,7 +36,7 @@ def test_embedding_loss_is_the_mse_to_the_cached_embedding_and_only_the_encoder_
     module.log_dict = module.log = lambda *a, **k: None  # no trainer attached
     batch = _batch(model)
     loss = module.training_step(batch, 0)
-    from anydistill.eval.interactive import embed_images
+    from anydistill.promptable.batched import embed_images
 
     with torch.no_grad():
         expected = ((embed_images(model, batch["image"], batch["input_size"]) - batch["feat"]) ** 2).mean()
@@ -130,7 +130,7 @@ def test_refinement_clicks_come_from_where_student_and_teacher_disagree():
     assert len(calls) == 2 * 4  # teacher then student, 1 + 3 rounds
     scale = SIZE / calls[0][2].shape[-1]
     for r in range(4):
-        (t_is_student, t_prompts, target), (s_is_student, s_prompts, logits) = calls[2 * r], calls[2 * r + 1]
+        (t_is_student, t_prompts, _), (s_is_student, s_prompts, _) = calls[2 * r], calls[2 * r + 1]
         assert not t_is_student and s_is_student
         assert t_prompts is s_prompts and t_prompts.coords.shape[1] == 1 + r
         if r == 0:

@@ -18,7 +18,7 @@ least n with ``IoU_n >= 0.85 / 0.90``, k when never reached, RITM's convention),
 no further click and keeps its IoU.
 
 The image embedding is computed once per image; all objects of an image are decoded together (in
-chunks of ``chunk`` prompts). :func:`evaluate_batch` embeds several images in one encoder pass and
+chunks of ``chunk`` prompts; the batching helpers are in :mod:`anydistill.promptable.batched`). :func:`evaluate_batch` embeds several images in one encoder pass and
 decodes the objects of all of them together when the mask decoder takes one embedding per prompt set
 (our :class:`~anydistill.models.sam.MaskDecoder`, ``accepts_batched_embeddings``); a decoder that takes
 one image embedding ``(1, C, h, w)`` and N prompts (segment_anything's) is called once per image.
@@ -43,130 +43,20 @@ from torchmetrics.utilities import dim_zero_cat
 
 from anydistill.data.clicks import evaluation_clicks
 from anydistill.eval.metrics import binary_iou
+from anydistill.promptable.batched import decode_prompts, embed_images
 
 __all__ = [
     "InteractiveMetrics",
     "InteractiveResult",
-    "decode_embedded",
-    "decode_prompts",
-    "decodes_batched",
-    "embed_images",
     "evaluate_batch",
     "evaluate_image",
     "evaluate_interactive",
     "interactive_clicks",
     "number_of_clicks",
-    "prepare_images",
     "summarize_interactive",
 ]
 
 NOC_THRESHOLDS: tuple[float, ...] = (0.85, 0.90)
-
-
-def prepare_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
-    """Normalises and pads images the way the model expects (``model.preprocess`` per image).
-
-    Args:
-        images: ``(B, 3, H, W)`` uint8 or float in 0..255, each valid in its top-left ``input_sizes[b]``
-            (an :class:`~anydistill.data.instances.InstanceDataset` batch), the rest padding.
-        input_sizes: int ``(B, 2)`` ``(h, w)``.
-
-    Returns:
-        ``(B, 3, S, S)`` normalised, zero-padded after normalisation (as ``Sam.preprocess``).
-    """
-    out = []
-    for img, (h, w) in zip(images, input_sizes.tolist(), strict=True):
-        out.append(model.preprocess(img[None, :, :h, :w].float()))  # (1, 3, S, S)
-    return torch.cat(out)
-
-
-def embed_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
-    """Image embeddings ``(B, C, h', w')`` of :func:`prepare_images`'s output (one encoder pass)."""
-    return model.image_encoder(prepare_images(model, images, input_sizes))
-
-
-def decodes_batched(model: nn.Module) -> bool:
-    """Whether ``model.mask_decoder`` takes one image embedding per prompt set (``B_img == B``), which our
-    :class:`~anydistill.models.sam.MaskDecoder` declares with ``accepts_batched_embeddings``;
-    segment_anything's repeats a single ``(1, C, h, w)`` embedding for every prompt set."""
-    return bool(getattr(model.mask_decoder, "accepts_batched_embeddings", False))
-
-
-def decode_embedded(
-    model: nn.Module,
-    embeddings: Tensor,
-    image_pe: Tensor,
-    sparse: Tensor,
-    dense: Tensor,
-    multimask: bool,
-    image_index: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The mask decoder for N embedded prompt sets, each on one image of a batch.
-
-    With ``image_index`` and a decoder that :func:`decodes_batched`, one call on the per-prompt-set
-    embeddings ``embeddings[image_index]`` ``(N, C, h', w')``; otherwise one call per image on its prompt
-    sets (the outputs put back in order). Both give the same outputs: the decoder treats the N rows
-    independently (attention within a row, norms and MLPs per token).
-
-    Args:
-        embeddings: ``(B, C, h', w')`` image embeddings.
-        image_pe: ``(1, C, h', w')`` dense positional encoding (``prompt_encoder.get_dense_pe()``).
-        sparse: ``(N, T, C)`` point / box tokens; dense: ``(N, C, h', w')`` mask-prompt embedding.
-        multimask: three masks (True) or one.
-        image_index: int64 ``(N,)``, the image of each prompt set; None: ``B`` is 1.
-
-    Returns:
-        ``(low_res_logits (N, M, 4h', 4w'), iou_pred (N, M))``.
-    """
-
-    def decode(emb: Tensor, sp: Tensor, de: Tensor) -> tuple[Tensor, Tensor]:
-        return model.mask_decoder(
-            image_embeddings=emb,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sp,
-            dense_prompt_embeddings=de,
-            multimask_output=multimask,
-        )
-
-    if image_index is None or embeddings.shape[0] == 1:
-        return decode(embeddings, sparse, dense)
-    if decodes_batched(model):
-        return decode(embeddings[image_index], sparse, dense)  # (N, C, h', w'): one per prompt set
-    rows = [torch.nonzero(image_index == b).flatten() for b in image_index.unique().tolist()]
-    if len(rows) == 1:
-        return decode(embeddings[image_index[:1]], sparse, dense)
-    outs = [decode(embeddings[image_index[r[:1]]], sparse[r], dense[r]) for r in rows]
-    inverse = torch.cat(rows).argsort()  # (N,) back to the prompt sets' order
-    return torch.cat([o[0] for o in outs])[inverse], torch.cat([o[1] for o in outs])[inverse]
-
-
-def decode_prompts(
-    model: nn.Module,
-    embedding: Tensor,
-    image_pe: Tensor,
-    points: tuple[Tensor, Tensor] | None,
-    boxes: Tensor | None,
-    mask_input: Tensor | None,
-    multimask: bool,
-    image_index: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Prompt encoder + mask decoder for N prompts on one image (or, with ``image_index``, on the images
-    of a batch: :func:`decode_embedded`).
-
-    Args:
-        embedding: ``(1, C, h', w')`` image embedding (``(B, C, h', w')`` with ``image_index``).
-        image_pe: ``(1, C, h', w')`` dense positional encoding (``prompt_encoder.get_dense_pe()``).
-        points: ``(coords (N, P, 2), labels (N, P))`` in input-frame pixels, or None.
-        boxes: ``(N, 4)`` or None.
-        mask_input: ``(N, 1, 4h', 4w')`` low-resolution logits, or None.
-        multimask: three masks (True) or one.
-        image_index: optional int64 ``(N,)``, the image of each prompt.
-
-    Returns:
-        ``(low_res_logits (N, M, 4h', 4w'), iou_pred (N, M))``.
-    """
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-    return decode_embedded(model, embedding, image_pe, sparse, dense, multimask, image_index)
 
 
 @dataclass

@@ -53,8 +53,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anydistill.data.clicks import Prompts, error_clicks, first_prompts, prompt_groups
-from anydistill.eval.interactive import InteractiveMetrics, decode_embedded, embed_images, evaluate_batch
+from anydistill.eval.interactive import InteractiveMetrics, evaluate_batch
 from anydistill.losses.promptable import SamLoss, mask_ious
+from anydistill.promptable.batched import decode_embedded, embed_images
 
 __all__ = ["PromptableModule", "round_plan"]
 

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anydistill.data.clicks import Prompts, error_clicks, jitter_boxes, masks_to_boxes, prompt_groups
-from anydistill.eval.interactive import decode_prompts, embed_images
 from anydistill.losses.promptable import sam_loss
 from anydistill.methods.promptable import PromptableModule
+from anydistill.promptable.batched import decode_prompts, embed_images
 
 __all__ = ["SamEncoderDistillModule", "random_points"]
 
