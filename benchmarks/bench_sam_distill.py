@@ -7,7 +7,7 @@ the cache (teacher decoder reused, frozen; + prompt-in-the-loop mask loss), and 
 trained on the labels directly with the same time budget. All are evaluated by the interactive
 protocol on held-out scenes. Goal (issue 4): the student keeps ≥ 90% of the teacher's 1-click mIoU.
 
-    python benchmarks/bench_sam_distill.py [--quick]
+    python benchmarks/bench_sam_distill.py [--quick] [--teacher-minutes 20 --student-minutes 8]
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from common import markdown_table, write_results
 
-from anydistill.demo_promptable import run_promptable_demo
+from anydistill.demo_promptable import DEFAULT, QUICK, run_promptable_demo
 
 OUT = Path(__file__).resolve().parent / "_out" / "sam_distill"
 
@@ -27,9 +28,16 @@ OUT = Path(__file__).resolve().parent / "_out" / "sam_distill"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline only")
+    parser.add_argument("--teacher-minutes", type=float, default=None, help="teacher training budget")
+    parser.add_argument("--student-minutes", type=float, default=None, help="each student's training budget")
     args = parser.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
-    run_promptable_demo(OUT, quick=args.quick, baseline=True)
+    budget = QUICK if args.quick else DEFAULT
+    if args.teacher_minutes is not None:
+        budget = replace(budget, teacher_minutes=args.teacher_minutes)
+    if args.student_minutes is not None:
+        budget = replace(budget, student_minutes=args.student_minutes)
+    run_promptable_demo(OUT, budget=budget, baseline=True)
     data = json.loads((OUT / "results.json").read_text())
     rows = []
     teacher_1 = None
@@ -46,6 +54,8 @@ def main() -> None:
     table = markdown_table(header, rows)
     print(table)
     command = "python benchmarks/bench_sam_distill.py" + (" --quick" if args.quick else "")
+    if args.teacher_minutes is not None or args.student_minutes is not None:
+        command += f" --teacher-minutes {budget.teacher_minutes:g} --student-minutes {budget.student_minutes:g}"
     write_results("sam_distill" + ("_quick" if args.quick else ""), table, data, command)
 
 

@@ -101,3 +101,27 @@ def test_prompt_section_reaches_the_promptable_module():
     assert (kwargs["loss_resolution"], kwargs["val_max_clicks"], kwargs["val_instances"]) == ("low_res", 4, 3)
     assert kwargs["optim"]["lr"] == 0.0003
     assert set(kwargs) <= set(inspect.signature(PromptableModule.__init__).parameters)
+
+
+def test_gradient_clip_val_reaches_the_lightning_trainer(monkeypatch, tmp_path: Path):
+    import lightning as L
+
+    from anydistill.training import train
+
+    class Built(Exception):
+        pass
+
+    seen = {}
+
+    def trainer(**kwargs):
+        seen.update(kwargs)
+        raise Built
+
+    monkeypatch.setattr(L, "Trainer", trainer)
+    cfg = load_config(None, [f"run_dir={tmp_path}", "data.train_count=4", "data.val_count=2", "data.image_size=32",
+                             "trainer.gradient_clip_val=0.1"])  # fmt: skip
+    with pytest.raises(Built):
+        train(cfg)
+    assert seen["gradient_clip_val"] == 0.1
+    with pytest.raises(ConfigError, match="gradient_clip_val"):
+        load_config(None, ["trainer.gradient_clip_val=0"])

@@ -6,7 +6,7 @@ mask decoder, copied in. The teacher's image embeddings were computed once by th
 never runs here. Per batch of unlabeled images:
 
     L = embed_weight · ‖E_s(x) − E_t(x)‖² (mean over (B, 256, h', w'), MobileSAM [0] eq. 2)
-      + mask_weight · mean_prompts( 20·focal + dice )(D(E_s(x), p), 1[D_t(E_t(x), p) > 0])
+      + mask_weight · mean_prompts( w_f·focal + w_d·dice )(D(E_s(x), p), 1[D_t(E_t(x), p) > 0])
 
 The second term (``mask_weight > 0``) is EdgeSAM's "prompt-in-the-loop" distillation [1]. There are no
 labels, so each of the ``mask_points`` objects per image is what the teacher segments for a random
@@ -17,7 +17,8 @@ mask and the teacher's disagree (positive where the teacher says object, negativ
 :func:`~anydistill.data.clicks.error_clicks`), as EdgeSAM does. Every round decodes the prompts so far
 twice, from the student's embedding through the student's decoder ``D`` and from the cached teacher
 embedding through the teacher's frozen decoder ``D_t``, and the student's mask logits learn the
-teacher's binarised mask with SAM's mask loss on the low-res grid (no mask prompt is fed back).
+teacher's binarised mask with SAM's mask loss on the low-res grid (no mask prompt is fed back;
+``w_f : w_d`` are ``loss``'s ``focal_weight : dice_weight``, SAM's 20 : 1 by default).
 
 The prompt encoder and mask decoder are frozen (MobileSAM: "the decoder can be directly used") unless
 ``finetune_decoder``; then a frozen copy ``teacher_head`` keeps the teacher's decoder for ``D_t``.
@@ -172,7 +173,8 @@ class SamEncoderDistillModule(PromptableModule):
                 target = self._decode(teacher, teacher_emb, prompts, index)[:, 0] > 0  # (N, 4h', 4w')
             logits = self._decode(self.model, student_emb, prompts, index)  # (N, 1, 4h', 4w')
             iou = logits.new_zeros(logits.shape[:2])  # the IoU head is not distilled here
-            total = total + sam_loss(logits, target, iou, valid=valid, iou_weight=0.0).loss
+            weights = {"focal_weight": self.loss_fn.focal_weight, "dice_weight": self.loss_fn.dice_weight}
+            total = total + sam_loss(logits, target, iou, valid=valid, iou_weight=0.0, **weights).loss
             pred = logits[:, 0].detach() > 0
         return total / (1 + self.mask_rounds)
 
