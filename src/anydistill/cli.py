@@ -82,7 +82,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.task == "promptable" or (args.task == "auto" and _is_promptable(args.checkpoint)):
         metrics = evaluate_promptable(
             args.checkpoint, args.data, count=args.count, max_clicks=args.max_clicks,
-            max_instances=args.max_instances, device=args.device, out_json=args.json,
+            max_instances=args.max_instances, device=args.device, out_json=args.json, frame=args.frame,
         )  # fmt: skip
         print(format_table(metrics))
         return
@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
     ev.add_argument("--max-instances", type=int, default=16, help="promptable: objects per image")
     ev.add_argument("--device", default="cpu", help="promptable: cpu, cuda, ...")
+    ev.add_argument("--frame", choices=["original", "input"], default="original",
+                    help="promptable: measure on the source images' masks (default) or in the model's resized frame")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every image of a folder")

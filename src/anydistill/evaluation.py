@@ -78,7 +78,13 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def promptable_eval_dataset(
-    data: str, image_size: int, count: int, seed: int = 0, max_instances: int = 16, min_area: int = 64
+    data: str,
+    image_size: int,
+    count: int,
+    seed: int = 0,
+    max_instances: int = 16,
+    min_area: int = 64,
+    original_masks: bool = True,
 ) -> Dataset:
     """``toyworld:<domain>`` (held-out seeds), a folder with ``instances/`` PNGs, or a COCO JSON file
     (its images next to it, or under ``images/`` beside it), as an
@@ -97,7 +103,9 @@ def promptable_eval_dataset(
             source = CocoInstances(path, root)
         else:
             source = FolderInstances(path)
-    return InstanceDataset(source, image_size, max_instances, min_area, sampling="fixed", seed=seed)
+    return InstanceDataset(
+        source, image_size, max_instances, min_area, sampling="fixed", seed=seed, original_masks=original_masks
+    )
 
 
 def evaluate_promptable(
@@ -110,18 +118,23 @@ def evaluate_promptable(
     device: str = "cpu",
     out_json: str | Path | None = None,
     progress: bool = True,
+    frame: str = "original",
 ) -> dict[str, float]:
     """The interactive protocol (:mod:`anydistill.eval.interactive`) for a promptable model: mIoU after
     1..``max_clicks`` simulated clicks (each at the centre of the largest error), NoC@85/90 (clicks to
-    reach IoU 0.85/0.90, ``max_clicks`` when never), 1-click mIoU and oracle mIoU (best of 3 masks)."""
+    reach IoU 0.85/0.90, ``max_clicks`` when never), 1-click mIoU and oracle mIoU (best of 3 masks);
+    measured on the source images' masks (``frame="original"``) or in the model's resized frame
+    (``"input"``)."""
     from anydistill.eval.interactive import evaluate_interactive
     from anydistill.promptable.loading import load_promptable
 
     model = load_promptable(checkpoint, device=device)
-    dataset = promptable_eval_dataset(str(data), int(model.image_encoder.img_size), count, seed, max_instances)
+    dataset = promptable_eval_dataset(
+        str(data), int(model.image_encoder.img_size), count, seed, max_instances, original_masks=frame == "original"
+    )
     samples = tqdm(dataset, desc="evaluate", disable=not progress, unit="image")
     with torch.no_grad():
-        metrics = evaluate_interactive(model, samples, max_clicks=max_clicks)
+        metrics = evaluate_interactive(model, samples, max_clicks=max_clicks, frame=frame)  # type: ignore[arg-type]
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics["images"] = float(len(dataset))
     if out_json is not None:

@@ -284,3 +284,27 @@ def test_interactive_clicks_without_objects_and_bad_clicks() -> None:
         interactive_clicks(
             model, torch.zeros((1, 1, 1, 1)), (8, 8), torch.zeros((1, 8, 8), dtype=torch.bool), 0
         )
+
+
+def test_evaluate_interactive_in_the_original_frame() -> None:
+    """frame='original': clicks and IoUs on the source-resolution masks (here 90x60 source, 64² model
+    input), equal to evaluate_image on those masks; the resized frame gives other clicks."""
+    model = _tiny_sam(ours=True)
+    id_map = np.zeros((60, 90), dtype=np.int32)
+    id_map[5:17, 7:31] = 1
+    id_map[31:53, 40:83] = 2
+    image = np.where(id_map[..., None] > 0, 220, 30).astype(np.uint8).repeat(3, axis=2)
+    records = [InstanceRecord.from_id_map(image, id_map, "wide")]
+    dataset = InstanceDataset(records, size=64, min_area=10, sampling="fixed", original_masks=True)
+    sample = dataset[0]
+    assert sample["original_masks"].shape == (2, 60, 90) and sample["masks"].shape == (2, 64, 64)
+    assert torch.equal(sample["original_masks"].sum(dim=(1, 2)).sort().values, torch.tensor([12 * 24, 22 * 43]))
+    original = evaluate_interactive(model, dataset, max_clicks=3, frame="original")
+    ref = evaluate_image(model, sample["image"], sample["input_size"], sample["original_masks"], max_clicks=3)
+    assert original == pytest.approx(summarize_interactive(ref.ious, ref.oracle_iou), abs=1e-6)
+    resized = evaluate_image(model, sample["image"], sample["input_size"], sample["masks"][:, :43, :64], max_clicks=3)
+    assert not torch.equal(resized.coords, ref.coords)  # another frame, other click positions
+    with pytest.raises(ValueError, match="original_masks=True"):
+        evaluate_interactive(model, InstanceDataset(records, size=64, min_area=10), max_clicks=1, frame="original")
+    with pytest.raises(ValueError, match="frame"):
+        evaluate_interactive(model, dataset, max_clicks=1, frame="resized")  # type: ignore[arg-type]

@@ -343,6 +343,8 @@ class InstanceDataset(Dataset):
     - ``instance_ids``: int64 ``(K,)`` ids of the chosen instances (map values / annotation ids);
     - ``input_size``: int64 ``(2,)`` ``(h, w)`` of the resized, unpadded image;
     - ``original_size``: int64 ``(2,)`` ``(H, W)`` of the source image;
+    - ``original_masks``: bool ``(K, H, W)``, the same instances in the source image's frame (only with
+      ``original_masks=True``, for evaluation in the original frame);
     - ``id``: the sample id.
 
     Instances smaller than ``min_area`` pixels of the *original* image are ignored, and so are instances
@@ -358,6 +360,7 @@ class InstanceDataset(Dataset):
         min_area: least instance area in original pixels.
         sampling: ``"random"`` or ``"fixed"``.
         seed: seed of ``"fixed"`` sampling.
+        original_masks: also return the masks in the source image's frame.
     """
 
     def __init__(
@@ -368,6 +371,7 @@ class InstanceDataset(Dataset):
         min_area: int = 100,
         sampling: Sampling = "random",
         seed: int = 0,
+        original_masks: bool = False,
     ) -> None:
         if size < 1 or max_instances < 1 or min_area < 0:
             raise ValueError(
@@ -381,6 +385,7 @@ class InstanceDataset(Dataset):
         self.min_area = int(min_area)
         self.sampling = sampling
         self.seed = int(seed)
+        self.original_masks = original_masks
 
     def __len__(self) -> int:
         return len(self.source)
@@ -396,10 +401,10 @@ class InstanceDataset(Dataset):
         record = self.source[index]
         candidates = np.flatnonzero(record.areas >= max(self.min_area, 1))
         which = self._choose(candidates, index)
-        masks = record.masks(which)  # (n, H, W)
-        image, masks, (h, w) = resize_longest_side(record.image, masks, self.size)
+        original = record.masks(which)  # (n, H, W)
+        image, masks, (h, w) = resize_longest_side(record.image, original, self.size)
         kept = masks.flatten(1).any(dim=1)  # (n,): drop instances that vanished when resized
-        return {
+        item = {
             "image": image,
             "masks": masks[kept],
             "instance_ids": torch.from_numpy(record.instance_ids[which])[kept],
@@ -407,6 +412,9 @@ class InstanceDataset(Dataset):
             "original_size": torch.tensor(record.image.shape[:2], dtype=torch.int64),
             "id": record.id,
         }
+        if self.original_masks:
+            item["original_masks"] = torch.as_tensor(np.asarray(original, dtype=bool))[kept]  # (K, H, W)
+        return item
 
 
 def collate_instances(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -351,11 +351,16 @@ def evaluate_interactive(
     max_images: int | None = None,
     chunk: int = 32,
     batch_size: int = 4,
+    frame: Literal["original", "input"] = "input",
 ) -> dict[str, float]:
     """The interactive protocol over an :class:`~anydistill.data.instances.InstanceDataset`.
 
-    Ground truth is each sample's masks cropped to its ``input_size`` (the resized frame, longest side
-    ``S``; at SAM's 1024 this is close to the original resolution).
+    ``frame="input"``: ground truth is each sample's masks cropped to its ``input_size`` (the resized
+    frame, longest side ``S``), objects of ``batch_size`` images decoded together. ``frame="original"``
+    (the benchmarks' protocol): clicks are placed and IoUs measured on the source image's masks
+    (``original_masks``, from ``InstanceDataset(original_masks=True)``), the predictions postprocessed to
+    the source size as ``SamPredictor`` does; images whose source size is their input size take the
+    batched path (the same result), the others are evaluated one at a time.
 
     Args:
         model: a Sam-like model (put in eval mode here), on the device to evaluate on.
@@ -365,12 +370,15 @@ def evaluate_interactive(
         max_images: evaluate at most this many images.
         chunk: objects decoded together.
         batch_size: images embedded together (:func:`evaluate_batch`).
+        frame: ``"input"`` or ``"original"`` (see above).
 
     Returns:
         :func:`summarize_interactive`'s dict.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if frame not in ("original", "input"):
+        raise ValueError(f"frame must be 'original' or 'input', got {frame!r}")
     model.eval()
     metrics = InteractiveMetrics()
     pending: list[dict[str, Any]] = []
@@ -387,7 +395,21 @@ def evaluate_interactive(
     for i, sample in enumerate(dataset):
         if max_images is not None and i >= max_images:
             break
-        if sample["masks"].shape[0]:
+        if not sample["masks"].shape[0]:
+            continue
+        if frame == "original" and not torch.equal(sample["original_size"], sample["input_size"]):
+            if "original_masks" not in sample:
+                raise ValueError(
+                    "frame='original' needs the source-frame masks: build the dataset with "
+                    "InstanceDataset(..., original_masks=True)"
+                )
+            metrics.update(
+                evaluate_image(
+                    model, sample["image"], sample["input_size"], sample["original_masks"], max_clicks,
+                    use_prev_mask, multimask_first, chunk,
+                )
+            )  # fmt: skip
+        else:
             pending.append(sample)
         if len(pending) == batch_size:
             flush()
