@@ -125,3 +125,25 @@ def test_gradient_clip_val_reaches_the_lightning_trainer(monkeypatch, tmp_path: 
     assert seen["gradient_clip_val"] == 0.1
     with pytest.raises(ConfigError, match="gradient_clip_val"):
         load_config(None, ["trainer.gradient_clip_val=0"])
+
+
+@pytest.mark.parametrize(
+    ("task", "overrides", "cuda", "expected"),
+    [
+        ("promptable", [], 0, "auto"),  # CPU, one process
+        ("promptable", [], 1, "auto"),  # one GPU
+        ("promptable", [], 4, "ddp_find_unused_parameters_true"),  # Lightning would pick DDP
+        ("promptable", ["trainer.devices=1"], 4, "auto"),
+        ("promptable", ["trainer.devices=0,1"], 4, "ddp_find_unused_parameters_true"),
+        ("promptable", ["trainer.num_nodes=2", "trainer.devices=1"], 1, "ddp_find_unused_parameters_true"),
+        ("promptable", ["trainer.strategy=ddp"], 0, "ddp_find_unused_parameters_true"),
+        ("promptable", ["trainer.strategy=fsdp"], 4, "fsdp"),
+        ("depth", [], 4, "auto"),
+        ("depth", ["trainer.strategy=ddp"], 4, "ddp"),
+    ],
+)
+def test_promptable_ddp_finds_unused_parameters(task, overrides, cuda, expected):
+    from anydistill.training import trainer_strategy
+
+    cfg = load_config(None, [f"task={task}", *overrides])
+    assert trainer_strategy(cfg, cuda_devices=cuda) == expected

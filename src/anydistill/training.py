@@ -215,6 +215,34 @@ def _distill_promptable(cfg: TrainConfig) -> TrainResult:
     return fit(cfg, module, datamodule, ClassInfo())
 
 
+def trainer_strategy(cfg: TrainConfig, cuda_devices: int | None = None) -> str:
+    """``trainer.strategy``, except that promptable training under DDP finds unused parameters.
+
+    A promptable step leaves parameters without gradient by design: the box-corner embeddings when no
+    object of the batch got a box, the mask-prompt encoder with ``num_rounds=1``, the three multimask
+    output tokens when no round asks for three masks; plain DDP then fails ("Expected to have finished
+    reduction in the prior iteration"). SAM 2's and SAM 3's trainers set ``find_unused_parameters: True``. ``"auto"``
+    becomes DDP when Lightning would pick it: several nodes, or several CUDA devices with ``devices``
+    auto / -1 / more than one.
+    """
+    strategy = cfg.trainer.strategy
+    if cfg.task != "promptable" or strategy not in ("auto", "ddp"):
+        return strategy
+    if strategy == "ddp":
+        return "ddp_find_unused_parameters_true"
+    if cuda_devices is None:
+        cuda_devices = torch.cuda.device_count() if cfg.trainer.accelerator in ("auto", "gpu", "cuda") else 0
+    devices = str(cfg.trainer.devices).strip()
+    if devices in ("auto", "-1"):
+        count = cuda_devices if cuda_devices > 0 else 1
+    elif devices.startswith("[") or "," in devices:
+        count = len([d for d in devices.strip("[]").split(",") if d.strip()])
+    else:
+        count = int(devices) if devices.isdigit() else 1
+    multi = cfg.trainer.num_nodes > 1 or (cuda_devices > 0 and count > 1)
+    return "ddp_find_unused_parameters_true" if multi else strategy
+
+
 def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningDataModule, classes: ClassInfo) -> TrainResult:
     """The Lightning part shared by every method: run folder, checkpoints, logs, resume, final metrics."""
     run_dir = Path(cfg.run_dir)
@@ -252,7 +280,7 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
         max_time=max_time,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
-        strategy=cfg.trainer.strategy,
+        strategy=trainer_strategy(cfg),
         num_nodes=cfg.trainer.num_nodes,
         precision=cfg.trainer.precision,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
