@@ -38,11 +38,13 @@ class LoadedStudent:
     config: TrainConfig | None
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
-    """Load an anydistill checkpoint (``best.ckpt``/``last.ckpt``) for inference.
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The dict in a torch checkpoint file, read with ``torch.load(weights_only=True)``: tensors, numbers,
+    strings and containers only, so a checkpoint cannot run code when loaded (Lightning's own loader
+    unpickles anything). anydistill's checkpoints hold nothing else.
 
     Raises:
-        DataError: the file is missing, truncated, not a torch checkpoint, or not made by anydistill.
+        DataError: missing, empty, truncated or corrupt file; Python objects beyond plain data; not a dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -50,10 +52,32 @@ def load_student(path: str | Path, device: str | torch.device = "cpu") -> Loaded
     if path.stat().st_size == 0:
         raise DataError(path, "checkpoint is empty (0 bytes)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
+            raise DataError(
+                path,
+                "holds Python objects beyond tensors and plain data, which anydistill does not unpickle "
+                f"(weights_only=True); re-save its state_dict. torch said: {first}",
+            ) from None
         raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
+    if not isinstance(ckpt, dict):
+        raise DataError(path, f"not a checkpoint (expected a dict, found {type(ckpt).__name__})")
+    return ckpt
+
+
+def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
+    """Load an anydistill checkpoint (``best.ckpt``/``last.ckpt``) for inference.
+
+    Raises:
+        DataError: the file is missing, truncated, not a torch checkpoint, or not made by anydistill.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise DataError(path, "not an anydistill training checkpoint (no 'state_dict'/'hyper_parameters')")
     # Students from any method (supervised, distill) are a SupervisedModule at inference time:
     # keep its arguments and its weights, drop training-only parts (e.g. a feature projection).

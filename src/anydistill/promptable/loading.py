@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +16,9 @@ import torch
 from torch import nn
 
 from anydistill.errors import ConfigError, DataError
+from anydistill.inference import read_checkpoint
 
 __all__ = ["build_promptable_model", "load_promptable", "read_promptable_config"]
-
-
-def _read_ckpt(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise DataError(path, "checkpoint is empty (0 bytes)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
-    if not isinstance(ckpt, dict):
-        raise DataError(path, "not a checkpoint (expected a dict)")
-    return ckpt
 
 
 def read_promptable_config(path: str | Path) -> Any | None:
@@ -43,7 +28,7 @@ def read_promptable_config(path: str | Path) -> Any | None:
     path = Path(path)
     if path.suffix != ".ckpt":
         return None
-    ckpt = _read_ckpt(path)
+    ckpt = read_checkpoint(path)
     return config_from_dict(ckpt["anydistill_config"]) if "anydistill_config" in ckpt else None
 
 
@@ -59,7 +44,7 @@ def load_promptable(path: str | Path, device: str | torch.device = "cpu", **over
     path = Path(path)
     if path.suffix != ".ckpt":
         return load_sam_checkpoint(path, **overrides).to(device).eval()
-    ckpt = _read_ckpt(path)
+    ckpt = read_checkpoint(path)
     if "anydistill_config" not in ckpt or "state_dict" not in ckpt:
         return load_sam_checkpoint(path, **overrides).to(device).eval()
     from anydistill.config import config_from_dict
