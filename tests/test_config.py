@@ -137,6 +137,7 @@ def test_gradient_clip_val_reaches_the_lightning_trainer(monkeypatch, tmp_path: 
         ("promptable", ["trainer.devices=0,1"], 4, "ddp_find_unused_parameters_true"),
         ("promptable", ["trainer.num_nodes=2", "trainer.devices=1"], 1, "ddp_find_unused_parameters_true"),
         ("promptable", ["trainer.strategy=ddp"], 0, "ddp_find_unused_parameters_true"),
+        ("promptable", ["trainer.strategy=ddp_spawn"], 0, "ddp_spawn_find_unused_parameters_true"),
         ("promptable", ["trainer.strategy=fsdp"], 4, "fsdp"),
         ("depth", [], 4, "auto"),
         ("depth", ["trainer.strategy=ddp"], 4, "ddp"),

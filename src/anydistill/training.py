@@ -226,10 +226,10 @@ def trainer_strategy(cfg: TrainConfig, cuda_devices: int | None = None) -> str:
     auto / -1 / more than one.
     """
     strategy = cfg.trainer.strategy
-    if cfg.task != "promptable" or strategy not in ("auto", "ddp"):
+    if cfg.task != "promptable" or strategy not in ("auto", "ddp", "ddp_spawn"):
         return strategy
-    if strategy == "ddp":
-        return "ddp_find_unused_parameters_true"
+    if strategy in ("ddp", "ddp_spawn"):
+        return f"{strategy}_find_unused_parameters_true"
     if cuda_devices is None:
         cuda_devices = torch.cuda.device_count() if cfg.trainer.accelerator in ("auto", "gpu", "cuda") else 0
     devices = str(cfg.trainer.devices).strip()
@@ -255,9 +255,12 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
         dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True,
         enable_version_counter=False, auto_insert_metric_name=False,
     )  # fmt: skip
+    # Both callbacks keep the one last.ckpt up to date (a version counter would make the step callback
+    # write last-v1.ckpt once the other has written last.ckpt, and a resume would miss its saves).
     step_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps
-    )
+        dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+        enable_version_counter=False,
+    )  # fmt: skip
     callbacks: list[Callback] = [best_cb, step_cb, StoreConfig(cfg)]
     if cfg.task in ("depth", "semantic"):
         callbacks.append(PredictionGrid(run_dir / "val_grid.png", cfg.trainer.grid_images, classes))
@@ -298,8 +301,10 @@ def fit(cfg: TrainConfig, module: L.LightningModule, datamodule: L.LightningData
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     # A stop by max_steps/max_time can fall between checkpoints: save the final state, so a rerun
-    # of a finished run does not redo its last steps.
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+    # of a finished run does not redo its last steps. Not after a spawn launcher (ddp_spawn): this
+    # process's trainer did not train (its step count is 0) and would overwrite the workers' last.ckpt.
+    if trainer.global_step > 0 or not (ckpt_dir / "last.ckpt").exists():
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     train_seconds = time.perf_counter() - start
 
     best = ckpt_dir / "best.ckpt"

@@ -76,7 +76,8 @@ def test_train_writes_checkpoint_and_interactive_metrics(trained) -> None:
     assert summary["task"] == "promptable" and summary["global_step"] == 2
     assert {"val/miou@1", "val/miou@2", "val/noc@85", "val/noc@90"} <= set(summary["val"])
     assert 0 <= summary["val"]["val/miou@1"] <= 1
-    assert _global_step(run / "checkpoints" / "last.ckpt") == 2
+    assert _global_step(run / "checkpoints" / "last.ckpt") == 2  # not overwritten by the parent process
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))
     model = load_promptable(best)
     assert model.image_encoder.img_size == SIZE and not model.training
     assert model.image_encoder.backbone_name == "mobilenetv4_conv_small"
@@ -253,7 +254,8 @@ def test_distill_promptable(trained, sam_cache, tmp_path, capsys, extra) -> None
     code = main(["distill", f"run_dir={run}", f"prompt.teacher={trained[1]}", f"distill.cache={sam_cache}",
                  "trainer.max_steps=2", "trainer.log_every_n_steps=1", *PROMPT, *extra])  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert _global_step(run / "checkpoints" / "last.ckpt") == 2
+    assert _global_step(run / "checkpoints" / "last.ckpt") == 2  # not overwritten by the parent process
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))
     assert "val/miou@1" in json.loads((run / "metrics.json").read_text())["val"]
     with open(next((run / "logs" / "csv").glob("version_*/metrics.csv"))) as f:
         columns = set(next(csv.reader(f)))
@@ -356,3 +358,14 @@ def test_distill_task_teacher_images_runs_the_pass_then_trains(trained, tmp_path
 def test_distill_images_without_teacher_is_one_clear_line(tmp_path, capsys) -> None:
     assert main(["distill", "--task", "promptable", "--images", str(tmp_path), *PROMPT[1:]]) == 2
     assert "--teacher" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_promptable_training_runs_under_two_process_ddp(tmp_path) -> None:
+    """Two CPU processes (gloo), points only and one round: the box embeddings and the mask-prompt
+    encoder get no gradient, which plain DDP refuses; trainer_strategy turns on find_unused_parameters."""
+    run = tmp_path / "ddp"
+    main(["train", *PROMPT, f"run_dir={run}", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.devices=2",
+          "trainer.strategy=ddp_spawn", "prompt.p_box=0", "prompt.num_rounds=1", "prompt.refine_rounds=0"])  # fmt: skip
+    assert _global_step(run / "checkpoints" / "last.ckpt") == 2  # not overwritten by the parent process
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))

@@ -54,6 +54,8 @@ def test_run_folder_contents(run_name, request):
         assert (run / rel).is_file(), rel
     assert list((run / "logs" / "csv").glob("version_*/metrics.csv"))
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    # one last.ckpt kept up to date by both checkpoint callbacks (no last-v1.ckpt beside it)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     summary = json.loads((run / "metrics.json").read_text())
     key = "val/delta1" if "depth" in run_name else "val/miou"
     assert 0.0 <= summary["val"][key] <= 1.0

@@ -336,9 +336,14 @@ class InteractiveMetrics(Metric):
         self.oracle.append(result.oracle_iou.to(self.device))
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
-        if not self.ious:
+        # A list of (n, k) tensors in one process; after a distributed sync torchmetrics has already
+        # concatenated it into one tensor.
+        if isinstance(self.ious, list) and not self.ious:
             return {"num_objects": 0.0}
-        return summarize_interactive(dim_zero_cat(self.ious), dim_zero_cat(self.oracle), self.thresholds)
+        ious, oracle = dim_zero_cat(self.ious), dim_zero_cat(self.oracle)
+        if ious.numel() == 0:
+            return {"num_objects": 0.0}
+        return summarize_interactive(ious, oracle, self.thresholds)
 
 
 @torch.no_grad()
