@@ -30,15 +30,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline only")
     parser.add_argument("--teacher-minutes", type=float, default=None, help="teacher training budget")
     parser.add_argument("--student-minutes", type=float, default=None, help="each student's training budget")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (the scenes stay the same)")
     args = parser.parse_args()
-    shutil.rmtree(OUT, ignore_errors=True)
+    out = OUT.with_name(OUT.name + (f"_seed{args.seed}" if args.seed else ""))
+    shutil.rmtree(out, ignore_errors=True)
     budget = QUICK if args.quick else DEFAULT
     if args.teacher_minutes is not None:
         budget = replace(budget, teacher_minutes=args.teacher_minutes)
     if args.student_minutes is not None:
         budget = replace(budget, student_minutes=args.student_minutes)
-    run_promptable_demo(OUT, budget=budget, baseline=True)
-    data = json.loads((OUT / "results.json").read_text())
+    run_promptable_demo(out, budget=budget, baseline=True, seed=args.seed)
+    data = json.loads((out / "results.json").read_text())
     rows = []
     teacher_1 = None
     for name, r in data["results"].items():
@@ -56,7 +58,10 @@ def main() -> None:
     command = "python benchmarks/bench_sam_distill.py" + (" --quick" if args.quick else "")
     if args.teacher_minutes is not None or args.student_minutes is not None:
         command += f" --teacher-minutes {budget.teacher_minutes:g} --student-minutes {budget.student_minutes:g}"
-    write_results("sam_distill" + ("_quick" if args.quick else ""), table, data, command)
+    if args.seed:
+        command += f" --seed {args.seed}"
+    name = "sam_distill" + ("_quick" if args.quick else "") + (f"_seed{args.seed}" if args.seed else "")
+    write_results(name, table, data, command)
 
 
 if __name__ == "__main__":

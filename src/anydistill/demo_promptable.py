@@ -63,13 +63,20 @@ QUICK = PromptableBudget(
 
 
 def _config(
-    model: str, run_dir: Path, budget: PromptableBudget, minutes: float, lr: float, clip: float | None = 0.1
+    model: str,
+    run_dir: Path,
+    budget: PromptableBudget,
+    minutes: float,
+    lr: float,
+    clip: float | None = 0.1,
+    seed: int = 0,
 ) -> TrainConfig:
     """A promptable run; ``clip``: the global gradient-norm clip (SAM 2's 0.1; without it the simulated
     interactive training from scratch, without warm-up, collapsed to empty masks after ~575 steps)."""
     return TrainConfig(
         task="promptable",
         run_dir=str(run_dir),
+        seed=seed,
         data=DataConfig(
             source="toyworld", train_domain="wide", val_domain="wide", train_count=budget.labeled_count,
             val_count=budget.test_count, image_size=budget.image_size, batch_size=budget.batch_size,
@@ -150,10 +157,11 @@ def _click_picture(models: dict[str, Path], budget: PromptableBudget, out: Path,
 
 
 def run_promptable_demo(
-    out: Path, quick: bool = False, baseline: bool = False, budget: PromptableBudget | None = None
+    out: Path, quick: bool = False, baseline: bool = False, budget: PromptableBudget | None = None, seed: int = 0
 ) -> Path:
     """Run the promptable story into ``out`` and return the path of its ``report.md``; ``budget``
-    replaces the default (or ``quick``) sizes, e.g. longer training for a benchmark."""
+    replaces the default (or ``quick``) sizes, e.g. longer training for a benchmark; ``seed`` is the
+    training runs' seed (initialisation, prompts, order; the scenes stay the same)."""
     from anydistill.cache import run_teacher_pass
     from anydistill.data.toyworld import write_toyworld
     from anydistill.promptable.loading import load_promptable
@@ -177,7 +185,7 @@ def run_promptable_demo(
     t = step(
         2, f"training the promptable teacher (sam_small) with simulated clicks, {budget.teacher_minutes} min"
     )
-    teacher = train(_config("sam_small", out / "runs/teacher", budget, budget.teacher_minutes, lr=8e-4))
+    teacher = train(_config("sam_small", out / "runs/teacher", budget, budget.teacher_minutes, lr=8e-4, seed=seed))
     seconds["teacher"] = time.perf_counter() - t
 
     t = step(3, "teacher pass: caching the teacher's image embeddings of the unlabeled images")
@@ -189,7 +197,9 @@ def run_promptable_demo(
         4,
         f"distilling the student's encoder (sam_tiny) from the cached embeddings, {budget.student_minutes} min",
     )
-    cfg = _config("sam_tiny", out / "runs/student_distilled", budget, budget.student_minutes, lr=2e-3, clip=None)
+    cfg = _config(
+        "sam_tiny", out / "runs/student_distilled", budget, budget.student_minutes, lr=2e-3, clip=None, seed=seed
+    )
     cfg.distill = DistillConfig(cache=str(cache))
     cfg.prompt.teacher = str(teacher.best_checkpoint)
     cfg.prompt.mask_weight = 1.0
@@ -203,7 +213,7 @@ def run_promptable_demo(
     if baseline:
         t = step(5, f"training the same student on the labels directly, {budget.student_minutes} min")
         direct = train(
-            _config("sam_tiny", out / "runs/student_labeled", budget, budget.student_minutes, lr=8e-4)
+            _config("sam_tiny", out / "runs/student_labeled", budget, budget.student_minutes, lr=8e-4, seed=seed)
         )
         seconds["student_labeled"] = time.perf_counter() - t
         models["student, labels only (sam_tiny)"] = direct.best_checkpoint
