@@ -31,6 +31,7 @@ def test_pickled_code_is_refused_with_one_clear_line(tmp_path, capsys, loader):
     with pytest.raises(DataError, match="beyond tensors and plain data") as err:
         loader(path)
     assert "evil.ckpt" in str(err.value) and "\n" not in str(err.value)
+    assert "plain data (print)" in str(err.value)  # names what was refused
     assert "code ran" not in capsys.readouterr().out
 
 

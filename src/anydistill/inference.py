@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Weights only" in str(exc):
-            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
+            # torch's message runs to a page; the line that names the refused object is the useful one.
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
             raise DataError(
                 path,
-                "holds Python objects beyond tensors and plain data, which anydistill does not unpickle "
-                f"(weights_only=True); re-save its state_dict. torch said: {first}",
+                f"holds Python objects beyond tensors and plain data{what}, which anydistill does not "
+                "unpickle (weights_only=True); re-save its state_dict",
             ) from None
         raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {exc}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:

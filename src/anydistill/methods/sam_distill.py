@@ -162,6 +162,7 @@ class SamEncoderDistillModule(PromptableModule):
             labels = torch.where(has_box[:, None], -ones, ones)  # a box-prompted object's click is padding
             prompts = Prompts(coords, labels, boxes, has_box)
 
+        weights = {"focal_weight": self.loss_fn.focal_weight, "dice_weight": self.loss_fn.dice_weight}
         total = student_emb.new_zeros(())
         pred = target = None
         for r in range(1 + self.mask_rounds):
@@ -173,7 +174,6 @@ class SamEncoderDistillModule(PromptableModule):
                 target = self._decode(teacher, teacher_emb, prompts, index)[:, 0] > 0  # (N, 4h', 4w')
             logits = self._decode(self.model, student_emb, prompts, index)  # (N, 1, 4h', 4w')
             iou = logits.new_zeros(logits.shape[:2])  # the IoU head is not distilled here
-            weights = {"focal_weight": self.loss_fn.focal_weight, "dice_weight": self.loss_fn.dice_weight}
             total = total + sam_loss(logits, target, iou, valid=valid, iou_weight=0.0, **weights).loss
             pred = logits[:, 0].detach() > 0
         return total / (1 + self.mask_rounds)
