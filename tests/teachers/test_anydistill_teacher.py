@@ -9,11 +9,17 @@ from anydistill.inference import load_student
 from anydistill.teachers.anydistill_ckpt import AnydistillTeacher
 
 
+def _student(path):
+    """The loaded student as a function of [0, 1] images (its stored pre-processing's normalisation)."""
+    loaded = load_student(path)
+    return lambda x01: loaded.model(loaded.preprocess.normalize(x01))
+
+
 def _reference(module, x: torch.Tensor, work: tuple[int, int]) -> torch.Tensor:
     """The student's own forward at ``work``, resized back (independent of the adapter's helpers)."""
     resized = F.interpolate(x, size=work, mode="bilinear", align_corners=False, antialias=True)
     with torch.no_grad():
-        out = module(resized)  # SupervisedModule.forward normalises [0, 1] input itself
+        out = module(resized)
     return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -23,7 +29,7 @@ def depth_teacher(depth_ckpt):
 
 
 def test_depth_predict_matches_student_forward(depth_teacher, depth_ckpt):
-    module = load_student(depth_ckpt).module
+    module = _student(depth_ckpt)
     x = torch.rand(2, 3, 50, 80)  # long side 80 → 96 (scale 1.2); 60 → 64 (nearest multiple of 32)
     assert depth_teacher.working_size(50, 80) == (64, 96)
     out = depth_teacher.predict(x)
@@ -32,7 +38,7 @@ def test_depth_predict_matches_student_forward(depth_teacher, depth_ckpt):
 
 
 def test_no_resize_at_working_size(depth_teacher, depth_ckpt):
-    module = load_student(depth_ckpt).module
+    module = _student(depth_ckpt)
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         ref = module(x)
@@ -41,7 +47,7 @@ def test_no_resize_at_working_size(depth_teacher, depth_ckpt):
 
 def test_semantic_logits_and_class_names(semantic_ckpt):
     teacher = AnydistillTeacher(semantic_ckpt, image_size=64)
-    module = load_student(semantic_ckpt).module
+    module = _student(semantic_ckpt)
     x = torch.rand(1, 3, 40, 30)  # → 64 x 48 → (64, 64) after rounding 48 to /32
     out = teacher.predict(x)
     assert teacher.task == "semantic" and teacher.class_names == ["floor", "wall", "thing"]
@@ -50,7 +56,7 @@ def test_semantic_logits_and_class_names(semantic_ckpt):
 
 
 def test_features_are_the_deepest_backbone_map(depth_teacher, depth_ckpt):
-    model = load_student(depth_ckpt).module.model
+    model = load_student(depth_ckpt).model
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         ref = model.forward_features(model.normalize(x))[-1]

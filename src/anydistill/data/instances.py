@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pycocotools.mask as mask_utils
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,7 +37,9 @@ from torch.utils.data import Dataset
 
 from anydistill.data.folder import FolderDataset
 from anydistill.data.io import read_image
+from anydistill.data.toyworld import ToyWorldDataset
 from anydistill.errors import DataError
+from anydistill.preprocess import Preprocess, long_side_shape
 
 __all__ = [
     "CocoInstances",
@@ -53,21 +56,22 @@ Sampling = Literal["random", "fixed"]
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """``(h, w)`` of an ``height x width`` image resized so that its longest side is ``long_side``."""
-    # Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/utils/transforms.py
-    scale = long_side / max(height, width)
-    # Never 0 (upstream gives 0 for a 1x2100 image at 1024, and the resize then fails).
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    """``(h, w)`` of an ``height x width`` image resized so that its longest side is ``long_side``
+    (:func:`anydistill.preprocess.long_side_shape`, SAM's rule; never 0)."""
+    return long_side_shape(height, width, long_side)
 
 
 def resize_longest_side(
     image: np.ndarray, masks: np.ndarray, size: int
 ) -> tuple[Tensor, Tensor, tuple[int, int]]:
-    """Resizes an image and its masks to longest side ``size`` and pads them to ``(size, size)``.
+    """Resizes an image and its masks into SAM's frame (:meth:`Preprocess.sam(size)
+    <anydistill.preprocess.Preprocess.sam>`): longest side ``size``, padded to ``(size, size)``.
 
-    The image is resized bilinearly with antialiasing (as ``ResizeLongestSide.apply_image_torch``), the
-    masks as ``bilinear(mask) >= 0.5`` with antialiasing (an area-weighted vote: thin parts thinner than a
-    pixel of the output vanish rather than grow). Padding is 0 at the bottom and right.
+    The image is resized and rounded to uint8 by :meth:`~anydistill.preprocess.Preprocess.resize_pixels`
+    (bilinear with antialiasing, as ``ResizeLongestSide.apply_image_torch``, then rounded), the masks as
+    ``bilinear(mask) >= 0.5`` with antialiasing (an area-weighted vote: thin parts thinner than a pixel of
+    the output vanish rather than grow). Both are padded with 0 at the bottom and right
+    (:meth:`~anydistill.preprocess.Preprocess.pad_batch`).
 
     Args:
         image: uint8 ``(H, W, 3)``.
@@ -78,15 +82,14 @@ def resize_longest_side(
         ``(image, masks, (h, w))``: uint8 ``(3, size, size)``, bool ``(N, size, size)`` and the size of
         the resized (unpadded) region.
     """
+    spec = Preprocess.sam(size)
     height, width = image.shape[:2]
-    h, w = preprocess_shape(height, width, size)
+    h, w = spec.resized_shape(height, width)
     img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W)
     msk = torch.from_numpy(np.ascontiguousarray(masks))  # (N, H, W)
-    if (h, w) != (height, width):
-        img = F.interpolate(img[None].float(), (h, w), mode="bilinear", align_corners=False, antialias=True)[
-            0
-        ]
-        img = img.round().clamp(0, 255).to(torch.uint8)  # (3, h, w)
+    scaled = (h, w) != (height, width)
+    if scaled:
+        img = spec.resize_pixels(img[None])[0].to(torch.uint8)  # (3, h, w)
         if msk.shape[0]:
             resized = F.interpolate(
                 msk[:, None].float(), (h, w), mode="bilinear", align_corners=False, antialias=True
@@ -94,10 +97,10 @@ def resize_longest_side(
             msk = resized[:, 0] >= 0.5  # (N, h, w)
         else:
             msk = msk.new_zeros((0, h, w))
-    out_img = torch.zeros((3, size, size), dtype=torch.uint8)
-    out_img[:, :h, :w] = img
-    out_msk = torch.zeros((msk.shape[0], size, size), dtype=torch.bool)
-    out_msk[:, :h, :w] = msk
+    out_img, out_msk = spec.pad_batch(img), spec.pad_batch(msk)  # (3, S, S), (N, S, S)
+    if not scaled:  # never hand out views of the caller's arrays (pad_batch returns its input as is)
+        out_img = out_img.clone(memory_format=torch.contiguous_format) if out_img is img else out_img
+        out_msk = out_msk.clone(memory_format=torch.contiguous_format) if out_msk is msk else out_msk
     return out_img, out_msk, (h, w)
 
 
@@ -160,8 +163,6 @@ class ToyWorldInstances:
     def __init__(
         self, domain: str, size: int | tuple[int, int], length: int, seed: int = 0, start: int = 0
     ) -> None:
-        from anydistill.data.toyworld import ToyWorldDataset
-
         self.dataset = ToyWorldDataset(domain, size, length, seed=seed, start=start)
 
     def __len__(self) -> int:
@@ -289,8 +290,6 @@ class CocoInstances:
         return len(self._images)
 
     def _rle(self, ann: dict[str, Any], height: int, width: int) -> dict[str, Any]:
-        import pycocotools.mask as mask_utils
-
         segm = ann["segmentation"]
         name = f"annotation {ann.get('id', '?')}"
         if isinstance(segm, list):
@@ -310,8 +309,6 @@ class CocoInstances:
         raise DataError(self.annotation_file, f"{name}: segmentation must be polygons or an RLE object")
 
     def __getitem__(self, index: int) -> InstanceRecord:
-        import pycocotools.mask as mask_utils
-
         entry = self._images[index]
         path = self.image_root / entry["file_name"]
         image = read_image(path)

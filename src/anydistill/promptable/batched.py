@@ -18,7 +18,9 @@ __all__ = ["decode_embedded", "decode_prompts", "decodes_batched", "embed_images
 
 
 def prepare_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
-    """Normalises and pads images the way the model expects (``model.preprocess`` per image).
+    """Normalises and pads images the way the model expects (``model.preprocess`` per image: for our
+    :class:`~anydistill.models.sam.Sam`, its :class:`~anydistill.preprocess.Preprocess`'s ``normalize``
+    and bottom/right ``pad_batch``; segment_anything's ``Sam`` does the same).
 
     Args:
         images: ``(B, 3, H, W)`` uint8 or float in 0..255, each valid in its top-left ``input_sizes[b]``

@@ -1,14 +1,15 @@
 """Resize an image so its long side is the model's input size, and map prompts along.
 
 Same behaviour as ``segment_anything.utils.transforms.ResizeLongestSide``: the new size is
-``round(side * target / max(H, W))`` per side (round half up), the image is resized with PIL's
+``round(side * target / max(H, W))`` per side (round half up; :func:`anydistill.preprocess.long_side_shape`,
+shared with SAM's :class:`~anydistill.preprocess.Preprocess`), the image is resized with PIL's
 bilinear filter (what ``torchvision``'s ``resize`` on a PIL image does), and coordinates are scaled
 by ``new / old`` per axis. Two deviations, both on inputs where upstream fails: a side never
 rounds to 0 pixels (a 1x10000 image becomes 1x1024, not 0x1024), and :meth:`apply_image_torch`
 reads ``(H, W)`` from the last two dimensions (upstream reads the batch and channel sizes).
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/utils/transforms.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/2dbf79f1a2e35ca3ff8c0e17698761294045d819/segment_anything/utils/transforms.py
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+from anydistill.preprocess import long_side_shape
 
 
 class ResizeLongestSide:
@@ -30,9 +33,9 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """``(new_h, new_w)`` with ``max(new_h, new_w) == long_side_length`` and the aspect kept."""
-        scale = long_side_length * 1.0 / max(oldh, oldw)
-        return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
+        """``(new_h, new_w)`` with ``max(new_h, new_w) == long_side_length`` and the aspect kept
+        (:func:`anydistill.preprocess.long_side_shape`, the one definition of SAM's frame)."""
+        return long_side_shape(oldh, oldw, long_side_length)
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 → ``(new_h, new_w, 3)`` uint8 (PIL bilinear, as upstream)."""

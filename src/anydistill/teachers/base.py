@@ -12,9 +12,16 @@ their transforms. Callers hand it ``images01 (B, 3, H, W)`` float in [0, 1], NOT
   from teachers that have an encoder to share (``feature_dim is not None``); ``task == "features"``
   teachers (frozen semantic encoders) have only this.
 
-Resizing keeps the aspect ratio and rounds each side to the model's multiple (patch size or stride);
-nothing is padded, so there are no padding artefacts. :meth:`Teacher.predict_many` batches images of
-different sizes by grouping equal sizes.
+Features follow timm's API, as the students' do (:mod:`anydistill.models.task_models`):
+``forward_intermediates(images01, indices, output_fmt, intermediates_only=True)`` returns the selected
+*taps* (``feature_channels``/``feature_reductions`` describe them; a teacher with one map has one tap),
+``features`` is its deepest tap and ``forward_embedding`` that map's global average ``(B, C)``.
+
+Each teacher's ``preprocess`` (a :class:`~anydistill.preprocess.Preprocess`) says how it resizes and
+normalises, and is what it applies. The dense teachers and encoders keep the aspect ratio and round each
+side to the model's multiple (patch size or stride), unpadded, so there are no padding artefacts; SAM
+uses its own padded frame. :meth:`Teacher.predict_many` batches images of different sizes by grouping
+equal sizes.
 
 ``fingerprint`` is a sha256 over the adapter's config (its pre-processing constants, architecture) and
 every weight's bytes, computed once when the adapter is built; a pseudo-label cache stores it to tell
@@ -31,6 +38,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from anydistill.models.task_models import (
+    FeatureIndices,
+    check_output_fmt,
+    format_taps,
+    pooled_embedding,
+    take_indices,
+)
+from anydistill.preprocess import Preprocess, multiple_shape
 
 TeacherTask = Literal["depth", "semantic", "features"]
 
@@ -50,21 +66,15 @@ def state_dict_sha256(state: Mapping[str, Tensor], config: Mapping[str, Any] | N
 
 
 def fit_to_multiple(height: int, width: int, multiple: int, long_side: int | None = None) -> tuple[int, int]:
-    """A keep-aspect size whose sides are multiples of ``multiple``.
-
-    ``long_side=None`` keeps the input's scale (each side rounded to the nearest multiple); otherwise
-    the image is scaled so its long side is ``long_side``, then each side rounded. Never below
-    ``multiple``.
-    """
-    scale = 1.0 if long_side is None else long_side / max(height, width)
-    return (
-        max(multiple, round(height * scale / multiple) * multiple),
-        max(multiple, round(width * scale / multiple) * multiple),
-    )
+    """A keep-aspect size whose sides are multiples of ``multiple``:
+    :func:`anydistill.preprocess.multiple_shape` (``Preprocess`` resize ``"long_side_multiple"``, or
+    ``"nearest_multiple"`` with ``long_side=None``)."""
+    return multiple_shape(height, width, multiple, long_side)
 
 
 def resize(x: Tensor, size: Sequence[int], mode: str = "bilinear", antialias: bool = True) -> Tensor:
-    """``(B, C, H, W) -> (B, C, size[0], size[1])``; a no-op at the same size.
+    """``(B, C, H, W) -> (B, C, size[0], size[1])``; a no-op at the same size (mapping outputs back;
+    inputs go through the teacher's ``preprocess``).
 
     ``antialias`` (bilinear/bicubic only) low-pass filters when shrinking, like PIL and torchvision do.
     """
@@ -88,16 +98,20 @@ def check_images(images01: Tensor) -> None:
 class Teacher(nn.Module):
     """A frozen model with its own pre-processing (see the module docstring for the protocol).
 
-    Subclasses build their network, then call :meth:`_freeze` with their config; they implement
-    :meth:`_predict` (and :meth:`_features` when they have features to share). Outputs are float32 on
-    the teacher's device.
+    Subclasses build their network and set ``preprocess``, the :class:`~anydistill.preprocess.Preprocess`
+    that turns ``images01`` into the network's input (and :meth:`working_size`), then call :meth:`_freeze`
+    with their config (which must keep the keys earlier versions fingerprinted); they implement
+    :meth:`_predict` (and, when they have features to share, :meth:`_features` for one map or
+    :meth:`_forward_intermediates` plus ``feature_channels``/``feature_reductions`` for several).
+    Outputs are float32 on the teacher's device.
 
-    ``predict``/``features`` run under ``torch.no_grad()`` rather than ``inference_mode()`` on purpose:
+    ``predict``/``features``/``forward_intermediates`` run under ``torch.no_grad()`` rather than ``inference_mode()`` on purpose:
     their outputs are loss targets, and inference-mode tensors cannot be saved for backward when a
     teacher runs inside a training step.
     """
 
     task: TeacherTask
+    preprocess: Preprocess
     feature_dim: int | None = None
     feature_stride: int | None = None
 
@@ -136,6 +150,10 @@ class Teacher(nn.Module):
         return p.dtype if p is not None else torch.float32
 
     # ------------------------------------------------------------------ protocol
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(H_in, W_in)`` the network sees for an ``height x width`` input: ``preprocess.input_shape``."""
+        return self.preprocess.input_shape(height, width)
+
     @torch.no_grad()
     def predict(self, images01: Tensor) -> Tensor:
         """``images01 (B, 3, H, W)`` in [0, 1] → disparity ``(B, 1, H, W)`` or logits ``(B, K, H, W)``."""
@@ -151,17 +169,87 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def features(self, images01: Tensor) -> Tensor:
-        """``images01 (B, 3, H, W)`` in [0, 1] → patch features ``(B, feature_dim, h, w)``."""
+        """``images01 (B, 3, H, W)`` in [0, 1] → patch features ``(B, feature_dim, h, w)``, the deepest
+        tap: ``forward_intermediates(images01, indices=1)[-1]``."""
+        return self.forward_intermediates(images01, indices=1, intermediates_only=True)[-1]
+
+    # ------------------------------------------------------------------ features (timm's API)
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each tap of :meth:`forward_intermediates`, shallow to deep (the last is
+        ``feature_dim``): one tap by default, none without features."""
+        return [] if self.feature_dim is None else [int(self.feature_dim)]
+
+    @property
+    def feature_reductions(self) -> list[int]:
+        """Stride of each tap relative to the working size (the last is ``feature_stride``)."""
+        return [] if self.feature_stride is None else [int(self.feature_stride)]
+
+    @torch.no_grad()
+    def forward_intermediates(
+        self,
+        images01: Tensor,
+        indices: FeatureIndices = None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = True,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """``images01 (B, 3, H, W)`` in [0, 1] → the selected feature maps, after the teacher's own
+        pre-processing (the same as :meth:`features`').
+
+        Args:
+            images01: float RGB batch in [0, 1], NOT normalised.
+            indices: taps to return (:func:`~anydistill.models.task_models.take_indices`): None = all,
+                n = the last n, or tap indices (negative from the end).
+            output_fmt: "NCHW" → ``(B, C_i, h_i, w_i)``; "NLC" → ``(B, h_i * w_i, C_i)``.
+            intermediates_only: False also returns the final output: :meth:`predict`'s for depth and
+                semantic teachers, the deepest map ``(B, feature_dim, h, w)`` for ``task == "features"``.
+
+        Returns:
+            ``[taps]`` or ``(final, [taps])``, float32 on the teacher's device.
+
+        Raises:
+            TypeError: the teacher has no features (``feature_dim is None``), as :meth:`features`.
+        """
         if self.feature_dim is None:
             raise TypeError(f"{type(self).__name__} has no feature encoder to share (feature_dim is None)")
         check_images(images01)
-        return self._features(images01.to(self.device, self.dtype)).float()
+        take = take_indices(len(self.feature_channels), indices)
+        check_output_fmt(output_fmt)
+        x = images01.to(self.device, self.dtype)
+        final, maps = self._forward_intermediates(x, take, final=not intermediates_only)
+        taps = format_taps([m.float() for m in maps], output_fmt)
+        if intermediates_only:
+            return taps
+        if final is None:  # adapter bug guard
+            raise RuntimeError(f"{type(self).__name__}._forward_intermediates returned no final output")
+        return final.float(), taps
 
+    @torch.no_grad()
+    def forward_embedding(self, images01: Tensor) -> Tensor:
+        """``images01 (B, 3, H, W)`` in [0, 1] → ``(B, feature_dim)``: the global average of :meth:`features`."""
+        return pooled_embedding(self.features(images01))
+
+    # ------------------------------------------------------------------ subclass hooks
     def _predict(self, images01: Tensor) -> Tensor:
         raise NotImplementedError
 
     def _features(self, images01: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _forward_intermediates(
+        self, images01: Tensor, take: list[int], final: bool
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """``images01`` (on the teacher's device and dtype) → (the final output if ``final`` else None,
+        the taps ``take`` (ascending tap indices) as maps ``(B, C_i, h_i, w_i)``).
+
+        Default, for a teacher with one map: ``[_features(images01)]``; its final output is that map for
+        ``task == "features"``, else a second pass through :meth:`_predict`. Teachers with several taps
+        override this.
+        """
+        maps = [self._features(images01)]  # [(B, feature_dim, h, w)]
+        if not final:
+            return None, maps
+        return (maps[-1] if self.task == "features" else self._predict(images01)), maps
 
     # ------------------------------------------------------------------ batching
     def predict_many(self, images: Sequence[Tensor], batch_size: int = 8) -> list[Tensor]:

@@ -4,9 +4,13 @@ Depth Anything aligns its student's features with a frozen DINOv2 encoder's; the
 those targets as ``features(images01 (B, 3, H, W)) -> (B, C, h, w)`` with ``h = H' / patch``,
 ``w = W' / patch``, where ``(H', W')`` is the working size: the input's own size rounded to a multiple
 of the patch size (or, with ``image_size``, scaled so its long side is ``image_size``), aspect kept,
-antialiased bilinear, never padded. The features are the last block's patch tokens after the final
-norm, class/register tokens dropped. (Upstream image processors centre-crop for classification, which
-a dense encoder must not do, so only their normalisation constants are taken.)
+antialiased bilinear, never padded (the adapter's ``preprocess``). The features are the last block's
+patch tokens after the final norm, class/register tokens dropped. (Upstream image processors centre-crop
+for classification, which a dense encoder must not do, so only their normalisation constants are taken.)
+
+``forward_intermediates`` (timm's API, :class:`~anydistill.teachers.base.Teacher`) taps every block of
+a ViT / DINOv2 (patch tokens after the final norm, as Depth Anything taps DINOv2) and every stage of a
+CNN; the deepest tap is always the map ``features`` returns.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from anydistill.errors import DataError
-from anydistill.teachers.base import Teacher, fit_to_multiple, resize
+from anydistill.preprocess import Preprocess
+from anydistill.teachers.base import Teacher
 from anydistill.teachers.hf_utils import from_pretrained, read_config, require_transformers, stable_config
 
 DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -39,10 +44,13 @@ def tokens_to_map(tokens: Tensor, num_prefix: int, grid: tuple[int, int]) -> Ten
 
 
 class FrozenEncoder(Teacher):
-    """Shared part: normalisation buffers, working size, ``features = encode(normalize(resize(x)))``.
+    """Shared part: ``preprocess`` (mean/std, working size), ``taps = encoder(preprocess(x))``.
 
-    Subclasses set ``multiple`` (patch size or coarsest stride), ``feature_dim``, ``feature_stride``
-    and implement :meth:`encode` (normalised ``(B, 3, H', W')`` → ``(B, C, H' / s, W' / s)``).
+    Subclasses set ``multiple`` (patch size or coarsest stride), ``feature_dim``, ``feature_stride``,
+    their taps' ``tap_channels``/``tap_reductions`` (the last ones ``feature_dim``/``feature_stride``),
+    and implement :meth:`_encode_intermediates` (normalised ``(B, 3, H', W')`` → maps
+    ``(B, C_i, H' / s_i, W' / s_i)``). :meth:`encode` is the deepest map. The ``pixel_mean``/``pixel_std``
+    buffers hold the normalisation too: they are part of the fingerprint (``preprocess`` has the same values).
     """
 
     task = "features"
@@ -55,18 +63,49 @@ class FrozenEncoder(Teacher):
         super().__init__()
         self.image_size = image_size
         self.multiple = 1
+        self._mean = tuple(float(v) for v in pixel_mean)
+        self._std = tuple(float(v) for v in pixel_std)
+        self.tap_channels: list[int] = []
+        self.tap_reductions: list[int] = []
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
 
-    def working_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the encoder sees for an ``height x width`` input."""
-        return fit_to_multiple(height, width, self.multiple, self.image_size)
+    @property
+    def preprocess(self) -> Preprocess:  # type: ignore[override]
+        """Keep-aspect, antialiased bilinear resize, each side a multiple of ``multiple`` (long side
+        ``image_size``: ``"long_side_multiple"``; else the input's own scale: ``"nearest_multiple"``),
+        no padding, then the encoder's mean/std (on [0, 1])."""
+        return Preprocess(
+            size=self.image_size or self.multiple, mean=self._mean, std=self._std,
+            resize="nearest_multiple" if self.image_size is None else "long_side_multiple", pad="none",
+            multiple=self.multiple, interpolation="bilinear", antialias=True,
+        )  # fmt: skip
 
-    def _features(self, images01: Tensor) -> Tensor:
-        x = resize(images01, self.working_size(*images01.shape[-2:]))  # (B, 3, H', W')
-        return self.encode((x - self.pixel_mean) / self.pixel_std)  # (B, C, h, w)
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each tap of :meth:`forward_intermediates` (the last is ``feature_dim``)."""
+        return list(self.tap_channels)
+
+    @property
+    def feature_reductions(self) -> list[int]:
+        """Stride of each tap relative to the working size (the last is ``feature_stride``)."""
+        return list(self.tap_reductions)
+
+    def _forward_intermediates(
+        self, images01: Tensor, take: list[int], final: bool
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        x = self.preprocess(images01)  # (B, 3, H', W') normalised
+        return self._encode_intermediates(x, take, final)
 
     def encode(self, x: Tensor) -> Tensor:
+        """Normalised ``(B, 3, H', W')`` → the deepest map ``(B, feature_dim, H' / s, W' / s)``."""
+        return self._encode_intermediates(x, [len(self.tap_channels) - 1], final=False)[1][-1]
+
+    def _encode_intermediates(
+        self, x: Tensor, take: list[int], final: bool
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """Normalised ``(B, 3, H', W')`` → (the deepest map if ``final`` else None, the taps ``take``
+        (ascending tap indices) as maps ``(B, C_i, H' / s_i, W' / s_i)``)."""
         raise NotImplementedError
 
 
@@ -75,6 +114,12 @@ class TimmEncoder(FrozenEncoder):
 
     Structure: ViTs: ``forward_features(x) (B, P + h * w, C)`` (final norm applied) → drop the
     ``num_prefix_tokens`` → ``(B, C, h, w)``; CNNs: ``forward_features(x)`` is already ``(B, C, h, w)``.
+
+    Taps (timm's ``forward_intermediates`` and ``feature_info``): ViTs: every block, final norm applied
+    (timm's ``norm=True``), the last one being ``forward_features``' map; CNNs: every stage, the deepest
+    one replaced by ``forward_features(x)`` (the last stage, through the head conv/norm some timm CNNs
+    such as EfficientNet put there: ``num_features`` channels). A timm model without
+    ``forward_intermediates`` has one tap, ``forward_features``.
 
     Args:
         name: a timm model name.
@@ -130,12 +175,52 @@ class TimmEncoder(FrozenEncoder):
             self.feature_stride = int(self.model.feature_info[-1]["reduction"])
             self.multiple = max(32, self.feature_stride)
         self.feature_dim = int(self.model.num_features)  # channels of forward_features (timm convention)
+        self._set_taps()
         self.name = name
         self._freeze({"timm_name": name, "timm_kwargs": kwargs, "image_size": image_size})
         self.to(device)
 
-    def encode(self, x: Tensor) -> Tensor:
-        out = self.model.forward_features(x)  # ViT: (B, P + h * w, C); CNN: (B, C, h, w)
+    def _set_taps(self) -> None:
+        """``tap_channels``/``tap_reductions`` from timm's ``feature_info``; the deepest tap is
+        ``forward_features``' map. One tap (that map) without ``forward_intermediates``."""
+        info = _feature_info_dicts(self.model)
+        self._timm_taps = (
+            hasattr(self.model, "forward_intermediates")
+            and bool(info)
+            and int(info[-1]["reduction"]) == self.feature_stride
+        )
+        if not self._timm_taps:
+            self.tap_channels, self.tap_reductions = [self.feature_dim], [self.feature_stride]
+            return
+        self.tap_channels = [int(i["num_chs"]) for i in info[:-1]] + [self.feature_dim]
+        self.tap_reductions = [int(i["reduction"]) for i in info]
+
+    def _encode_intermediates(
+        self, x: Tensor, take: list[int], final: bool
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        if not self._timm_taps:
+            out = self._to_map(self.model.forward_features(x), x)  # (B, C, h, w)
+            return (out if final else None), [out]
+        deepest = take[-1] == len(self.tap_channels) - 1
+        run_to_end = final or (deepest and not self.is_vit)  # a CNN's deepest tap is timm's final output
+        out = self.model.forward_intermediates(
+            x,
+            indices=take,
+            norm=self.is_vit,  # ViTs: the final norm on every tap, as forward_features applies it
+            stop_early=not run_to_end,
+            output_fmt="NCHW",
+            intermediates_only=not run_to_end,
+        )
+        if not run_to_end:
+            return None, list(out)
+        head, maps = out[0], list(out[1])
+        head = self._to_map(head, x)  # (B, feature_dim, h, w)
+        if deepest:
+            maps[-1] = head  # ViT: the same values; CNN: forward_features' map
+        return (head if final else None), maps
+
+    def _to_map(self, out: Tensor, x: Tensor) -> Tensor:
+        """timm's final output → ``(B, C, h, w)``: ViT tokens ``(B, P + h * w, C)`` re-laid out, CNN as is."""
         if not self.is_vit:
             return out
         grid = (x.shape[-2] // self.multiple, x.shape[-1] // self.multiple)
@@ -146,7 +231,8 @@ class HFDinov2Encoder(FrozenEncoder):
     """DINOv2 (with or without registers) from a local ``transformers`` folder.
 
     Structure: ``Dinov2Model(x).last_hidden_state (B, 1 + R + h * w, C)`` (final LayerNorm applied) →
-    drop the class token and the ``R`` register tokens → ``(B, C, h, w)``.
+    drop the class token and the ``R`` register tokens → ``(B, C, h, w)``. Taps: every layer's output
+    through that final LayerNorm (``hidden_states[1:]``), the last being ``last_hidden_state``.
 
     Args:
         folder: a folder with ``config.json`` (model_type ``dinov2`` or ``dinov2_with_registers``) and
@@ -174,13 +260,31 @@ class HFDinov2Encoder(FrozenEncoder):
         self.num_prefix_tokens = 1 + int(getattr(self.model.config, "num_register_tokens", 0) or 0)
         self.feature_dim = int(self.model.config.hidden_size)
         self.feature_stride = self.multiple
+        self.tap_channels = [self.feature_dim] * int(self.model.config.num_hidden_layers)
+        self.tap_reductions = [self.multiple] * int(self.model.config.num_hidden_layers)
         self._freeze({"model_config": stable_config(config), "image_size": image_size})
         self.to(device)
 
-    def encode(self, x: Tensor) -> Tensor:
-        tokens = self.model(pixel_values=x).last_hidden_state  # (B, 1 + R + h * w, C)
+    def _encode_intermediates(
+        self, x: Tensor, take: list[int], final: bool
+    ) -> tuple[Tensor | None, list[Tensor]]:
+        """Taps: every layer's tokens through the final LayerNorm (the last is ``last_hidden_state``)."""
+        out = self.model(pixel_values=x, output_hidden_states=True)
+        layers = out.hidden_states[1:]  # [(B, 1 + R + h * w, C)] per layer, pre-LayerNorm ([0]: embeddings)
         grid = (x.shape[-2] // self.multiple, x.shape[-1] // self.multiple)
-        return tokens_to_map(tokens, self.num_prefix_tokens, grid)  # (B, C, h, w)
+        last = len(layers) - 1
+
+        def tap(i: int) -> Tensor:
+            tokens = out.last_hidden_state if i == last else self.model.layernorm(layers[i])
+            return tokens_to_map(tokens, self.num_prefix_tokens, grid)  # (B, C, h, w)
+
+        return (tap(last) if final else None), [tap(i) for i in take]
+
+
+def _feature_info_dicts(model: nn.Module) -> list[dict[str, Any]]:
+    """timm's ``feature_info`` (a list of dicts, or a ``FeatureInfo``) as a list of dicts."""
+    info = getattr(model, "feature_info", None) or []
+    return list(info) if isinstance(info, list) else list(info.info)
 
 
 def _processor_mean_std(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:

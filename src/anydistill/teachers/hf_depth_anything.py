@@ -16,12 +16,17 @@ filters width first, then height, rounding to 0..255 after each pass. ``emulate_
 (default) does the same in float, which matches it to ≤ 2 grey levels on < 1 % of pixels (fixed-point
 weights); ``False`` resizes once in float (no quantisation; clamps to [0, 1]).
 
-# Adapted from https://github.com/huggingface/transformers/blob/main/src/transformers/models/dpt/image_processing_dpt.py
+Steps 1 and 2 are the teacher's ``preprocess``, a :class:`~anydistill.preprocess.Preprocess` built from
+the processor settings by :func:`depth_anything_preprocess` (resize ``"lower_bound"``, no padding,
+``separable`` + ``round_to_uint8`` for the uint8 emulation).
+
+# Adapted from https://github.com/huggingface/transformers/blob/bdb74142580fb45acc9d22310362945c9a8f2376/src/transformers/models/dpt/image_processing_dpt.py
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anydistill.errors import DataError
-from anydistill.teachers.base import Teacher, resize
+from anydistill.preprocess import Preprocess
+from anydistill.teachers.base import Teacher
 from anydistill.teachers.hf_utils import from_pretrained, read_config, require_transformers, stable_config
 
 log = logging.getLogger(__name__)
@@ -53,26 +59,63 @@ DEPTH_ANYTHING_PREPROCESS: dict[str, Any] = {
 _RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}
 
 
+def depth_anything_preprocess(
+    settings: dict[str, Any], emulate_uint8: bool = True, source: Path | None = None
+) -> Preprocess:
+    """The :class:`~anydistill.preprocess.Preprocess` of ``DPTImageProcessor`` settings (the keys of
+    :data:`DEPTH_ANYTHING_PREPROCESS`): ``keep_aspect_ratio`` → resize ``"lower_bound"`` (else
+    ``"fixed"``, ``do_resize=False`` → ``"none"``) to multiples of ``ensure_multiple_of``, with the
+    ``resample`` filter (antialiased), clamped to 0..255 like the uint8 image upstream resizes (and,
+    with ``emulate_uint8``, rounded after the width and after the height pass), rescaled to [0, 1] and
+    normalised by ``image_mean``/``image_std``; never padded.
+
+    Raises:
+        DataError: settings a single square ``size`` cannot express (non-square ``size``), or a
+            ``rescale_factor`` other than 1/255 (``source``: the file to name).
+    """
+    height, width = (int(v) for v in settings["size"])
+    multiple = int(settings["ensure_multiple_of"] or 1)
+    if height != width:
+        raise DataError(source, f"size {height}x{width} is not square; this teacher needs one target size")
+    if not settings["do_resize"]:
+        resize, size = "none", height
+    elif settings["keep_aspect_ratio"]:
+        resize, size = "lower_bound", height
+    else:  # both sides to the multiple nearest to size
+        resize, size = "fixed", max(multiple, round(height / multiple) * multiple)
+    if settings["do_rescale"] and not math.isclose(settings["rescale_factor"], 1 / 255, rel_tol=1e-6):
+        raise DataError(source, f"rescale_factor {settings['rescale_factor']} is not 1/255")
+    normalize = settings["do_normalize"]
+    return Preprocess(
+        size=size,
+        mean=settings["image_mean"] if normalize else (0.0, 0.0, 0.0),
+        std=settings["image_std"] if normalize else (1.0, 1.0, 1.0),
+        input_range=1.0 if settings["do_rescale"] else 255.0,
+        resize=resize,
+        pad="none",
+        multiple=multiple,
+        interpolation=_RESAMPLE[settings["resample"]],
+        antialias=True,
+        round_to_uint8=emulate_uint8,
+        clamp=True,
+        separable=emulate_uint8,
+    )
+
+
 def dpt_output_size(
     height: int, width: int, size: tuple[int, int], keep_aspect_ratio: bool, multiple: int
 ) -> tuple[int, int]:
-    """Working size of ``DPTImageProcessor.resize`` for an ``height x width`` image.
-
-    With ``keep_aspect_ratio`` the scale "changed as little as possible" (closer to 1) of the two is
-    used for both sides; each side is then rounded to a multiple (floor if rounding overshoots a max,
-    which DPT does not set; at least one multiple here, where upstream could return 0).
-    """
-    scale_h, scale_w = size[0] / height, size[1] / width
-    if keep_aspect_ratio:
-        if abs(1 - scale_w) < abs(1 - scale_h):
-            scale_h = scale_w
-        else:
-            scale_w = scale_h
-
-    def constrain(value: float) -> int:
-        return max(multiple, round(value / multiple) * multiple)
-
-    return constrain(scale_h * height), constrain(scale_w * width)
+    """Working size of ``DPTImageProcessor.resize`` for an ``height x width`` image: the resized shape
+    of :func:`depth_anything_preprocess` for these settings (with ``keep_aspect_ratio``,
+    :func:`anydistill.preprocess.lower_bound_shape`: the scale closer to 1 of the two, each side rounded
+    to a multiple, at least one multiple where upstream could return 0)."""
+    settings = {
+        **DEPTH_ANYTHING_PREPROCESS,
+        "size": tuple(size),
+        "keep_aspect_ratio": keep_aspect_ratio,
+        "ensure_multiple_of": multiple,
+    }
+    return depth_anything_preprocess(settings).resized_shape(height, width)
 
 
 def _processor_settings(folder: Path) -> dict[str, Any]:
@@ -104,10 +147,11 @@ def _processor_settings(folder: Path) -> dict[str, Any]:
 class HFDepthAnythingTeacher(Teacher):
     """Depth Anything (V1 or V2, relative or metric) from a local ``transformers`` folder.
 
-    Structure: ``images01 (B, 3, H, W)`` → resize to ``(h, w)`` (:func:`dpt_output_size`) → rescale +
-    normalise → ``DepthAnythingForDepthEstimation`` → ``predicted_depth (B, h, w)`` → bicubic to
-    ``(B, 1, H, W)``. Relative models predict disparity (returned as is); metric models predict metres,
-    returned as disparity ``1 / depth`` (``self.metric`` tells which).
+    Structure: ``images01 (B, 3, H, W)`` → ``preprocess`` (:func:`depth_anything_preprocess`): resize to
+    ``(h, w)`` (:func:`dpt_output_size`), rescale + normalise → ``DepthAnythingForDepthEstimation`` →
+    ``predicted_depth (B, h, w)`` → bicubic to ``(B, 1, H, W)``. Relative models predict disparity
+    (returned as is); metric models predict metres, returned as disparity ``1 / depth`` (``self.metric``
+    tells which).
 
     Args:
         folder: a folder with ``config.json`` (model_type ``depth_anything``), the weights and, usually,
@@ -146,41 +190,19 @@ class HFDepthAnythingTeacher(Teacher):
             settings["resample"] = 3
         self.settings = settings
         self.emulate_uint8 = emulate_uint8
+        self.preprocess = depth_anything_preprocess(
+            settings, emulate_uint8, folder / "preprocessor_config.json"
+        )
         self.metric = self.model.config.depth_estimation_type == "metric"
-        self.register_buffer(
-            "pixel_mean", torch.tensor(settings["image_mean"]).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "pixel_std", torch.tensor(settings["image_std"]).view(1, 3, 1, 1), persistent=False
-        )
         self._freeze(
             {"settings": settings, "emulate_uint8": emulate_uint8, "model_config": stable_config(config)}
         )
         self.to(device)
 
-    def working_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the network sees for an ``height x width`` input."""
-        s = self.settings
-        if not s["do_resize"]:
-            return height, width
-        return dpt_output_size(height, width, s["size"], s["keep_aspect_ratio"], s["ensure_multiple_of"])
-
     def pixel_values(self, images01: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in [0, 1] → the model's input ``(B, 3, h, w)``, as the upstream processor."""
-        s = self.settings
-        x = images01 * 255.0  # (B, 3, H, W) on the uint8 scale the processor starts from
-        h, w = self.working_size(*x.shape[-2:])
-        mode = _RESAMPLE[s["resample"]]
-        if self.emulate_uint8:
-            # Separable like Pillow / torch's uint8 kernel: width pass, round, height pass, round.
-            x = resize(x, (x.shape[-2], w), mode).clamp(0, 255).round()  # (B, 3, H, w)
-            x = resize(x, (h, w), mode).clamp(0, 255).round()  # (B, 3, h, w)
-        else:
-            x = resize(x, (h, w), mode).clamp(0, 255)  # (B, 3, h, w)
-        x = x * (s["rescale_factor"] if s["do_rescale"] else 1.0)
-        if s["do_normalize"]:
-            x = (x - self.pixel_mean) / self.pixel_std
-        return x
+        """``(B, 3, H, W)`` in [0, 1] → the model's input ``(B, 3, h, w)``, as the upstream processor
+        (``preprocess(images01)``)."""
+        return self.preprocess(images01)
 
     def _predict(self, images01: Tensor) -> Tensor:
         pixel_values = self.pixel_values(images01)  # (B, 3, h, w)

@@ -16,6 +16,11 @@ and expose ``img_size`` (the predictor resizes the long side to it) and ``out_ch
   256 channels. (This is SAM's neck's 1x1 conv applied to the concatenation ``[f16, up2(f32)]``,
   with the stride-32 half moved before the upsampling, where it is 4× cheaper.) Then LayerNorm2d →
   3x3 conv → LayerNorm2d, as in SAM's neck.
+
+Both have timm's feature API (see :mod:`anydistill.models.task_models`): ``forward_intermediates``
+returns the image embedding (exactly ``forward``'s) and the selected taps, ``forward_embedding`` the
+embedding's global average ``(B, out_chans)``, and ``feature_channels``/``feature_reductions`` describe
+the taps: the ViT's blocks (before the neck), the student's backbone maps (before the laterals).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from anydistill.models.backbones import TimmBackbone, _feature_info_list, _meta_model, is_plain_vit
+from anydistill.models.task_models import (
+    FeatureIndices,
+    check_output_fmt,
+    format_taps,
+    pooled_embedding,
+    take_indices,
+)
 
 SAM_PATCH_SIZE = 16
 
@@ -74,6 +86,9 @@ class SamViTEncoder(nn.Module):
         **timm_kwargs: more ``VisionTransformerSAM`` arguments (``drop_path_rate``, ...).
 
     LayerNorms use ``eps=1e-6`` as SAM's (timm's ``samvit_*`` default is 1e-5).
+
+    Taps of :meth:`forward_intermediates`: every block's output ``(B, embed_dim, S/16, S/16)``, before
+    the neck (timm's ``norm=False``; timm's ``norm=True`` would run the whole neck on each tap).
     """
 
     def __init__(
@@ -115,9 +130,58 @@ class SamViTEncoder(nn.Module):
         self.out_chans = out_chans
         self.patch_size = SAM_PATCH_SIZE
 
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each tap (block output, ``embed_dim``) of :meth:`forward_intermediates`."""
+        return [int(i["num_chs"]) for i in self.trunk.feature_info]
+
+    @property
+    def feature_reductions(self) -> list[int]:
+        """Stride of each tap (the patch size, 16)."""
+        return [int(i["reduction"]) for i in self.trunk.feature_info]
+
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, 3, S, S)`` normalised → ``(B, out_chans, S/16, S/16)``."""
         return self.trunk.forward_features(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: FeatureIndices = None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """``x (B, 3, S, S)`` normalised → (image embedding, [block outputs]) through timm's samvit.
+
+        Args:
+            x: as :meth:`forward`.
+            indices: blocks to return (:func:`~anydistill.models.task_models.take_indices`).
+            output_fmt: "NCHW" → ``(B, embed_dim, S/16, S/16)``; "NLC" → ``(B, (S/16)², embed_dim)``.
+            intermediates_only: return only the blocks' outputs (blocks after the last one asked for,
+                and the neck, do not run).
+
+        Returns:
+            ``[taps]`` or ``(embedding (B, out_chans, S/16, S/16), [taps])``, the embedding being exactly
+            :meth:`forward`'s.
+        """
+        take = take_indices(len(self.feature_channels), indices)
+        check_output_fmt(output_fmt)
+        out = self.trunk.forward_intermediates(
+            x,
+            indices=take,
+            norm=False,  # raw blocks; timm's samvit only lays them out as NCHW
+            stop_early=intermediates_only,
+            output_fmt="NCHW",
+            intermediates_only=intermediates_only,
+        )
+        if intermediates_only:
+            return format_taps(out, output_fmt)
+        embedding, taps = out
+        return embedding, format_taps(taps, output_fmt)
+
+    def forward_embedding(self, x: Tensor) -> Tensor:
+        """``x (B, 3, S, S)`` normalised → ``(B, out_chans)``: the global average of the image embedding."""
+        return pooled_embedding(self(x))
 
 
 class StudentImageEncoder(nn.Module):
@@ -137,6 +201,9 @@ class StudentImageEncoder(nn.Module):
 
     Attributes: ``backbone`` (:class:`TimmBackbone`), ``lateral`` (1x1 convs, one per tapped stage,
     stride 16 first), ``neck`` (LayerNorm2d → 3x3 conv → LayerNorm2d).
+
+    Taps of :meth:`forward_intermediates`: the backbone's maps (``feature_channels``,
+    ``feature_reductions``: stride 16, then 32 if fused).
     """
 
     def __init__(
@@ -189,12 +256,60 @@ class StudentImageEncoder(nn.Module):
         self.out_chans = out_chans
         self.patch_size = SAM_PATCH_SIZE
 
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of each tap (backbone map) of :meth:`forward_intermediates`."""
+        return list(self.backbone.channels)
+
+    @property
+    def feature_reductions(self) -> list[int]:
+        """Stride of each tap (16, then 32 when a stride-32 stage is fused)."""
+        return list(self.backbone.reductions)
+
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, 3, S, S)`` normalised → ``(B, out_chans, S/16, S/16)``."""
+        return self._embed(self._backbone_maps(x))
+
+    def _backbone_maps(self, x: Tensor) -> list[Tensor]:
+        """``x (B, 3, S, S)`` → ``[(B, C16, S/16, S/16), optionally (B, C32, S/32, S/32)]``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.backbone(x)  # [(B, C16, S/16, S/16), optionally (B, C32, S/32, S/32)]
+        return self.backbone(x)
+
+    def _embed(self, feats: list[Tensor]) -> Tensor:
+        """Backbone maps → FPN-style fusion at 1/16 → neck → ``(B, out_chans, S/16, S/16)``."""
         y = self.lateral[0](feats[0])  # (B, out, S/16, S/16)
         for f, proj in zip(feats[1:], self.lateral[1:], strict=True):
             y = y + F.interpolate(proj(f), size=y.shape[-2:], mode="bilinear", align_corners=False)
         return self.neck(y)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: FeatureIndices = None,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """``x (B, 3, S, S)`` normalised → (image embedding, [backbone maps]) from one backbone pass.
+
+        Args:
+            x: as :meth:`forward`.
+            indices: maps to return (:func:`~anydistill.models.task_models.take_indices`).
+            output_fmt: "NCHW" → ``(B, C_i, S / r_i, S / r_i)``; "NLC" → ``(B, (S / r_i)², C_i)``.
+            intermediates_only: return only the maps (the laterals and the neck do not run).
+
+        Returns:
+            ``[maps]`` or ``(embedding (B, out_chans, S/16, S/16), [maps])``, the embedding being exactly
+            :meth:`forward`'s.
+        """
+        take = take_indices(len(self.feature_channels), indices)
+        check_output_fmt(output_fmt)
+        feats = self._backbone_maps(x)
+        taps = format_taps([feats[i] for i in take], output_fmt)
+        if intermediates_only:
+            return taps
+        return self._embed(feats), taps
+
+    def forward_embedding(self, x: Tensor) -> Tensor:
+        """``x (B, 3, S, S)`` normalised → ``(B, out_chans)``: the global average of the image embedding."""
+        return pooled_embedding(self(x))

@@ -15,11 +15,12 @@ segment_anything's ``Sam`` (so either can stand in for the other):
 :class:`anydistill.promptable.SamPredictor` is the numpy-in, masks-out front end.
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/modeling/sam.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/571794162e0887c15d12b809505b902c7bf8b4db/segment_anything/modeling/sam.py
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +28,9 @@ from torch import Tensor, nn
 
 from anydistill.models.sam.mask_decoder import MaskDecoder
 from anydistill.models.sam.prompt_encoder import PromptEncoder
+from anydistill.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD, Preprocess
 
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+__all__ = ["SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "Sam"]
 
 
 class Sam(nn.Module):
@@ -81,15 +82,22 @@ class Sam(nn.Module):
         """S, the padded square input size of the image encoder (1024 for SAM)."""
         return int(self.image_encoder.img_size)
 
+    def preprocess_spec(self, size: int | None = None) -> Preprocess:
+        """SAM's input frame as a :class:`~anydistill.preprocess.Preprocess` (long side ``img_size``,
+        0..255 pixels, this model's mean/std, zero padding bottom/right)."""
+        spec = Preprocess.sam(int(size or self.img_size))
+        return replace(spec, mean=self._pixel_mean_values, std=self._pixel_std_values)
+
     def preprocess(self, x: Tensor) -> Tensor:
         """``x (B, 3, H, W)`` or ``(3, H, W)``, values in [0, 255], ``max(H, W) <= img_size`` →
-        normalised and zero-padded bottom/right to ``(B?, 3, S, S)``."""
+        normalised and zero-padded bottom/right to ``(B?, 3, S, S)``: segment-anything's method, doing
+        :meth:`preprocess_spec`'s ``normalize`` and ``pad_batch`` (its resize is the caller's)."""
         h, w = x.shape[-2:]
         s = self.img_size
         if h > s or w > s:
             raise ValueError(f"image {h}x{w} is larger than img_size {s}; resize its long side to {s} first")
-        x = (x.float() - self.pixel_mean) / self.pixel_std
-        return F.pad(x, (0, s - w, 0, s - h))
+        spec = self.preprocess_spec()
+        return spec.pad_batch(spec.normalize(x.float()))
 
     def postprocess_masks(
         self, masks: Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
