@@ -30,7 +30,7 @@ import torch
 from common import markdown_table, write_results
 from torch import nn
 
-from anydistill.cache import run_teacher_pass, teacher_pass
+from anydistill.cache import run_teacher_pass, writer
 from anydistill.data.io import read_image
 from anydistill.data.toyworld import write_toyworld
 from anydistill.models import build_model
@@ -97,16 +97,16 @@ class TeacherClock:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        inner = teacher_pass._BatchRunner.outputs
+        inner = writer._BatchRunner.outputs
 
-        def timed(runner: teacher_pass._BatchRunner, images: torch.Tensor) -> dict:
+        def timed(runner: writer._BatchRunner, images: torch.Tensor) -> dict:
             start = time.perf_counter()
             try:
                 return inner(runner, images)
             finally:
                 self.seconds += time.perf_counter() - start
 
-        teacher_pass._BatchRunner.outputs = timed  # type: ignore[method-assign]
+        writer._BatchRunner.outputs = timed  # type: ignore[method-assign]
 
 
 CLOCK = TeacherClock()

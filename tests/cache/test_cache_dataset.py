@@ -96,7 +96,8 @@ def test_works_in_a_dataloader_with_workers(made: tuple[Path, Path]) -> None:
 
 
 def test_joint_transforms_move_disparity_with_the_image(made: tuple[Path, Path]) -> None:
-    from anydistill.data.transforms import RandomHorizontalFlip, ToTensorSample
+    from anydistill.data.sample_ops import ToTensorSample
+    from anydistill.data.transforms import RandomHorizontalFlip
 
     _, cache = made
     sample = PseudoLabelDataset(cache)[0]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
+import functools
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,9 @@ from PIL import Image
 from stand_in_teacher import StandInTeacher
 
 from anydistill.cache import open_cache, read_manifest, run_teacher_pass
-from anydistill.cache.shards import ShardIndex, ShardWriter, _HashingFile, check_tar, list_shard_files
-from anydistill.cache.teacher_pass import add_pseudo_label_parser
+from anydistill.cache.shard_writer import ShardWriter, _HashingFile
+from anydistill.cache.shards import ShardIndex, check_tar, list_shard_files
+from anydistill.cli import main
 from anydistill.data.io import read_image
 from anydistill.data.toyworld import write_toyworld
 from anydistill.errors import ConfigError, DataError
@@ -260,10 +263,8 @@ def test_cli_parser_runs_the_pass(
         return StandInTeacher()
 
     monkeypatch.setattr(anydistill.teachers, "load_teacher", load_teacher, raising=False)
-    parser = argparse.ArgumentParser(prog="anydistill")
-    add_pseudo_label_parser(parser.add_subparsers(dest="command", required=True))
     out = tmp_path / "c"
-    args = parser.parse_args(
+    code = main(
         [
             "pseudo-label",
             "--teacher",
@@ -281,11 +282,47 @@ def test_cli_parser_runs_the_pass(
             "--features",
         ]  # fmt: skip
     )
-    args.func(args)
+    assert code == 0
     assert seen == ["t.ckpt"]
     printed = capsys.readouterr().out
     assert f"cached {N} of {N} image(s) in 3 shard(s)" in printed
     assert open_cache(out).manifest.teacher_spec == "t.ckpt"
+
+
+def test_a_spec_string_is_refused_with_the_way_to_pass_it(images: Path, tmp_path: Path) -> None:
+    for spec in ("t.ckpt", tmp_path / "t.ckpt"):
+        with pytest.raises(
+            TypeError, match=r"load_teacher\(spec\).*functools\.partial\(load_teacher, spec\)"
+        ):
+            run_teacher_pass(spec, images, tmp_path / "c", **KW)  # type: ignore[arg-type]
+    assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def _load_stand_in(spec: str) -> StandInTeacher:
+    """A stand-in ``load_teacher``: a teacher without a ``spec`` attribute, as the real adapters."""
+    teacher = StandInTeacher(seed=int(spec.rpartition("-")[2]))
+    del teacher.spec
+    return teacher
+
+
+def test_a_factory_is_called_and_its_spec_recorded(images: Path, reference: Path, tmp_path: Path) -> None:
+    factory = functools.partial(_load_stand_in, "seed-0")
+    manifest = run_teacher_pass(factory, images, tmp_path / "a", **KW)
+    assert manifest.teacher_spec == "seed-0" and manifest.teacher_fingerprint == StandInTeacher().fingerprint
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in read_manifest(reference).shards]
+    built = run_teacher_pass(functools.partial(StandInTeacher, seed=0), images, tmp_path / "b", **KW)
+    assert built.teacher_spec == "stand-in:0"  # the built teacher's own spec attribute
+    assert run_teacher_pass(_load_stand_in("seed-0"), images, tmp_path / "c", **KW).teacher_spec is None
+
+
+def test_the_cache_does_not_import_the_teachers() -> None:
+    code = (
+        "import sys, anydistill.cache, anydistill.cache.teacher_pass, anydistill.cache.plan, "
+        "anydistill.cache.writer; print(sorted(m for m in sys.modules if m.startswith('anydistill.teachers')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 class _BrokenOnBright(StandInTeacher):

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from anydistill.cache.shard_writer import ShardWriter, _HashingFile
 from anydistill.cache.shards import (
     MemberRef,
     ShardIndex,
     ShardReader,
-    ShardWriter,
-    _HashingFile,
     check_tar,
     decode_npy,
     file_sha256,

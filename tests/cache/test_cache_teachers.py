@@ -1,7 +1,8 @@
-"""The pass with a real teacher adapter: ``load_teacher`` on a tiny anydistill checkpoint, loaded by spec."""
+"""The pass with a real teacher adapter: ``partial(load_teacher, spec)`` on a tiny anydistill checkpoint."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,14 @@ def test_pass_with_an_anydistill_checkpoint_teacher(tmp_path: Path) -> None:
     write_toyworld(images, count=5, size=48, domain="wide", seed=5, progress=False)
     out = tmp_path / "cache"
     manifest = run_teacher_pass(
-        str(ckpt), images, out, batch_size=2, shard_size=3, features=True, num_workers=0, progress=False
+        functools.partial(teachers.load_teacher, str(ckpt)),  # loaded in each process, spec recorded
+        images,
+        out,
+        batch_size=2,
+        shard_size=3,
+        features=True,
+        num_workers=0,
+        progress=False,
     )
     teacher = teachers.load_teacher(ckpt)
     assert manifest.teacher_fingerprint == teacher.fingerprint and manifest.teacher_spec == str(ckpt)

@@ -211,7 +211,7 @@ def test_coco_source_errors(tmp_path: Path) -> None:
 def test_coco_source_through_the_config_and_datamodule(tmp_path: Path) -> None:
     """``data.source=coco`` + ``prompt.coco_json``: the training datamodule reads the COCO instances."""
     from anydistill.config import load_config
-    from anydistill.data.datamodule import InstanceDataModule
+    from anydistill.methods.promptable import instance_datamodule
 
     for i in range(4):
         Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"im{i}.png")
@@ -223,7 +223,7 @@ def test_coco_source_through_the_config_and_datamodule(tmp_path: Path) -> None:
                              f"prompt.coco_json={tmp_path / 'ann.json'}", "data.image_size=32",
                              "prompt.min_area=4", "data.val_fraction=0.25", "data.batch_size=2",
                              "data.num_workers=0"])  # fmt: skip
-    dm = InstanceDataModule(cfg.data, cfg.prompt)
+    dm = instance_datamodule(cfg)
     assert (len(dm.train_set), len(dm.val_set)) == (3, 1)
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["masks"].shape[:2] == (2, 1)

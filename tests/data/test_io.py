@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from anydistill.data import io as adio
-from anydistill.data.io import ClassTable, read_classes, read_depth, read_image, read_mask
+from anydistill.data.io import read_image
+from anydistill.data.labels import ClassTable, read_classes, read_depth, read_mask
 from anydistill.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -298,3 +299,57 @@ def test_read_classes_malformed(tmp_path: Path, data: object, message: str) -> N
     with pytest.raises(DataError, match=message) as info:
         read_classes(tmp_path)
     assert info.value.path == path
+
+
+# ---------------------------------------------------------------------------------- find_images
+def _touch(root: Path, *rels: str) -> None:
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")  # find_images goes by name: the contents are never read
+
+
+def test_find_images_is_recursive_sorted_and_case_insensitive(tmp_path: Path) -> None:
+    _touch(tmp_path, "b.png", "a.JPG", "sub/deeper/c.Jpeg", "sub/a.webp", "z.TIFF", "notes.txt", "noext")
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image is not one
+    found = adio.find_images(tmp_path)
+    rels = [p.relative_to(tmp_path).as_posix() for p in found]
+    assert rels == ["a.JPG", "b.png", "sub/a.webp", "sub/deeper/c.Jpeg", "z.TIFF"]
+    assert found == sorted(found) and all(p.is_absolute() == tmp_path.is_absolute() for p in found)
+
+
+def test_find_images_not_recursive(tmp_path: Path) -> None:
+    _touch(tmp_path, "a.png", "sub/b.png", "only_sub/inner/c.png")
+    assert adio.find_images(tmp_path, recursive=False) == [tmp_path / "a.png"]
+    with pytest.raises(DataError, match="no images found.*not in sub-folders") as info:
+        adio.find_images(tmp_path / "only_sub", recursive=False)
+    assert info.value.path == tmp_path / "only_sub"
+
+
+def test_find_images_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    _touch(
+        tmp_path, "a.png", ".hidden.png", "._a.png", ".ipynb_checkpoints/a-checkpoint.png", "sub/.cache/b.png"
+    )
+    assert adio.find_images(tmp_path) == [tmp_path / "a.png"]
+    hidden_root = tmp_path / ".dataset"  # only parts below the searched folder count
+    _touch(hidden_root, "c.png")
+    assert adio.find_images(hidden_root) == [hidden_root / "c.png"]
+
+
+def test_find_images_of_one_file_is_that_file(tmp_path: Path) -> None:
+    _touch(tmp_path, "one.png", "notes.txt")
+    assert adio.find_images(tmp_path / "one.png") == [tmp_path / "one.png"]
+    assert adio.find_images(str(tmp_path / "notes.txt")) == [tmp_path / "notes.txt"]  # named, so taken
+
+
+def test_find_images_empty_folder_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    _touch(tmp_path, "notes.txt", "sub/readme.md")
+    with pytest.raises(DataError, match=r"no images found \(looked for \.png, \.jpg.*recursively\)") as info:
+        adio.find_images(tmp_path)
+    assert info.value.path == tmp_path and str(tmp_path) in str(info.value)
+
+
+def test_find_images_missing_folder_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError, match="no such file or folder") as info:
+        adio.find_images(missing)
+    assert info.value.path == missing and str(missing) in str(info.value)

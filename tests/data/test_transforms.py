@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from anydistill.data.sample_ops import ToTensorSample, resize_depth
 from anydistill.data.transforms import (
     Compose,
     PadToMultiple,
@@ -16,10 +17,8 @@ from anydistill.data.transforms import (
     RandomResizedCrop,
     Resize,
     ResizeToMultiple,
-    ToTensorSample,
     collate_samples,
     eval_transforms,
-    resize_depth,
     restore_prediction,
     train_transforms,
 )

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from anydistill.data.transforms import PadToSize, RandomHorizontalFlip, ToTensorSample, train_transforms
+from anydistill.data.sample_ops import ToTensorSample
+from anydistill.data.transforms import PadToSize, RandomHorizontalFlip, train_transforms
 
 
 def sample(h: int = 24, w: int = 32) -> dict:

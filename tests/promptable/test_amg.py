@@ -33,8 +33,8 @@ from segment_anything.modeling import (  # noqa: E402
 from segment_anything.utils import amg as upstream_amg  # noqa: E402
 
 from anydistill.promptable import mask_utils  # noqa: E402
-from anydistill.promptable.amg import (  # noqa: E402
-    AutomaticMaskGenerator,
+from anydistill.promptable.amg import AutomaticMaskGenerator  # noqa: E402
+from anydistill.promptable.amg_output import (  # noqa: E402
     masks_to_coco_json,
     save_coco_json,
     save_overlay,

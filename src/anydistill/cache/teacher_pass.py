@@ -1,27 +1,31 @@
 """The teacher pass: run a frozen teacher once over a folder of images and cache its outputs.
 
 Depth Anything labels its unlabeled images with a teacher once, then trains students on the cached
-pseudo-labels (teachers are 10-100x slower than students). This module is that step, made safe to
-kill, rerun and spread over processes. The cache format is in :mod:`anydistill.cache.shards` (tar
-shards + sidecar indexes) and :mod:`anydistill.cache.manifest` (``manifest.json``).
+pseudo-labels (teachers are 10-100x slower than students). :func:`run_teacher_pass` is that step,
+made safe to kill, rerun and spread over processes. The cache format is in
+:mod:`anydistill.cache.shards` (tar shards + sidecar indexes) and :mod:`anydistill.cache.manifest`
+(``manifest.json``).
 
-Assignment. The images are listed like :class:`~anydistill.data.folder.UnlabeledImageFolder` lists them
-(``DIR/images`` if it exists, else ``DIR``; recursive; id = relative path without extension) and
-sorted by id. Image ``i`` belongs to shard ``i // shard_size``; of ``W`` processes, rank ``r`` writes
-the shards ``s`` with ``s % W == r``.
+Data flow, in each process (rank)::
 
-Resume. Before writing, each rank checks its shards: a shard is kept when its tar and index exist,
-the tar's size and sha256 match the index, the index was written by this teacher with these
-settings, and it holds exactly the ids the shard should hold, with unchanged image files (same size
-and mtime, else the same sha256). Every other shard is redone from scratch. A kill at any moment
-therefore loses at most the shards being written; a rerun finishes with no duplicate and no missing
-image, and a finished cache reruns as a no-op check. A folder holding another teacher's shards or
-manifest is refused (never overwritten).
+    teacher (an object, or a factory called here) --> _targets: names stored per image
+    images_dir --> _make_plan: sorted ids cut into shards                    [anydistill.cache.plan]
+    plan + shards on disk --> _find_complete --> todo: this rank's shards to (re)do
+    -- sync (a failure in any rank is raised in every rank) --
+    todo --> _write_shards: DataLoader workers read images, _BatchRunner runs the teacher,
+             float16 outputs --> shard tar + index                           [anydistill.cache.writer]
+    -- sync --
+    rank 0: _merge: shard indexes --> manifest.json                          [anydistill.cache.writer]
+    -- sync -- every rank returns the manifest
 
-Unreadable images. They are read in DataLoader workers; a file that fails becomes an error record,
-written into its shard's index (so it is counted once, reported, and not retried until the file
-changes) and listed in the manifest. So are images whose teacher output is not finite. The pass never
-stops for them.
+Which image goes into which shard, and when a shard on disk is kept on a rerun, is in
+:mod:`anydistill.cache.plan`; unreadable images, non-finite teacher outputs and the float16 storage
+in :mod:`anydistill.cache.writer`.
+
+The teacher. ``run_teacher_pass`` takes a teacher object, or a zero-argument factory that each
+process calls to build its own (pass ``functools.partial(anydistill.teachers.load_teacher, spec)`` for
+a checkpoint or model spec). The cache never imports :mod:`anydistill.teachers` itself (the teachers
+build on the data and model layers the cache sits beside), so a spec string is refused.
 
 Write errors (disk full, permissions): the shard being written is dropped (its ``.tmp`` removed), the
 complete shards stay, no manifest is written, and a :class:`~anydistill.errors.DataError` says to free
@@ -36,468 +40,33 @@ by the same teacher batches whoever writes it, so the cache is byte-identical to
 run's when every process uses the same number of intra-op threads (CPU ranks get ``cores // W``;
 set ``OMP_NUM_THREADS`` to match): CPU kernels may round differently in the last bit with another
 thread count.
-
-Targets are stored as float16 (values beyond +-65504 are clipped) at the image's own size, or with
-the long side limited to ``max_size`` (antialiased bilinear); features at the teacher's feature size.
-On CUDA the teacher runs under float16 autocast unless ``autocast=False``.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import hashlib
-import logging
+import functools
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from lightning.fabric import Fabric
 
-from anydistill.cache.manifest import MANIFEST, Manifest, ShardEntry, read_manifest
-from anydistill.cache.shards import (
-    ShardIndex,
-    ShardWriter,
-    atomic_write_json,
-    check_tar,
-    file_sha256,
-    list_shard_files,
+from anydistill.cache.manifest import MANIFEST, Manifest, read_manifest
+from anydistill.cache.plan import (
+    _check_existing_manifest,
+    _find_complete,
+    _make_plan,
+    _remove_shard,
+    _Settings,
+    _targets,
 )
-from anydistill.data.folder import UnlabeledImageFolder
-from anydistill.data.io import read_image
+from anydistill.cache.shards import list_shard_files
+from anydistill.cache.writer import _BatchRunner, _merge, _write_shards
 from anydistill.errors import ConfigError, DataError
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["add_pseudo_label_parser", "is_global_zero", "run_teacher_pass"]
-
-_FP16_MAX = 65504.0
-_TARGET_FOR_TASK = {"depth": "disp", "semantic": "logits", "segmentation": "logits"}
-
-
-# ------------------------------------------------------------------------------------ settings
-@dataclass(frozen=True)
-class _Settings:
-    batch_size: int
-    shard_size: int
-    features: bool
-    max_size: int | None
-    num_workers: int
-    progress: bool
-    autocast: bool
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One image to process (picklable: it travels to DataLoader workers)."""
-
-    index: int  # position in the sorted image list = the sample key
-    id: str
-    path: str
-    source: str  # path relative to the image root, POSIX
-
-
-@dataclass
-class _Plan:
-    out: Path
-    image_root: Path
-    items: list[_Item]
-    shard_size: int
-    header: dict[str, Any]  # what each shard index records; the resume check compares it
-
-    @property
-    def n_shards(self) -> int:
-        return -(-len(self.items) // self.shard_size)
-
-    def shard_items(self, s: int) -> list[_Item]:
-        return self.items[s * self.shard_size : (s + 1) * self.shard_size]
-
-
-def _key(index: int) -> str:
-    return f"{index:09d}"
-
-
-def _make_plan(teacher: Any, images_dir: Path, out: Path, settings: _Settings, targets: list[str]) -> _Plan:
-    folder = UnlabeledImageFolder(images_dir)
-    root = folder.images_dir.resolve()
-    items = [
-        _Item(i, image_id, str(path), path.relative_to(folder.images_dir).as_posix())  # symlinks kept
-        for i, (image_id, path) in enumerate(zip(folder.ids, folder.image_paths, strict=True))
-    ]
-    header = {
-        "teacher": teacher.fingerprint,
-        "targets": targets,
-        "dtype": "float16",
-        "max_size": settings.max_size,
-        "shard_size": settings.shard_size,
-    }
-    return _Plan(out, root, items, settings.shard_size, header)
-
-
-def _targets(teacher: Any, features: bool) -> list[str]:
-    task = getattr(teacher, "task", None)
-    if task == "features":
-        targets: list[str] = []
-        features = True
-    elif task in _TARGET_FOR_TASK:
-        targets = [_TARGET_FOR_TASK[task]]
-    else:
-        raise ConfigError(f"teacher task must be depth, semantic or features, got {task!r}")
-    if features:
-        if not callable(getattr(teacher, "features", None)) or getattr(teacher, "feature_dim", 0) is None:
-            raise ConfigError(f"features were asked for but {type(teacher).__name__} has no feature encoder")
-        targets.append("feat")
-    return targets
-
-
-# -------------------------------------------------------------------------------- image reading
-class _ImageReader(Dataset):
-    """Reads images in DataLoader workers; a file that cannot be read becomes an error record."""
-
-    def __init__(self, items: list[_Item]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.items[i]
-        rec: dict[str, Any] = {"index": item.index, "id": item.id, "source": item.source, "path": item.path}
-        try:
-            stat = os.stat(item.path)
-            rec["bytes"], rec["mtime_ns"] = stat.st_size, stat.st_mtime_ns
-            rec["sha256"] = hashlib.sha256(Path(item.path).read_bytes()).hexdigest()
-            rec["image"] = torch.from_numpy(read_image(item.path))  # (H, W, 3) uint8
-        except DataError as e:
-            rec["error"] = e.problem
-        except Exception as e:  # noqa: BLE001 -- any failure on one file is recorded, never fatal
-            rec["error"] = f"{type(e).__name__}: {e}"
-        return rec
-
-
-def _group_by_size(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate (in the worker): error records apart, the others stacked by image size.
-
-    Returns ``{"errors": [record], "groups": [(uint8 (b, H, W, 3), [record])]}``; stacking here moves
-    the copy off the main process, and the stacked tensor crosses to it through shared memory.
-    """
-    errors = [r for r in records if "error" in r]
-    by_size: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    for r in records:
-        if "error" not in r:
-            by_size.setdefault(tuple(r["image"].shape), []).append(r)
-    groups = []
-    for group in by_size.values():
-        images = torch.stack([r.pop("image") for r in group])  # (b, H, W, 3)
-        for r in group:
-            r["hw"] = list(images.shape[1:3])
-        groups.append((images, group))
-    return {"errors": errors, "groups": groups}
-
-
-def _shard_batches(plan: _Plan, todo: list[int], batch_size: int) -> list[list[int]]:
-    """Loader batches (positions in the concatenated items of ``todo``) that never straddle a shard."""
-    batches: list[list[int]] = []
-    start = 0
-    for s in todo:
-        n = len(plan.shard_items(s))
-        batches += [list(range(start + i, start + min(i + batch_size, n))) for i in range(0, n, batch_size)]
-        start += n
-    return batches
-
-
-# --------------------------------------------------------------------------------------- resume
-def _file_unchanged(path: Path, rec: dict[str, Any]) -> bool:
-    try:
-        stat = path.stat()
-    except OSError:
-        return False
-    if stat.st_size != rec.get("bytes"):
-        return False
-    if stat.st_mtime_ns == rec.get("mtime_ns"):
-        return True
-    if "sha256" not in rec:  # an unreadable image that was touched: try it again
-        return False
-    try:
-        return file_sha256(path) == rec["sha256"]
-    except OSError:
-        return False
-
-
-def _index_matches(plan: _Plan, s: int, ix: ShardIndex, full: bool) -> bool:
-    """Whether a shard on disk is exactly what shard ``s`` of this plan should be (see the module doc)."""
-    if ix.index != s or any(ix.header.get(k) != v for k, v in plan.header.items()):
-        return False
-    rows = sorted(ix.samples + ix.unreadable, key=lambda r: r["key"])
-    expected = plan.shard_items(s)
-    if [(r["key"], r["id"], r["source"]) for r in rows] != [
-        (_key(i.index), i.id, i.source) for i in expected
-    ]:
-        return False
-    if not all(_file_unchanged(plan.image_root / r["source"], r) for r in rows):
-        return False
-    try:
-        check_tar(ix.path.with_name(ix.name), ix, full=full)  # type: ignore[union-attr]
-    except DataError:
-        return False
-    return True
-
-
-def _find_complete(plan: _Plan, s: int, candidates: list[Path], full: bool) -> ShardIndex | None:
-    """The complete shard ``s`` among ``candidates`` (index files), if any.
-
-    Raises:
-        DataError: a shard of another teacher (the folder is someone else's cache).
-    """
-    found: ShardIndex | None = None
-    for path in candidates:
-        try:
-            ix = ShardIndex.load(path)
-        except DataError:
-            continue  # a damaged index: the shard is redone
-        theirs = ix.header.get("teacher")
-        if theirs != plan.header["teacher"]:
-            raise DataError(
-                plan.out,
-                f"holds shards of another teacher ({path.name}: fingerprint {theirs}, this teacher "
-                f"{plan.header['teacher']}); write to another folder or delete this one",
-            )
-        if found is None and _index_matches(plan, s, ix, full):
-            found = ix
-    return found
-
-
-def _remove_shard(index_path: Path) -> None:
-    for path in (index_path, index_path.with_suffix(".tar")):
-        path.unlink(missing_ok=True)
-
-
-def _check_existing_manifest(plan: _Plan) -> None:
-    if not (plan.out / MANIFEST).is_file():
-        return
-    try:
-        manifest = read_manifest(plan.out)
-    except DataError:
-        return  # unreadable: rewritten at the end
-    if manifest.teacher_fingerprint != plan.header["teacher"]:
-        raise DataError(
-            plan.out,
-            f"is a cache of another teacher (fingerprint {manifest.teacher_fingerprint}, this teacher "
-            f"{plan.header['teacher']}); write to another folder or delete this one",
-        )
-
-
-# --------------------------------------------------------------------------------- the teacher
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def _to_fp16(x: torch.Tensor, max_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, C, H, W)`` float -> float16 on the CPU, long side limited to ``max_size``; and whether each
-    sample was finite (checked before clipping to the float16 range), bool ``(B,)``."""
-    x = x.float()
-    finite = torch.isfinite(x).flatten(1).all(1).cpu()  # (B,)
-    h, w = x.shape[-2:]
-    if max_size is not None and max(h, w) > max_size:
-        scale = max_size / max(h, w)
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return x.clamp(-_FP16_MAX, _FP16_MAX).half().cpu(), finite
-
-
-class _BatchRunner:
-    """Runs the teacher on a list of same-size image records and writes the results to a shard."""
-
-    def __init__(self, teacher: Any, targets: list[str], device: torch.device, settings: _Settings) -> None:
-        self.teacher = teacher
-        self.targets = targets
-        self.device = device
-        self.settings = settings
-        self.fingerprint = teacher.fingerprint
-
-    @torch.inference_mode()
-    def outputs(self, images: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """uint8 ``(B, H, W, 3)`` -> target name -> (float16 ``(B, C, h, w)`` on the CPU, finite ``(B,)``)."""
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W), channels_last
-        # The permuted HWC batch is channels_last in memory; kept so (no copy): convolutional teachers
-        # run faster on it (oneDNN on CPU, cuDNN tensor cores), and ViT patch embeddings do not care.
-        x = x.to(dtype=torch.float32, memory_format=torch.channels_last).div_(255.0)
-        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        with _autocast(self.device, self.settings.autocast):
-            if "disp" in self.targets or "logits" in self.targets:
-                pred = self.teacher.predict(x)  # (B, 1, H, W) or (B, K, H, W)
-                if pred.ndim != 4 or pred.shape[0] != x.shape[0] or pred.shape[-2:] != x.shape[-2:]:
-                    raise RuntimeError(
-                        f"teacher.predict returned {tuple(pred.shape)} for input {tuple(x.shape)}; "
-                        "expected (B, C, H, W) at the input size"
-                    )
-                name = "disp" if "disp" in self.targets else "logits"
-                out[name] = _to_fp16(pred, self.settings.max_size)
-            if "feat" in self.targets:
-                out["feat"] = _to_fp16(self.teacher.features(x), None)  # (B, C, h, w)
-        return out
-
-    def run(self, images: torch.Tensor, records: list[dict[str, Any]], writer: ShardWriter) -> None:
-        """``images`` uint8 ``(B, H, W, 3)``, ``records`` their B records (same order)."""
-        out = self.outputs(images)
-        for i, rec in enumerate(records):
-            arrays = {}
-            for name, (batch, _) in out.items():
-                arr = batch[i].numpy()  # (C, h, w)
-                arrays[name] = arr[0] if name == "disp" else arr  # disparity is stored (H, W)
-            row = {k: rec[k] for k in ("id", "source", "sha256", "bytes", "mtime_ns")}
-            bad = [name for name, (_, finite) in out.items() if not bool(finite[i])]
-            if bad:
-                reason = f"teacher output has non-finite values ({', '.join(bad)})"
-                logger.warning("%s: not cached: %s", rec["path"], reason)
-                writer.add_unreadable(_key(rec["index"]), {**row, "reason": reason})
-                continue
-            meta = {
-                "id": rec["id"],
-                "source": rec["source"],
-                "sha256": rec["sha256"],
-                "image_size": rec["hw"],
-                "teacher": self.fingerprint,
-            }
-            writer.add_sample(_key(rec["index"]), row, arrays, meta)
-
-
-def _write_shards(
-    runner: _BatchRunner, plan: _Plan, todo: list[int], rank: int, settings: _Settings, show: bool
-) -> None:
-    """Processes the shards ``todo`` in order.
-
-    Loader batches hold ``batch_size`` images of one shard, stacked by size in the workers; a full
-    group goes to the teacher as is. Smaller groups (mixed sizes, a shard's last images) wait in a
-    per-size bucket until it holds ``batch_size`` images or the shard ends.
-    """
-    items = [item for s in todo for item in plan.shard_items(s)]
-    bs = settings.batch_size
-    loader = DataLoader(
-        _ImageReader(items),
-        batch_sampler=_shard_batches(plan, todo, bs),
-        num_workers=settings.num_workers,
-        collate_fn=_group_by_size,
-        pin_memory=runner.device.type == "cuda",
-    )
-    bar = tqdm(total=len(items), desc=f"teacher pass (rank {rank})", unit="img", disable=not show)
-    writer: ShardWriter | None = None
-    buckets: dict[tuple[int, ...], list[tuple[torch.Tensor, dict[str, Any]]]] = {}
-    bad = 0
-
-    def run(images: torch.Tensor, records: list[dict[str, Any]]) -> None:
-        runner.run(images, records, writer)  # type: ignore[arg-type]
-        bar.update(len(records))
-
-    def flush() -> None:
-        for bucket in buckets.values():
-            if bucket:
-                run(torch.stack([im for im, _ in bucket]), [r for _, r in bucket])  # (b, H, W, 3)
-        buckets.clear()
-
-    try:
-        for batch in loader:
-            first = (batch["errors"] or batch["groups"][0][1])[0]
-            s = first["index"] // plan.shard_size
-            if writer is None or writer.index != s:
-                flush()
-                if writer is not None:
-                    writer.close()
-                writer = ShardWriter(plan.out, s, rank, plan.header)
-            for rec in batch["errors"]:
-                bad += 1
-                logger.warning("%s: not cached: %s", rec["path"], rec["error"])
-                row = {k: rec[k] for k in ("id", "source", "bytes", "mtime_ns") if k in rec}
-                writer.add_unreadable(_key(rec["index"]), {**row, "reason": rec["error"]})
-                bar.update(1)
-                bar.set_postfix(unreadable=bad)
-            for images, records in batch["groups"]:
-                size = tuple(images.shape[1:])
-                if len(records) == bs and not buckets.get(size):
-                    run(images, records)
-                    continue
-                bucket = buckets.setdefault(size, [])
-                bucket += list(zip(images, records, strict=True))
-                while len(bucket) >= bs:
-                    chunk, bucket[:] = bucket[:bs], bucket[bs:]
-                    run(torch.stack([im for im, _ in chunk]), [r for _, r in chunk])  # (B, H, W, 3)
-        flush()
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        bar.close()
-
-
-# ---------------------------------------------------------------------------------------- merge
-def _merge(
-    plan: _Plan, teacher: Any, t0: float, world: int, spec: str | None, targets: list[str]
-) -> Manifest:
-    """Rank 0, after every rank finished: shard indexes -> ``manifest.json``; stray files removed."""
-    found = list_shard_files(plan.out)
-    entries: list[ShardEntry] = []
-    unreadable: list[dict[str, str]] = []
-    keep: set[str] = set()
-    count = written = 0
-    for s in range(plan.n_shards):
-        ix = _find_complete(plan, s, found.get(s, []), full=False)
-        if ix is None:
-            raise DataError(
-                plan.out, f"shard {s} is missing after the pass (was the folder changed meanwhile?)"
-            )
-        assert ix.path is not None
-        entries.append(ShardEntry(ix.name, s, ix.path.name, len(ix.samples), ix.tar_bytes, ix.sha256))
-        unreadable += [{"id": u["id"], "source": u["source"], "reason": u["reason"]} for u in ix.unreadable]
-        keep |= {ix.name, ix.path.name}
-        count += len(ix.samples)
-        if float(ix.header.get("created", 0.0)) >= t0:
-            written += len(ix.samples) + len(ix.unreadable)
-    for paths in found.values():
-        for path in paths:
-            if path.name not in keep:
-                _remove_shard(path)
-    for path in plan.out.glob("shard-*.tar*"):
-        if path.name not in keep:
-            path.unlink(missing_ok=True)  # tars without an index, and stray .tmp files
-    if written == 0 and (plan.out / MANIFEST).is_file():
-        try:
-            previous = read_manifest(plan.out)
-        except DataError:
-            previous = None
-        if previous is not None and previous.shards == entries and previous.unreadable == unreadable:
-            return previous  # a rerun that found the cache finished: keep the pass's own timing
-    seconds = time.time() - t0
-    manifest = Manifest(
-        teacher_fingerprint=teacher.fingerprint,
-        teacher_spec=spec,
-        task=str(getattr(teacher, "task", "")),
-        image_root=str(plan.image_root),
-        targets=targets,
-        shard_size=plan.shard_size,
-        num_images=len(plan.items),
-        count=count,
-        shards=entries,
-        unreadable=unreadable,
-        timing={
-            "seconds": round(seconds, 3),
-            "written": written,
-            "images_per_second": round(written / seconds, 3) if seconds > 0 else 0.0,
-            "world_size": world,
-        },
-        max_size=plan.header["max_size"],
-    )
-    atomic_write_json(plan.out / MANIFEST, manifest.to_dict())
-    return manifest
+__all__ = ["is_global_zero", "run_teacher_pass"]
 
 
 # ------------------------------------------------------------------------------- ranks and launch
@@ -520,19 +89,44 @@ class _Dist:
             raise error
 
 
-def _resolve_teacher(teacher: Any) -> tuple[Any, str | None]:
-    if isinstance(teacher, str | Path):
-        from anydistill.teachers import load_teacher
+def _check_teacher_arg(teacher: Any) -> None:
+    """Refuses a spec string/path: the cache does not import :mod:`anydistill.teachers` (see the module doc).
 
-        return load_teacher(str(teacher)), str(teacher)
+    Raises:
+        TypeError: ``teacher`` is a ``str``, ``bytes`` or path.
+    """
+    if isinstance(teacher, str | bytes | os.PathLike):
+        raise TypeError(
+            f"run_teacher_pass takes a teacher object or a zero-argument factory, not the spec {teacher!r}; "
+            "pass anydistill.teachers.load_teacher(spec), or functools.partial(load_teacher, spec) to "
+            "have each process build its own"
+        )
+
+
+def _factory_spec(factory: Any) -> str | None:
+    """The spec of a ``functools.partial(load_teacher, spec)`` factory (its first argument, when a
+    string or path), recorded in the manifest as the teacher's spec; None for other factories."""
+    if isinstance(factory, functools.partial) and factory.args:
+        first = factory.args[0]
+        if isinstance(first, str | os.PathLike):
+            return os.fsdecode(first)
+    return None
+
+
+def _resolve_teacher(teacher: Any) -> tuple[Any, str | None]:
+    """The teacher (a factory is called: each rank builds its own) and its spec for the manifest:
+    the spec its factory was given (:func:`_factory_spec`), else the teacher's ``spec`` attribute."""
+    spec = None
     if not hasattr(teacher, "fingerprint") and callable(teacher):
-        teacher = teacher()  # a factory: each rank builds its own
-    return teacher, getattr(teacher, "spec", None)
+        spec = _factory_spec(teacher)
+        teacher = teacher()
+    return teacher, spec or getattr(teacher, "spec", None)
 
 
 def _run_rank(
     dist: _Dist, device: torch.device, teacher_arg: Any, images_dir: Path, out: Path, settings: _Settings
 ) -> Manifest:
+    """One process's pass (the data flow of the module doc); the manifest, in every rank."""
     t0 = time.time()
     error: BaseException | None = None
     todo: list[int] = []
@@ -602,6 +196,7 @@ def _fabric_entry(
 
 
 def _single_device(accelerator: str) -> torch.device:
+    """The device of a one-process pass: CUDA when asked for (or ``"auto"``) and available, else CPU."""
     if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
         return torch.device("cuda")
     if accelerator in ("cuda", "gpu"):
@@ -630,9 +225,9 @@ def run_teacher_pass(
 
     Args:
         teacher: a teacher (``task``, ``fingerprint``, ``predict(images01 (B, 3, H, W)) -> (B, C, H, W)``,
-            optional ``features(images01) -> (B, C, h, w)``), a path/spec for
-            :func:`anydistill.teachers.load_teacher` (loaded in each process), or a no-argument
-            callable that builds one (called in each process).
+            optional ``features(images01) -> (B, C, h, w)``), or a zero-argument callable that builds
+            one (called in each process), e.g. ``functools.partial(anydistill.teachers.load_teacher,
+            spec)``, whose ``spec`` the manifest then records. Not a spec string.
         images_dir: a folder of images (``DIR/images`` when it exists), read recursively.
         out: the cache folder (created).
         batch_size: images per teacher call (equal-size images are batched together).
@@ -652,7 +247,9 @@ def run_teacher_pass(
     Raises:
         DataError: no images; the folder holds another teacher's cache; the cache cannot be written.
         ConfigError: bad settings, or features asked of a teacher without them.
+        TypeError: ``teacher`` is a spec string or path (build it with ``load_teacher``).
     """
+    _check_teacher_arg(teacher)
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size), ("devices", devices)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -664,8 +261,6 @@ def run_teacher_pass(
     images_dir, out = Path(images_dir), Path(out)
     if devices == 1:
         return _run_rank(_Dist(), _single_device(accelerator), teacher, images_dir, out, settings)
-    from lightning.fabric import Fabric
-
     fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
     return fabric.launch(_fabric_entry, teacher, images_dir, out, settings)
 
@@ -673,44 +268,3 @@ def run_teacher_pass(
 def is_global_zero() -> bool:
     """Whether this process is rank 0 (of a Fabric/torchrun launch, or the only process)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def _cmd_pseudo_label(args: argparse.Namespace) -> None:
-    manifest = run_teacher_pass(
-        str(args.teacher),
-        args.images,
-        args.out,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        features=args.features,
-        max_size=args.max_size,
-        num_workers=args.num_workers,
-        devices=args.devices,
-        accelerator=args.accelerator,
-    )
-    if is_global_zero():
-        print(manifest.summary())
-        print(f"cache: {args.out}")
-
-
-def add_pseudo_label_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Registers ``anydistill pseudo-label`` on the CLI's sub-parsers; returns the new parser."""
-    p = subparsers.add_parser(
-        "pseudo-label",
-        help="run a teacher once over unlabeled images into a resumable pseudo-label cache",
-        description="Runs TEACHER over every image under DIR and writes fp16 targets to CACHE "
-        "(tar shards + manifest). Rerun the same command to resume an interrupted pass.",
-    )
-    p.add_argument("--teacher", required=True, type=Path, help="an anydistill checkpoint or a teacher folder")
-    p.add_argument("--images", required=True, type=Path, help="folder of images (DIR/images if it exists)")
-    p.add_argument("--out", required=True, type=Path, help="the cache folder")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--shard-size", type=int, default=256, help="images per tar shard")
-    p.add_argument("--features", action="store_true", help="also cache the teacher's encoder features")
-    p.add_argument("--max-size", type=int, default=None, help="limit the stored targets' long side")
-    p.add_argument("--num-workers", type=int, default=2, help="image-reading processes")
-    p.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes)")
-    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
-    p.set_defaults(func=_cmd_pseudo_label)
-    return p

@@ -1,7 +1,9 @@
 """Datasets, readers and joint transforms (toyworld lives in ``anydistill.data.toyworld``)."""
 
 from anydistill.data.folder import FolderDataset, SkippedSample, UnlabeledImageFolder
-from anydistill.data.io import ClassEntry, ClassTable, read_classes, read_depth, read_image, read_mask
+from anydistill.data.io import read_image
+from anydistill.data.labels import ClassEntry, ClassTable, read_classes, read_depth, read_mask
+from anydistill.data.sample_ops import ToTensorSample
 from anydistill.data.transforms import (
     Compose,
     PadToMultiple,
@@ -10,7 +12,6 @@ from anydistill.data.transforms import (
     RandomResizedCrop,
     Resize,
     ResizeToMultiple,
-    ToTensorSample,
     collate_samples,
     eval_transforms,
     restore_prediction,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 __all__ = [
@@ -103,7 +104,7 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
     Returns:
         float ``(N, 4)``.
     """
-    # Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/utils/amg.py
+    # Adapted from https://github.com/facebookresearch/segment-anything/blob/6f95a3bf51e8fc26b0764deffe3dbcdf6a8aea7d/segment_anything/utils/amg.py
     n, h, w = masks.shape
     if n == 0:
         return masks.new_zeros((0, 4), dtype=torch.float32)
@@ -277,9 +278,7 @@ def evaluation_clicks(
     Returns:
         ``(coords, labels)``: float ``(N, 1, 2)`` ``(x, y)`` and int64 ``(N, 1)``, on ``pred``'s device.
     """
-    from scipy.ndimage import distance_transform_edt
-
-    # Adapted from https://github.com/SamsungLabs/ritm_interactive_segmentation/blob/master/isegm/inference/clicker.py
+    # Adapted from https://github.com/SamsungLabs/ritm_interactive_segmentation/blob/c6c8d96ff9db44d393fce333991d5003eb37f256/isegm/inference/clicker.py
     if pred.shape != gt.shape:
         raise ValueError(
             f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}"

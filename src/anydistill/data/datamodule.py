@@ -7,54 +7,25 @@ nothing on disk) and a user ``folder`` in the format of DESIGN.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from anydistill.config import DataConfig, DistillConfig, PromptConfig
+from anydistill.config import DataConfig
+from anydistill.data.classes import ClassInfo, class_info  # noqa: F401  (their old home)
 from anydistill.data.folder import FolderDataset
-from anydistill.data.io import read_classes
-from anydistill.data.toyworld import ToyWorldDataset, class_table
+from anydistill.data.instances import (
+    CocoInstances,
+    FolderInstances,
+    InstanceDataset,
+    ToyWorldInstances,
+    collate_instances,
+)
+from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET, ToyWorldDataset
 from anydistill.data.transforms import collate_samples, eval_transforms, train_transforms
 from anydistill.errors import ConfigError
-
-# The validation/test split of toyworld uses seeds far from any training seed, so no scene repeats.
-TOYWORLD_HELDOUT_SEED_OFFSET = 10_000
-
-
-@dataclass
-class ClassInfo:
-    """Names and colours of the semantic classes (from toyworld or ``classes.json``)."""
-
-    names: list[str] = field(default_factory=list)
-    colors: list[list[int]] = field(default_factory=list)
-    ignore_index: int = 255
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    @classmethod
-    def from_table(cls, table: list[dict], ignore_index: int = 255) -> ClassInfo:
-        """From the ``classes.json`` layout: ``[{"id", "name", "color"}, ...]`` (ids must be 0..K-1)."""
-        table = sorted(table, key=lambda c: c["id"])
-        ids = [c["id"] for c in table]
-        if ids != list(range(len(ids))):
-            raise ConfigError(f"class ids must be 0..{len(ids) - 1} without gaps, got {ids}")
-        return cls([c["name"] for c in table], [list(c.get("color", [0, 0, 0])) for c in table], ignore_index)
-
-
-def class_info(cfg: DataConfig) -> ClassInfo:
-    """The class table of the configured data: toyworld's, or the train folder's ``classes.json``."""
-    if cfg.source == "toyworld":
-        return ClassInfo.from_table(class_table())
-    table = read_classes(Path(cfg.train_root))
-    if not table:
-        return ClassInfo()
-    return ClassInfo.from_table(table["classes"], ignore_index=table.get("ignore_index", 255))
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -141,43 +112,6 @@ class SupervisedDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
 
-class DistillDataModule(SupervisedDataModule):
-    """Labeled batches (as :class:`SupervisedDataModule`) plus pseudo-labeled batches from the
-    teacher-pass cache, ``distill.unlabeled_ratio`` times larger (Depth Anything: 1:2).
-
-    ``train_dataloader`` returns a Lightning ``CombinedLoader`` yielding
-    ``{"labeled": batch, "unlabeled": batch}`` (``max_size_cycle``: an epoch is the longer of the
-    two; the shorter one cycles). The unlabeled samples carry the teacher's ``disparity`` (depth) or
-    ``logits`` (semantic) through the same joint transforms as labels.
-    """
-
-    def __init__(self, cfg: DataConfig, distill: DistillConfig, task: str, input_multiple: int = 32) -> None:
-        super().__init__(cfg, task, input_multiple)
-        from anydistill.cache import PseudoLabelDataset
-
-        self.distill = distill
-        self.unlabeled_set = PseudoLabelDataset(distill.cache, transform=self.train_tf)
-
-    def train_dataloader(self):
-        from lightning.pytorch.utilities import CombinedLoader
-
-        workers = self.cfg.num_workers
-        loaders = {
-            "unlabeled": DataLoader(
-                self.unlabeled_set,
-                batch_size=self.cfg.batch_size * self.distill.unlabeled_ratio,
-                shuffle=True,
-                drop_last=len(self.unlabeled_set) >= self.cfg.batch_size * self.distill.unlabeled_ratio,
-                num_workers=workers,
-                persistent_workers=workers > 0,
-                collate_fn=collate_samples,
-            )
-        }
-        if self.distill.use_labeled:
-            loaders["labeled"] = super().train_dataloader()
-        return CombinedLoader(loaders, mode="max_size_cycle")
-
-
 class InstanceDataModule(L.LightningDataModule):
     """Images with object instances for promptable segmentation (``task=promptable``).
 
@@ -188,19 +122,23 @@ class InstanceDataModule(L.LightningDataModule):
 
     Args:
         cfg: the data section of the config.
-        prompt: the prompt section (``max_instances``, ``min_area``, ``coco_json``, ``val_coco_json``,
-            ``val_instances``).
+        max_instances: most objects per training image; ``val_instances`` per validation image.
+        min_area: smallest object, in pixels at the input size.
+        coco_json, val_coco_json: COCO instance files (``cfg.source == "coco"``).
     """
 
-    def __init__(self, cfg: DataConfig, prompt: PromptConfig) -> None:
+    def __init__(
+        self, cfg: DataConfig, max_instances: int = 8, min_area: int = 64, val_instances: int = 8,
+        coco_json: str | None = None, val_coco_json: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.cfg, self.prompt = cfg, prompt
+        self.cfg = cfg
+        self.max_instances, self.min_area, self.val_instances = max_instances, min_area, val_instances
+        self.coco_json, self.val_coco_json = coco_json, val_coco_json
         self.train_set, self.val_set = self._build()
 
     def _sources(self) -> tuple[Sequence, Sequence]:
-        from anydistill.data.instances import CocoInstances, FolderInstances, ToyWorldInstances
-
-        cfg, prompt = self.cfg, self.prompt
+        cfg = self.cfg
         if cfg.source == "toyworld":
             train = ToyWorldInstances(cfg.train_domain, cfg.image_size, cfg.train_count, seed=cfg.seed)
             val = ToyWorldInstances(
@@ -209,9 +147,11 @@ class InstanceDataModule(L.LightningDataModule):
             )  # fmt: skip
             return train, val
         if cfg.source == "coco":
-            train = CocoInstances(prompt.coco_json, cfg.train_root)
-            if prompt.val_coco_json:
-                return train, CocoInstances(prompt.val_coco_json, cfg.val_root or cfg.train_root)
+            if not self.coco_json:
+                raise ConfigError("prompt.coco_json: required when data.source is 'coco'")
+            train = CocoInstances(self.coco_json, cfg.train_root)
+            if self.val_coco_json:
+                return train, CocoInstances(self.val_coco_json, cfg.val_root or cfg.train_root)
         else:
             train = FolderInstances(cfg.train_root, cfg.on_missing_label, cfg.on_bad_image)
             if cfg.val_root:
@@ -220,17 +160,13 @@ class InstanceDataModule(L.LightningDataModule):
         return Subset(train, train_idx), Subset(train, val_idx)
 
     def _build(self) -> tuple[Dataset, Dataset]:
-        from anydistill.data.instances import InstanceDataset
-
         train_src, val_src = self._sources()
-        p, size = self.prompt, self.cfg.image_size
-        train = InstanceDataset(train_src, size, p.max_instances, p.min_area, sampling="random", seed=self.cfg.seed)
-        val = InstanceDataset(val_src, size, p.val_instances, p.min_area, sampling="fixed", seed=self.cfg.seed)
+        size, seed = self.cfg.image_size, self.cfg.seed
+        train = InstanceDataset(train_src, size, self.max_instances, self.min_area, sampling="random", seed=seed)
+        val = InstanceDataset(val_src, size, self.val_instances, self.min_area, sampling="fixed", seed=seed)
         return train, val
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        from anydistill.data.instances import collate_instances
-
         workers = self.cfg.num_workers
         return DataLoader(
             dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
@@ -243,47 +179,3 @@ class InstanceDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
-
-
-class SamInputTransform:
-    """A pseudo-label-cache sample → SAM's input frame: ``image`` uint8 ``(3, S, S)`` (longest side ``S``,
-    zero-padded), ``input_size`` ``(2,)``, ``feat`` float ``(C, S/16, S/16)`` (the cached teacher
-    embedding), ``id``. Picklable, for DataLoader workers."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, sample: dict) -> dict:
-        import torch
-
-        from anydistill.data.instances import resize_longest_side
-
-        image, _, (h, w) = resize_longest_side(sample["image"], np.zeros((0, 1, 1), bool), self.size)
-        return {
-            "image": image,
-            "input_size": torch.tensor([h, w]),
-            "feat": torch.from_numpy(sample["feat"]),
-            "id": sample["id"],
-        }
-
-
-class SamDistillDataModule(InstanceDataModule):
-    """Unlabeled images + cached SAM teacher embeddings (``distill.cache``) for training; validation on
-    labeled instances (as :class:`InstanceDataModule`) by the interactive protocol."""
-
-    def __init__(
-        self, cfg: DataConfig, prompt: PromptConfig, cache: str, teacher_fingerprint: str | None = None
-    ) -> None:
-        from anydistill.cache import PseudoLabelDataset
-
-        super().__init__(cfg, prompt)
-        self.unlabeled = PseudoLabelDataset(
-            cache, transform=SamInputTransform(cfg.image_size), teacher_fingerprint=teacher_fingerprint, features=True
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        workers = self.cfg.num_workers
-        return DataLoader(
-            self.unlabeled, batch_size=self.cfg.batch_size, shuffle=True, num_workers=workers,
-            drop_last=len(self.unlabeled) > self.cfg.batch_size, persistent_workers=workers > 0,
-        )  # fmt: skip

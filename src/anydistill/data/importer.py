@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anydistill.data.io import IMAGE_EXTENSIONS, read_mask
+from anydistill.data.io import find_images
+from anydistill.data.labels import read_mask
 from anydistill.errors import DataError
 from anydistill.viz import default_palette
 
@@ -59,16 +60,16 @@ def import_pairs(
             raise DataError(folder, "folder not found")
     label_files = {p.relative_to(labels).with_suffix(""): p for p in labels.rglob("*") if p.is_file()}
     pairs = []
-    for img in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+    for img in find_images(images):
         rel = img.relative_to(images).with_suffix("")
         if rel not in label_files:
             raise DataError(img, f"no label for this image under {labels} (expected {labels / rel}.*)")
         pairs.append((rel, img, label_files[rel]))
-    if not pairs:
-        raise DataError(images, f"no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     if holdout >= len(pairs):
         raise DataError(images, f"cannot hold out {holdout} of {len(pairs)} pairs")
-    held = set(np.random.default_rng(seed).permutation(len(pairs))[:holdout].tolist()) if holdout > 0 else set()
+    held = (
+        set(np.random.default_rng(seed).permutation(len(pairs))[:holdout].tolist()) if holdout > 0 else set()
+    )
     roots = [out / "val" if i in held else (out / "train" if holdout > 0 else out) for i in range(len(pairs))]
     label_map = label_map or {}
     allowed = set(label_map.values()) if label_map else None
@@ -105,5 +106,7 @@ def import_pairs(
                 {"id": i, "name": n, "color": [int(c) for c in palette[i]]} for i, n in enumerate(class_names)
             ]
             for root in set(roots):
-                (root / "classes.json").write_text(json.dumps({"classes": table, "ignore_index": 255}, indent=2))
+                (root / "classes.json").write_text(
+                    json.dumps({"classes": table, "ignore_index": 255}, indent=2)
+                )
     return out

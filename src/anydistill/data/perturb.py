@@ -191,7 +191,7 @@ def sample_cutmix_boxes(
     Returns:
         bool mask ``(B, 1, H, W)``.
     """
-    # Adapted from https://github.com/LiheYoung/UniMatch/blob/main/dataset/transform.py (obtain_cutmix_box)
+    # Adapted from https://github.com/LiheYoung/UniMatch/blob/818609d195fa1079fbb67589299d9aec07acac46/dataset/transform.py (obtain_cutmix_box)
     _check_probability(p, "p")
     if not 0.0 < area[0] <= area[1] <= 1.0:
         raise ValueError(f"area must be (min, max) with 0 < min <= max <= 1, got {area}")
@@ -276,7 +276,7 @@ class CutMix(nn.Module):
 
     ``sample_boxes`` draws the paste mask, ``mix`` composes ``where(mask, b, a)``; the caller keeps the
     mask to compute the loss inside and outside the box separately (see
-    ``anydistill.losses.distillation.cutmix_ssi_loss``: inside → partner ``b``'s pseudo label, outside →
+    ``anydistill.losses.cutmix.cutmix_ssi_loss``: inside → partner ``b``'s pseudo label, outside →
     ``a``'s). The partner batch ``b`` is either a second unlabeled batch (UniMatch) or
     :func:`roll_partner` of the same batch; ``forward(images_a, images_b=None)`` uses the roll when no
     partner is given.

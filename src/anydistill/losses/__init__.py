@@ -1,36 +1,25 @@
-"""Losses, one file per family (depth, segmentation, ...); each a plain function plus an ``nn.Module``."""
+"""Losses, a file per family while it stays small (depth, ...), a file per loss once it grows (focal,
+dice, kd, ...); each a plain function plus an ``nn.Module``."""
 
+from anydistill.losses.cutmix import CutMixScaleShiftInvariantLoss, cutmix_ssi_loss
 from anydistill.losses.depth import (
     GradientMatchingLoss,
     ScaleShiftInvariantLoss,
     align_scale_shift,
+    depth_to_disparity,
     gradient_matching_loss,
     normalize_median_mad,
     ssi_loss,
 )
-from anydistill.losses.distillation import (
-    CutMixScaleShiftInvariantLoss,
-    FeatureAlignmentLoss,
-    KnowledgeDistillationLoss,
-    cutmix_ssi_loss,
-    feature_alignment_loss,
-    kd_loss,
-)
-from anydistill.losses.segmentation import (
-    DiceLoss,
-    FocalLoss,
-    SegmentationCrossEntropy,
-    SoftmaxDiceLoss,
-    SoftmaxFocalLoss,
-    cross_entropy,
-    dice_loss,
-    sigmoid_focal_loss,
-    softmax_dice_loss,
-    softmax_focal_loss,
-)
+from anydistill.losses.dice import DiceLoss, SoftmaxDiceLoss, dice_loss, softmax_dice_loss
+from anydistill.losses.feature_alignment import FeatureAlignmentLoss, feature_alignment_loss
+from anydistill.losses.focal import FocalLoss, SoftmaxFocalLoss, sigmoid_focal_loss, softmax_focal_loss
+from anydistill.losses.kd import KnowledgeDistillationLoss, kd_loss
+from anydistill.losses.segmentation import SegmentationCrossEntropy, cross_entropy
 
 __all__ = [
     "align_scale_shift",
+    "depth_to_disparity",
     "normalize_median_mad",
     "ssi_loss",
     "gradient_matching_loss",

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "depth_to_disparity",
     "align_scale_shift",
     "normalize_median_mad",
     "ssi_loss",
@@ -101,6 +102,11 @@ def _align_prepared(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor,
     scale = torch.where(degenerate, torch.ones_like(var), cov / var_safe)
     shift = torch.where(n > 0, t_mean - scale * p_mean, torch.zeros_like(t_mean))
     return scale, shift
+
+
+def depth_to_disparity(depth: Tensor, valid: Tensor) -> Tensor:
+    """The relative-depth target: ``1 / depth`` on valid pixels, 0 elsewhere. Shapes ``(B, 1, H, W)``."""
+    return torch.where(valid, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
 
 
 def align_scale_shift(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

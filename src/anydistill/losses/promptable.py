@@ -7,7 +7,7 @@ For one prompt with M predicted masks (M = 3 for an ambiguous prompt, else 1) an
     L   = L_{m*} + w_iou · MSE(iou_pred, IoU(m > 0, g))            (SAM: w_iou = 1)
 
 ``FL`` is the sigmoid focal loss (α = 0.25, γ = 2) averaged over the valid pixels of the mask, ``Dice``
-the soft dice of :func:`~anydistill.losses.segmentation.dice_loss` (smoothing 1). The IoU target is the
+the soft dice of :func:`~anydistill.losses.dice.dice_loss` (smoothing 1). The IoU target is the
 IoU of the *binarised* mask (``logits > 0``) with the ground truth, without gradient; an empty
 prediction of an empty ground truth has IoU 1.
 
@@ -19,7 +19,7 @@ former, ``"all"`` the latter; the head ranks the M masks at inference, which arg
 
 - [0] Kirillov et al., "Segment Anything", ICCV 2023, https://arxiv.org/abs/2304.02643 (§3, appendix A)
 - [1] Ravi et al., "SAM 2", 2024, https://arxiv.org/abs/2408.00714; reference code
-  https://github.com/facebookresearch/sam2/blob/main/training/loss_fns.py (MultiStepMultiMasksAndIous)
+  https://github.com/facebookresearch/sam2/blob/1f9c9588890f874be99d0f88619c0ebbaf417b17/training/loss_fns.py (MultiStepMultiMasksAndIous)
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from anydistill.eval.metrics import binary_iou
-from anydistill.losses.segmentation import dice_loss, sigmoid_focal_loss
+from anydistill.losses.dice import dice_loss
+from anydistill.losses.focal import sigmoid_focal_loss
 
 __all__ = ["SamLoss", "SamLossOutput", "mask_ious", "sam_loss"]
 
@@ -47,6 +47,32 @@ class SamLossOutput(NamedTuple):
     iou: Tensor  # IoU-head MSE (unweighted)
     best: Tensor  # (B,) index of the selected mask
     actual_iou: Tensor  # (B, M) IoU of every binarised mask with the ground truth (no gradient)
+
+
+def binary_iou(pred_mask: Tensor, gt_mask: Tensor, empty_value: float = 1.0) -> Tensor:
+    """IoU of binary masks, one value per mask: ``|P ∩ G| / |P ∪ G|`` over the last two dimensions.
+
+    Args:
+        pred_mask: bool ``(..., H, W)`` (threshold logits yourself, e.g. ``logits > 0`` as SAM).
+        gt_mask: bool, same shape.
+        empty_value: the IoU when both masks are empty (default 1: nothing to find, nothing found).
+
+    Returns:
+        ``(...)`` float32 IoUs.
+    """
+    if pred_mask.dtype != torch.bool or gt_mask.dtype != torch.bool:
+        raise TypeError(
+            f"pred_mask and gt_mask must be bool tensors, got {pred_mask.dtype} and {gt_mask.dtype}"
+        )
+    if pred_mask.shape != gt_mask.shape:
+        raise ValueError(
+            f"pred_mask and gt_mask must have the same shape, got {tuple(pred_mask.shape)} and {tuple(gt_mask.shape)}"
+        )
+    if pred_mask.dim() < 2:
+        raise ValueError(f"masks must be (..., H, W), got {tuple(pred_mask.shape)}")
+    inter = (pred_mask & gt_mask).sum(dim=(-2, -1)).float()  # (...)
+    union = (pred_mask | gt_mask).sum(dim=(-2, -1)).float()  # (...)
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, empty_value))
 
 
 def mask_ious(mask_logits: Tensor, gt: Tensor, valid: Tensor | None = None, threshold: float = 0.0) -> Tensor:

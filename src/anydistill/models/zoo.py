@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from anydistill.checkpoints import read_state_dict
 from anydistill.errors import DataError
 from anydistill.models.backbones import TimmBackbone
 from anydistill.models.heads.dpt import DPTHead
@@ -54,25 +54,6 @@ def list_models() -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_state_dict(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(path, "checkpoint file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any unpickling failure is a bad user file
-        raise DataError(path, f"cannot be read as a weights file ({type(e).__name__}: {e})") from e
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):  # Lightning / common training-loop layouts
-            if isinstance(obj.get(key), dict):
-                return obj[key]
-        return obj
-    raise DataError(path, f"expected a state dict, found {type(obj).__name__}")
-
-
 def _strip_prefix(state: dict[str, Any], model_keys: Sequence[str], path: Path) -> dict[str, Any]:
     """The part of ``state`` under the shortest prefix (``""``, ``"student."``, ``"model."``, ...) that
     holds every key of the model."""
@@ -89,7 +70,7 @@ def load_model_weights(model: nn.Module, checkpoint_path: str | Path) -> nn.Modu
     """Load a whole-model checkpoint into ``model`` (strict), in place; returns ``model``."""
     path = Path(checkpoint_path)
     own = model.state_dict()
-    state = _strip_prefix(_read_state_dict(path), list(own), path)
+    state = _strip_prefix(read_state_dict(path), list(own), path)
     unexpected = [k for k in state if k not in own]
     wrong = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"

@@ -32,20 +32,18 @@ first column as upstream), ``predicted_iou``, ``point_coords`` (``[[x, y]]`` ima
 - [1] https://github.com/facebookresearch/segment-anything (``automatic_mask_generator.py``)
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/automatic_mask_generator.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/276024136981fecaf22e2620414831582e30fc13/segment_anything/automatic_mask_generator.py
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.ops.boxes import batched_nms, box_area
+from torchvision.ops.boxes import box_area
 
+from anydistill.promptable.amg_candidates import _Candidates, _nms
 from anydistill.promptable.mask_utils import (
     _pycocotools_mask,
     batched_mask_to_box,
@@ -62,8 +60,10 @@ from anydistill.promptable.mask_utils import (
     uncrop_masks,
     uncrop_points,
 )
+from anydistill.promptable.predictor import SamPredictor
 
-__all__ = ["AutomaticMaskGenerator", "masks_to_coco_json", "save_coco_json", "save_overlay"]
+# The records' writers (COCO JSON, overlay PNG) are in anydistill.promptable.amg_output.
+__all__ = ["AutomaticMaskGenerator"]
 
 OutputMode = Literal["binary_mask", "coco_rle"]
 _OUTPUT_MODES = ("binary_mask", "coco_rle")
@@ -90,57 +90,7 @@ class PromptPredictor(Protocol):
 
 
 def _make_predictor(model: nn.Module) -> PromptPredictor:
-    # Imported here so this module imports before/without the predictor module.
-    from anydistill.promptable.predictor import SamPredictor
-
     return SamPredictor(model)
-
-
-@dataclass
-class _Candidates:
-    """Kept masks as parallel fields; ``rles`` is a list, the rest ``(N, ...)`` CPU tensors."""
-
-    rles: list[dict[str, Any]] = field(default_factory=list)
-    boxes: Tensor = field(
-        default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64)
-    )  # (N, 4) XYXY image px
-    iou_preds: Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
-    points: Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))  # (N, 2) image px
-    stability: Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,)
-    crop_boxes: Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.int64))  # (N, 4) XYXY
-
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    def select(self, keep: Tensor) -> _Candidates:
-        """Rows ``keep`` (int indices, in that order)."""
-        keep = keep.cpu()
-        return _Candidates(
-            rles=[self.rles[i] for i in keep.tolist()],
-            boxes=self.boxes[keep],
-            iou_preds=self.iou_preds[keep],
-            points=self.points[keep],
-            stability=self.stability[keep],
-            crop_boxes=self.crop_boxes[keep],
-        )
-
-    @staticmethod
-    def cat(parts: list[_Candidates]) -> _Candidates:
-        if not parts:
-            return _Candidates()
-        return _Candidates(
-            rles=[r for p in parts for r in p.rles],
-            boxes=torch.cat([p.boxes for p in parts]),
-            iou_preds=torch.cat([p.iou_preds for p in parts]),
-            points=torch.cat([p.points for p in parts]),
-            stability=torch.cat([p.stability for p in parts]),
-            crop_boxes=torch.cat([p.crop_boxes for p in parts]),
-        )
-
-
-def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Class-agnostic NMS: indices kept, by decreasing score."""
-    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), dtype=torch.int64), iou_threshold)
 
 
 class AutomaticMaskGenerator:
@@ -419,111 +369,3 @@ def _predictor_device(predictor: Any) -> torch.device:
         return torch.device(device)
     features = getattr(predictor, "features", None)
     return features.device if isinstance(features, Tensor) else torch.device("cpu")
-
-
-def _rle_of(segmentation: np.ndarray | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(segmentation, dict):
-        counts = segmentation["counts"]
-        return {
-            "size": list(segmentation["size"]),
-            "counts": counts.decode() if isinstance(counts, bytes) else counts,
-        }
-    return encode_rle(torch.from_numpy(np.asarray(segmentation, dtype=bool))[None])[0]
-
-
-def _size_of(segmentation: np.ndarray | dict[str, Any]) -> tuple[int, int]:
-    if isinstance(segmentation, dict):
-        h, w = segmentation["size"]
-        return int(h), int(w)
-    h, w = np.asarray(segmentation).shape
-    return int(h), int(w)
-
-
-def masks_to_coco_json(
-    records: list[dict[str, Any]],
-    image_id: int = 0,
-    file_name: str | None = None,
-    size: tuple[int, int] | None = None,
-    category_id: int = 1,
-) -> dict[str, Any]:
-    """COCO-style dict (``images``, ``annotations``, ``categories``) for the records of one image.
-
-    Each annotation has ``segmentation`` as compressed RLE ``{"size": [H, W], "counts": str}``,
-    ``area``, ``bbox`` (XYWH), ``iscrowd`` 0, ``score`` (= predicted IoU, as COCO results expect) and
-    SAM's ``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``. All masks get the one
-    class-agnostic ``category_id``. ``size = (H, W)`` defaults to the masks' size; it is required
-    when there are no records.
-    """
-    sizes = {_size_of(r["segmentation"]) for r in records}
-    if size is None:
-        if not sizes:
-            raise ValueError("masks_to_coco_json: no records, so the image size must be given")
-        if len(sizes) > 1:
-            raise ValueError(f"masks_to_coco_json: records have different mask sizes {sorted(sizes)}")
-        size = next(iter(sizes))
-    h, w = int(size[0]), int(size[1])
-    if sizes - {(h, w)}:
-        raise ValueError(f"masks_to_coco_json: mask sizes {sorted(sizes)} do not match size {(h, w)}")
-    annotations = []
-    for i, r in enumerate(records):
-        annotations.append(
-            {
-                "id": i + 1,
-                "image_id": image_id,
-                "category_id": category_id,
-                "segmentation": _rle_of(r["segmentation"]),
-                "area": int(r["area"]),
-                "bbox": [float(v) for v in r["bbox"]],
-                "iscrowd": 0,
-                "score": float(r["predicted_iou"]),
-                "predicted_iou": float(r["predicted_iou"]),
-                "stability_score": float(r["stability_score"]),
-                "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
-                "crop_box": [float(v) for v in r["crop_box"]],
-            }
-        )
-    image = {"id": image_id, "height": h, "width": w}
-    if file_name is not None:
-        image["file_name"] = file_name
-    return {
-        "images": [image],
-        "annotations": annotations,
-        "categories": [{"id": category_id, "name": "object"}],
-    }
-
-
-def save_coco_json(records: list[dict[str, Any]], path: str | Path, **kwargs: Any) -> Path:
-    """Write :func:`masks_to_coco_json` (same keyword arguments) to ``path``, creating the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(masks_to_coco_json(records, **kwargs)))
-    return path
-
-
-def save_overlay(
-    image: np.ndarray, records: list[dict[str, Any]], path: str | Path, alpha: float = 0.5
-) -> Path:
-    """Write the RGB image ``(H, W, 3)`` uint8 with each mask blended in its own palette colour as a PNG.
-
-    Larger masks are painted first so smaller ones stay visible on top; pixels under no mask keep
-    the image's colour.
-    """
-    from anydistill.viz import default_palette, overlay, save_png
-
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"save_overlay: image must be (H, W, 3), got shape {image.shape}")
-    h, w = image.shape[:2]
-    ids = np.zeros((h, w), dtype=np.int64)  # 0 = no mask, k = k-th mask (by decreasing area)
-    order = sorted(range(len(records)), key=lambda i: -int(records[i]["area"]))
-    for k, i in enumerate(order, start=1):
-        seg = records[i]["segmentation"]
-        mask = decode_rle(_rle_of(seg)) if isinstance(seg, dict) else np.asarray(seg, dtype=bool)
-        if mask.shape != (h, w):
-            raise ValueError(f"save_overlay: mask {i} has shape {mask.shape}, image is {(h, w)}")
-        ids[mask] = k
-    # Palette entry 0 is black; skip it and cycle through 255 colours.
-    palette = default_palette(256)[1:]
-    colors = palette[(ids - 1) % len(palette)]  # (H, W, 3)
-    blended = np.where((ids > 0)[..., None], overlay(image.astype(np.uint8), colors, alpha), image)
-    return save_png(blended.astype(np.uint8), path)

@@ -10,7 +10,7 @@ the COCO compressed form ``{"size": [H, W], "counts": str}`` produced and read b
   automatic mask generation recipe and the stability score)
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/utils/amg.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/6f95a3bf51e8fc26b0764deffe3dbcdf6a8aea7d/segment_anything/utils/amg.py
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ __all__ = [
 
 
 def _pycocotools_mask() -> Any:
-    try:
+    try:  # pycocotools and scipy are dependencies; the guards say what to install in a partial environment
         from pycocotools import mask as coco_mask
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
@@ -228,7 +228,7 @@ def remove_small_regions(
     ``connectedComponentsWithStats``; the components are the same, but when islands tie for largest
     the kept one may differ, so results can differ slightly from upstream for ``min_mask_region_area``.
     """
-    try:
+    try:  # see _pycocotools_mask
         from scipy import ndimage
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("min_mask_region_area > 0 needs scipy: pip install scipy") from err

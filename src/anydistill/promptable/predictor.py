@@ -22,7 +22,7 @@ deep inside torch or answers silently:
   (as upstream).
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/predictor.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/571794162e0887c15d12b809505b902c7bf8b4db/segment_anything/predictor.py
 
 from __future__ import annotations
 

@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 from anydistill.data.io import read_image
+from anydistill.promptable.amg import AutomaticMaskGenerator
+from anydistill.promptable.amg_output import save_coco_json, save_overlay
+from anydistill.promptable.loading import load_promptable
+from anydistill.promptable.predictor import SamPredictor
 from anydistill.viz import default_palette, overlay, save_png
 
 __all__ = ["SegmentReport", "parse_box", "parse_point", "segment"]
@@ -99,10 +103,6 @@ def segment(
         DataError: unreadable image or checkpoint.
         ValueError: no prompt and not ``auto``; a prompt outside the image.
     """
-    from anydistill.promptable import SamPredictor
-    from anydistill.promptable.amg import AutomaticMaskGenerator, save_coco_json, save_overlay
-    from anydistill.promptable.loading import load_promptable
-
     points = list(points or [])
     if not auto and not points and box is None:
         raise ValueError("give at least one --point or a --box, or --auto for every object")

@@ -6,7 +6,7 @@
 
 from anydistill.data.toyworld.camera import Camera
 from anydistill.data.toyworld.classes import CLASSES, IGNORE_INDEX, class_table
-from anydistill.data.toyworld.dataset import ToyWorldDataset
+from anydistill.data.toyworld.dataset import TOYWORLD_HELDOUT_SEED_OFFSET, ToyWorldDataset
 from anydistill.data.toyworld.domains import DOMAINS, Domain, get_domain
 from anydistill.data.toyworld.primitives import Box, Cone, Cylinder, Ellipsoid, Primitive, Sphere
 from anydistill.data.toyworld.render import render
@@ -20,6 +20,7 @@ __all__ = [
     "DOMAINS",
     "GENERATOR_VERSION",
     "IGNORE_INDEX",
+    "TOYWORLD_HELDOUT_SEED_OFFSET",
     "Box",
     "Camera",
     "Cone",

@@ -13,6 +13,9 @@ from anydistill.data.toyworld.sample import image_size, render_sample, sample_id
 
 __all__ = ["CLASSES", "ToyWorldDataset", "class_table", "sample_id"]
 
+# The validation/test split of toyworld uses seeds far from any training seed, so no scene repeats.
+TOYWORLD_HELDOUT_SEED_OFFSET = 10_000
+
 
 class ToyWorldDataset(Dataset):
     """``length`` procedural images of ``domain`` (no disk): item ``i`` is image ``start + i`` of ``seed``.

@@ -1,6 +1,6 @@
 """DPT depth head as used by Depth Anything (V1/V2) — relative disparity from a feature pyramid.
 
-Adapted from https://github.com/DepthAnything/Depth-Anything-V2/blob/main/depth_anything_v2/dpt.py
+Adapted from https://github.com/DepthAnything/Depth-Anything-V2/blob/2cbc36a8ce2cec41d38ee51153f112e87c8e42d8/depth_anything_v2/dpt.py
 (``DPTHead``) and its ``util/blocks.py`` (``FeatureFusionBlock``, ``ResidualConvUnit``), which follow
 DPT (Ranftl et al., "Vision Transformers for Dense Prediction", ICCV 2021).
 """

@@ -1,6 +1,6 @@
 """FPN semantic-segmentation decoder (the semantic branch of Panoptic FPN).
 
-Adapted from https://github.com/facebookresearch/detectron2/blob/main/detectron2/modeling/meta_arch/semantic_seg.py
+Adapted from https://github.com/facebookresearch/detectron2/blob/21b8d10c3dfa238fbaded7d5c4922d379d037f0b/detectron2/modeling/meta_arch/semantic_seg.py
 (``SemSegFPNHead``), after Kirillov et al., "Panoptic Feature Pyramid Networks", CVPR 2019. The lateral
 1×1 convs + top-down path + 3×3 output convs are torchvision's ``FeaturePyramidNetwork``.
 """

@@ -8,11 +8,11 @@ default SAM student) and ``sam_small`` in :data:`anydistill.models.MODELS`. The 
 from anydistill.models.sam.checkpoint import (
     anydistill_to_official,
     infer_vit_config,
-    load_sam_checkpoint,
     load_sam_weights,
     official_to_anydistill,
     read_sam_state_dict,
 )
+from anydistill.models.sam.from_checkpoint import load_sam_checkpoint
 from anydistill.models.sam.image_encoders import SAM_VIT_CONFIGS, SamViTEncoder, StudentImageEncoder
 from anydistill.models.sam.mask_decoder import MLP, MaskDecoder
 from anydistill.models.sam.prompt_encoder import PositionEmbeddingRandom, PromptEncoder

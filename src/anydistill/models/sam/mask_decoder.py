@@ -18,7 +18,7 @@ Parameter names equal segment_anything's (``iou_token``, ``mask_tokens``, ``outp
 ``output_hypernetworks_mlps``, ``iou_prediction_head``), so ``mask_decoder.*`` loads as is.
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/modeling/mask_decoder.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/571794162e0887c15d12b809505b902c7bf8b4db/segment_anything/modeling/mask_decoder.py
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ When points are given without a box, a padding point is appended (SAM was traine
 Parameter names equal segment_anything's, so ``prompt_encoder.*`` of an official checkpoint loads as is.
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/modeling/prompt_encoder.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/f89f35aedc93adc8a106215883650c7c47c13448/segment_anything/modeling/prompt_encoder.py
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ The module and parameter names equal segment_anything's (``layers.{i}.self_attn.
 checkpoint's ``mask_decoder.transformer.*`` loads without renaming.
 """
 
-# Adapted from https://github.com/facebookresearch/segment-anything/blob/main/segment_anything/modeling/transformer.py
+# Adapted from https://github.com/facebookresearch/segment-anything/blob/571794162e0887c15d12b809505b902c7bf8b4db/segment_anything/modeling/transformer.py
 
 from __future__ import annotations
 
