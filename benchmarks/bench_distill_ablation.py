@@ -28,7 +28,7 @@ from pathlib import Path
 from common import markdown_table, write_results
 
 from anydistill.config import load_config
-from anydistill.evaluation import evaluate
+from anydistill.eval.evaluate import evaluate
 from anydistill.training import distill, train
 
 OUT = Path(__file__).resolve().parent / "_out" / "ablation"

@@ -16,6 +16,7 @@ import time
 import torch
 from common import markdown_table, write_results
 
+from anydistill.config import DistillConfig
 from anydistill.methods.distill import DistillModule
 from anydistill.models import build_model
 
@@ -63,7 +64,7 @@ def main() -> None:
     rows, data = [], {}
     # depth_vits14 / depth_vitb14 have the sizes of Depth-Anything-V2-Small / -Base.
     for teacher_name in ("depth_small", "depth_vits14", "depth_vitb14"):
-        module = DistillModule(distill={"perturb": True, "cutmix": True}, task="depth", model_name="depth_tiny")
+        module = DistillModule(distill=DistillConfig(trim=0.0), task="depth", model_name="depth_tiny")
         module.train()
         teacher = build_model(teacher_name).eval()
         # one input size both models accept: 224 is a multiple of 32 (student) and of 14 (ViT teacher)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import markdown_table, write_results
 
-from anydistill.demo_promptable import DEFAULT, QUICK, run_promptable_demo
+from anydistill.demos.promptable import DEFAULT, QUICK, run_promptable_demo
 
 OUT = Path(__file__).resolve().parent / "_out" / "sam_distill"
 

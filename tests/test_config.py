@@ -79,28 +79,27 @@ def test_roundtrip_through_yaml_and_dict(tmp_path: Path):
     assert again.model.kwargs == {"backbone": "resnet18"}
 
 
-def test_prompt_section_reaches_the_promptable_module():
-    """Every prompt.* training knob arrives in PromptableModule's arguments (a dropped key would
-    silently train with the default)."""
-    import inspect
-
-    from anydistill.methods.promptable import PromptableModule
-    from anydistill.training import _promptable_kwargs
+def test_prompt_section_reaches_the_promptable_module(monkeypatch):
+    """Every prompt.* training knob arrives in PromptableModule (a dropped key would silently train with
+    the default): the method builder hands the typed section over, and the module reads it."""
+    from anydistill.methods import get_method
 
     cfg = load_config(None, ["task=promptable", "prompt.focal_weight=7", "prompt.dice_weight=3", "prompt.iou_weight=0.5",
                              "prompt.num_rounds=5", "prompt.refine_rounds=1", "prompt.p_box=0.25",
                              "prompt.loss_resolution=low_res", "prompt.val_max_clicks=4", "prompt.val_instances=3",
                              "prompt.iou_supervision=all", "prompt.box_noise_std=0.2", "prompt.box_noise_max=7",
                              "prompt.multimask_first_round=false", "prompt.multimask_box=true",
-                             "prompt.detach_mask_prompt=true", "optim.lr=0.0003"])  # fmt: skip
-    kwargs = _promptable_kwargs(cfg)
-    assert kwargs["loss"] == {"focal_weight": 7.0, "dice_weight": 3.0, "iou_weight": 0.5, "iou_supervision": "all"}
-    assert (kwargs["box_noise_std"], kwargs["box_noise_max"]) == (0.2, 7.0)
-    assert (kwargs["multimask_first_round"], kwargs["multimask_box"], kwargs["detach_mask_prompt"]) == (False, True, True)
-    assert (kwargs["num_rounds"], kwargs["refine_rounds"], kwargs["p_box"]) == (5, 1, 0.25)
-    assert (kwargs["loss_resolution"], kwargs["val_max_clicks"], kwargs["val_instances"]) == ("low_res", 4, 3)
-    assert kwargs["optim"]["lr"] == 0.0003
-    assert set(kwargs) <= set(inspect.signature(PromptableModule.__init__).parameters)
+                             "prompt.detach_mask_prompt=true", "optim.lr=0.0003", "data.image_size=64",
+                             "data.train_count=2", "data.val_count=1", "model.name=sam_tiny"])  # fmt: skip
+    module = get_method("promptable")(cfg).module
+    loss = module.loss_fn
+    assert (loss.focal_weight, loss.dice_weight, loss.iou_weight, loss.iou_supervision) == (7.0, 3.0, 0.5, "all")
+    assert (module.box_noise_std, module.box_noise_max) == (0.2, 7.0)
+    assert (module.multimask_first_round, module.multimask_box, module.detach_mask_prompt) == (False, True, True)
+    assert (module.num_rounds, module.refine_rounds, module.p_box) == (5, 1, 0.25)
+    assert (module.loss_resolution, module.val_max_clicks, module.val_instances) == ("low_res", 4, 3)
+    assert module.optim_cfg.lr == 0.0003
+    assert module.hparams["prompt"]["focal_weight"] == 7.0  # plain data in the checkpoint
 
 
 def test_gradient_clip_val_reaches_the_lightning_trainer(monkeypatch, tmp_path: Path):
@@ -128,23 +127,33 @@ def test_gradient_clip_val_reaches_the_lightning_trainer(monkeypatch, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("task", "overrides", "cuda", "expected"),
+    ("unused", "overrides", "cuda", "expected"),
     [
-        ("promptable", [], 0, "auto"),  # CPU, one process
-        ("promptable", [], 1, "auto"),  # one GPU
-        ("promptable", [], 4, "ddp_find_unused_parameters_true"),  # Lightning would pick DDP
-        ("promptable", ["trainer.devices=1"], 4, "auto"),
-        ("promptable", ["trainer.devices=0,1"], 4, "ddp_find_unused_parameters_true"),
-        ("promptable", ["trainer.num_nodes=2", "trainer.devices=1"], 1, "ddp_find_unused_parameters_true"),
-        ("promptable", ["trainer.strategy=ddp"], 0, "ddp_find_unused_parameters_true"),
-        ("promptable", ["trainer.strategy=ddp_spawn"], 0, "ddp_spawn_find_unused_parameters_true"),
-        ("promptable", ["trainer.strategy=fsdp"], 4, "fsdp"),
-        ("depth", [], 4, "auto"),
-        ("depth", ["trainer.strategy=ddp"], 4, "ddp"),
+        (True, [], 0, "auto"),  # CPU, one process
+        (True, [], 1, "auto"),  # one GPU
+        (True, [], 4, "ddp_find_unused_parameters_true"),  # Lightning would pick DDP
+        (True, ["trainer.devices=1"], 4, "auto"),
+        (True, ["trainer.devices=0,1"], 4, "ddp_find_unused_parameters_true"),
+        (True, ["trainer.num_nodes=2", "trainer.devices=1"], 1, "ddp_find_unused_parameters_true"),
+        (True, ["trainer.strategy=ddp"], 0, "ddp_find_unused_parameters_true"),
+        (True, ["trainer.strategy=ddp_spawn"], 0, "ddp_spawn_find_unused_parameters_true"),
+        (True, ["trainer.strategy=fsdp"], 4, "fsdp"),
+        (False, [], 4, "auto"),
+        (False, ["trainer.strategy=ddp"], 4, "ddp"),
     ],
 )
-def test_promptable_ddp_finds_unused_parameters(task, overrides, cuda, expected):
+def test_ddp_finds_unused_parameters_when_the_method_asks(unused, overrides, cuda, expected):
     from anydistill.training import trainer_strategy
 
-    cfg = load_config(None, [f"task={task}", *overrides])
-    assert trainer_strategy(cfg, cuda_devices=cuda) == expected
+    cfg = load_config(None, overrides)
+    assert trainer_strategy(cfg, unused, cuda_devices=cuda) == expected
+
+
+def test_promptable_methods_ask_ddp_for_unused_parameters_dense_ones_do_not(tmp_path: Path):
+    from anydistill.methods import get_method
+
+    common = ["data.image_size=64", "data.train_count=2", "data.val_count=1", f"run_dir={tmp_path}"]
+    promptable = get_method("promptable")(load_config(None, ["task=promptable", "model.name=sam_tiny", *common]))
+    supervised = get_method("supervised")(load_config(None, common))
+    assert promptable.find_unused_parameters and not supervised.find_unused_parameters
+    assert (promptable.monitor, supervised.monitor) == ("val/miou@1", "val/delta1")

@@ -12,9 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from anydistill.config import TrainConfig, load_config
-from anydistill.evaluation import evaluate
+from anydistill.data.toyworld import write_toyworld
+from anydistill.demos import run_demo
+from anydistill.eval.evaluate import evaluate
 from anydistill.inference import Predictor, PredictReport, load_student, predict_folder
 from anydistill.training import TrainResult
+from anydistill.training import distill as _distill
 from anydistill.training import train as _train
 
 __all__ = [
@@ -42,8 +45,6 @@ def _resolve(config: TrainConfig | str | Path | None, overrides: list[str] | Non
 
 def make_toyworld(out: str | Path, count: int = 100, size: int = 128, domain: str = "wide", seed: int = 0) -> Path:
     """Render ``count`` toyworld scenes of ``domain`` into ``out`` in the user folder format."""
-    from anydistill.data.toyworld import write_toyworld
-
     return write_toyworld(Path(out), count=count, size=size, domain=domain, seed=seed)
 
 
@@ -61,8 +62,6 @@ def distill(
     config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None
 ) -> TrainResult:
     """Train a student with the Depth Anything recipe (``distill.cache`` must name a teacher-pass cache)."""
-    from anydistill.training import distill as _distill
-
     return _distill(_resolve(config, overrides))
 
 
@@ -80,6 +79,4 @@ def predict(
 
 def demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
     """Run the whole path on toyworld and return the markdown report's path."""
-    from anydistill.demo import run_demo
-
     return run_demo(Path(out), quick=quick)

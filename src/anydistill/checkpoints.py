@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from anydistill.errors import DataError
 
@@ -32,26 +33,24 @@ MODEL_RECORD_KEY = "anydistill_model"
 CONFIG_KEY = "anydistill_config"
 
 KINDS = ("anydistill", "sam", "huggingface", "timm")
+UNREADABLE = "cannot be read as a torch checkpoint (truncated or corrupt?)"
 
 
 def _torch_load(path: Path) -> Any:
-    import torch
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
-            # torch's message runs to a page; the line that names the refused object is the useful one.
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-            what = f" ({found.group(1)})" if found else ""
+        # torch's message runs to a page; the line that names the refused object is the useful one.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
             raise DataError(
                 path,
-                f"holds Python objects beyond tensors and plain data{what}, which anydistill does not "
-                "unpickle (weights_only=True); re-save its state_dict",
+                f"holds Python objects beyond tensors and plain data ({found.group(1)}), which anydistill "
+                "does not unpickle (weights_only=True); re-save its state_dict",
             ) from None
-        raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise DataError(path, f"not a readable torch checkpoint (truncated or corrupt?): {_first_line(exc)}") from None
+        raise DataError(path, f"{UNREADABLE}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 — torch's unpickler fails many ways on a torn or foreign file
+        raise DataError(path, f"{UNREADABLE}: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -89,7 +88,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         try:
             from safetensors.torch import load_file  # optional dependency: the [teachers] extra
         except ImportError:
-            raise DataError(path, "reading .safetensors needs the safetensors package (pip install safetensors)") from None
+            raise DataError(
+                path, "reading .safetensors needs the safetensors package (pip install safetensors)"
+            ) from None
         try:
             return dict(load_file(str(path)))
         except Exception as exc:  # noqa: BLE001 — any failure to parse is a bad user file
@@ -155,10 +156,12 @@ def detect_kind(spec: str | Path) -> CheckpointKind:
         return CheckpointKind("huggingface", path, task=model_type)
     if path.suffix == ".ckpt":
         ckpt = read_checkpoint(path)
-        if "state_dict" in ckpt and (CONFIG_KEY in ckpt or MODEL_RECORD_KEY in ckpt or "hyper_parameters" in ckpt):
+        if "state_dict" in ckpt and (
+            CONFIG_KEY in ckpt or MODEL_RECORD_KEY in ckpt or "hyper_parameters" in ckpt
+        ):
             return CheckpointKind("anydistill", path, task=checkpoint_task(ckpt))
         return CheckpointKind("sam", path, task="promptable")  # a plain state dict saved as .ckpt
-    if path.suffix in (".pth", ".pt", ".safetensors", ".bin"):
+    if path.suffix in (".pth", ".pt", ".safetensors"):
         return CheckpointKind("sam", path, task="promptable")
     raise DataError(path, f"unknown model file type {path.suffix!r}; {EXPECTED}")
 

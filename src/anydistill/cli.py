@@ -2,6 +2,10 @@
 
 Errors a user can fix (bad files, bad config) are printed as one line naming the file and the
 problem, with exit code 2, instead of a stack trace.
+
+Each command imports what it runs inside its function: ``anydistill --help`` and a mistyped argument
+answer at once instead of after importing torch, Lightning and timm (seconds). This is the one module
+with deferred imports of the package (tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from anydistill.errors import AnydistillError
@@ -65,19 +70,37 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     print(json.dumps(result.metrics, indent=2))
 
 
+def _cmd_pseudo_label(args: argparse.Namespace) -> None:
+    from anydistill.cache.teacher_pass import is_global_zero, run_teacher_pass
+    from anydistill.teachers import load_teacher
+
+    manifest = run_teacher_pass(
+        partial(load_teacher, str(args.teacher)),  # each process builds its own; the manifest keeps the spec
+        args.images,
+        args.out,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        features=args.features,
+        max_size=args.max_size,
+        num_workers=args.num_workers,
+        devices=args.devices,
+        accelerator=args.accelerator,
+    )
+    if is_global_zero():
+        print(manifest.summary())
+        print(f"cache: {args.out}")
+
+
 def _is_promptable(checkpoint: Path) -> bool:
     """A SAM checkpoint (.pth) or an anydistill checkpoint trained with task=promptable."""
-    from anydistill.promptable.loading import read_promptable_config
+    from anydistill.checkpoints import detect_kind
 
-    if checkpoint.suffix in (".pth", ".pt"):
-        return True
-    config = read_promptable_config(checkpoint) if checkpoint.is_file() else None
-    return config is not None and config.task == "promptable"
+    return checkpoint.exists() and detect_kind(checkpoint).task == "promptable"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from anydistill import api
-    from anydistill.evaluation import evaluate_promptable, format_table
+    from anydistill.eval.evaluate import evaluate_promptable, format_table
 
     if args.task == "promptable" or (args.task == "auto" and _is_promptable(args.checkpoint)):
         metrics = evaluate_promptable(
@@ -130,12 +153,22 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from anydistill import api
 
     if args.promptable:
-        from anydistill.demo_promptable import run_promptable_demo
+        from anydistill.demos import run_promptable_demo
 
         report = run_promptable_demo(args.out, quick=args.quick, baseline=args.baseline)
     else:
         report = api.demo(args.out, quick=args.quick)
     print(f"demo report: {report}")
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from anydistill.methods import METHODS, get_method
+
+    for name in METHODS.names():
+        method = get_method(name)
+        tasks = ", ".join(method.tasks) if method.tasks else "any"
+        default = f"; default of {' / '.join(method.verbs)}" if method.verbs else ""
+        print(f"{name:14s} {method.summary} (task: {tasks}{default})")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -186,9 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
     dist.set_defaults(func=_cmd_distill)
 
-    from anydistill.cache.teacher_pass import add_pseudo_label_parser
-
-    add_pseudo_label_parser(sub)
+    pl = sub.add_parser(
+        "pseudo-label",
+        help="run a teacher once over unlabeled images into a resumable pseudo-label cache",
+        description="Runs TEACHER over every image under DIR and writes fp16 targets to CACHE "
+        "(tar shards + manifest). Rerun the same command to resume an interrupted pass.",
+    )
+    pl.add_argument("--teacher", required=True, type=Path, help="an anydistill checkpoint or a teacher folder")
+    pl.add_argument("--images", required=True, type=Path, help="folder of images (DIR/images if it exists)")
+    pl.add_argument("--out", required=True, type=Path, help="the cache folder")
+    pl.add_argument("--batch-size", type=int, default=16)
+    pl.add_argument("--shard-size", type=int, default=256, help="images per tar shard")
+    pl.add_argument("--features", action="store_true", help="also cache the teacher's encoder features")
+    pl.add_argument("--max-size", type=int, default=None, help="limit the stored targets' long side")
+    pl.add_argument("--num-workers", type=int, default=2, help="image-reading processes")
+    pl.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes)")
+    pl.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
+    pl.set_defaults(func=_cmd_pseudo_label)
 
     ev = sub.add_parser("evaluate", help="metrics of a checkpoint on toyworld:<domain> or a folder")
     ev.add_argument("--checkpoint", required=True, type=Path)
@@ -234,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--baseline", action="store_true",
                       help="--promptable: also train the student on the labels directly, for comparison")
     demo.set_defaults(func=_cmd_demo)
+
+    methods = sub.add_parser("methods", help="list the training methods (config key: method)")
+    methods.set_defaults(func=_cmd_methods)
 
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=_cmd_models)

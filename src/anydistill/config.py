@@ -8,7 +8,7 @@ config is written into the run folder (``config.yaml``) so every run can be repr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,16 @@ class PromptConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything ``anydistill train`` needs."""
+    """Everything ``anydistill train`` / ``distill`` needs.
+
+    ``method`` names the training method (:mod:`anydistill.methods`: ``supervised``, ``distill``,
+    ``promptable``, ``sam_distill``, or one registered by a plugin); ``None`` lets the CLI verb and
+    ``task`` choose (``train`` → supervised / promptable, ``distill`` → distill / sam_distill). Sections of
+    plugin methods are added with :func:`register_config_section`.
+    """
 
     task: str = "depth"
+    method: str | None = None
     run_dir: str = "runs/depth"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -210,6 +217,37 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_EXTRA_SECTIONS: dict[str, type] = {}
+_SCHEMAS: dict[tuple[tuple[str, type], ...], type] = {}
+
+
+def register_config_section(name: str, cls: type) -> None:
+    """Add a typed section ``name`` (a dataclass with defaults) to every config, for a method registered
+    outside this module; its keys are then checked like the built-in ones (``name.key=value``).
+
+    Raises:
+        ValueError: ``name`` is taken (a built-in section or another registration) or ``cls`` is not a
+            dataclass.
+    """
+    taken = {f.name for f in fields(TrainConfig)} | set(_EXTRA_SECTIONS)
+    if name in taken:
+        raise ValueError(f"config section {name!r} is already defined")
+    if not hasattr(cls, "__dataclass_fields__"):
+        raise ValueError(f"config section {name!r}: {cls!r} is not a dataclass")
+    _EXTRA_SECTIONS[name] = cls
+
+
+def config_schema() -> type:
+    """:class:`TrainConfig` plus every registered section (the class configs are built as)."""
+    if not _EXTRA_SECTIONS:
+        return TrainConfig
+    key = tuple(sorted(_EXTRA_SECTIONS.items(), key=lambda item: item[0]))
+    if key not in _SCHEMAS:
+        extra = [(n, c, field(default_factory=c)) for n, c in key]
+        _SCHEMAS[key] = make_dataclass("TrainConfig", extra, bases=(TrainConfig,))
+    return _SCHEMAS[key]
 
 
 def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
@@ -277,7 +315,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         ConfigError: unknown key, wrong type, unreadable YAML, or an invalid value; the message names
             the file (or "command line") and the key.
     """
-    schema = OmegaConf.structured(TrainConfig)
+    schema = OmegaConf.structured(config_schema())
     origin = "defaults"
     try:
         if path is not None:
@@ -310,14 +348,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (the run folder's ``config.yaml``)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (the run folder's ``config.yaml``), atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a config from :meth:`TrainConfig.to_dict` output (e.g. stored in a checkpoint)."""
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(data)))
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_schema()), OmegaConf.create(data)))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"stored config: {str(exc).splitlines()[0]}") from None
     assert isinstance(cfg, TrainConfig)

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from anydistill import api
+from anydistill.checkpoints import read_checkpoint
 from anydistill.cli import main
 from anydistill.config import load_config
 from anydistill.errors import DataError
@@ -61,6 +63,12 @@ def test_run_folder_contents(run_name, request):
     assert 0.0 <= summary["val"][key] <= 1.0
     grid = np.asarray(Image.open(run / "val_grid.png"))
     assert grid.ndim == 3 and grid.shape[1] > 3 * 64  # three columns of 64-pixel tiles
+    # The checkpoint describes its model: builder, pre-processing at the evaluation size, class table.
+    ckpt = read_checkpoint(run / "checkpoints" / "best.ckpt")
+    record = ckpt["anydistill_model"]
+    assert record["task"] == summary["task"] and record["arch"]["model_name"] == summary["model"]
+    assert record["preprocess"]["size"] == 64 and record["preprocess"]["resize"] == "long_side"
+    assert summary["method"] == "supervised" and yaml.safe_load((run / "config.yaml").read_text())["method"] == "supervised"
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path):

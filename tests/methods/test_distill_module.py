@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from anydistill.config import DistillConfig
 from anydistill.losses.depth import ssi_loss
 from anydistill.methods.distill import DistillModule
 
@@ -39,7 +40,7 @@ def batch(task: str, b: int = 2, ratio: int = 2) -> dict:
 
 
 def module(task: str = "depth", frozen: bool = True, **distill) -> DistillModule:
-    cfg = {"perturb": True, "cutmix": True, "cutmix_p": 1.0, "trim": 0.1, "feature_align": frozen, **distill}
+    cfg = DistillConfig(**{"perturb": True, "cutmix": True, "cutmix_p": 1.0, "trim": 0.1, "feature_align": frozen, **distill})
     model = "depth_tiny" if task == "depth" else "seg_tiny"
     return DistillModule(
         distill=cfg,
@@ -91,14 +92,14 @@ def test_perturbation_changes_only_the_student_input():
 
 def test_feature_alignment_needs_an_encoder():
     with pytest.raises(ValueError, match="frozen encoder"):
-        DistillModule(distill={"feature_align": True}, task="depth", model_name="depth_tiny")
+        DistillModule(distill=DistillConfig(feature_align=True), task="depth", model_name="depth_tiny")
 
 
 def test_unlabeled_only_and_labeled_only_batches():
     m = module(frozen=False)
     b = batch("depth")
     assert torch.isfinite(m.training_step({"unlabeled": b["unlabeled"]}, 0))
-    m.dcfg["use_labeled"] = False
+    m.dcfg.use_labeled = False
     only_unlabeled = m.training_step(b, 0)
     assert torch.isfinite(only_unlabeled)
     with pytest.raises(ValueError, match="labeled"):
@@ -107,7 +108,7 @@ def test_unlabeled_only_and_labeled_only_batches():
 
 def test_cutmix_loss_uses_each_regions_own_pseudo_label():
     """With CutMix the pseudo loss is the per-region loss against the pasted image's own label."""
-    from anydistill.losses.distillation import cutmix_ssi_loss
+    from anydistill.losses import cutmix_ssi_loss
 
     torch.manual_seed(0)
     m = module(perturb=False, frozen=False)

@@ -10,6 +10,7 @@ from sam_upstream import tiny_patch8_sam
 from torch import nn
 from torch.utils.data import DataLoader
 
+from anydistill.config import OptimConfig, PromptConfig
 from anydistill.data.clicks import error_clicks, first_prompts
 from anydistill.data.instances import InstanceDataset, InstanceRecord, collate_instances
 from anydistill.methods.promptable import PromptableModule, round_plan
@@ -101,7 +102,7 @@ class _Recorder:
 def test_rounds_decoder_calls_clicks_and_mask_prompts(p_box: float, ours: bool) -> None:
     model = _tiny_sam(ours=ours)
     rec = _Recorder(model)
-    module = PromptableModule(model, num_rounds=5, refine_rounds=2, p_box=p_box)
+    module = PromptableModule(model, PromptConfig(num_rounds=5, refine_rounds=2, p_box=p_box))
     torch.manual_seed(1)
     out = module.rounds(_batch(2))  # image 0: 1 object, image 1: 2 objects
     assert torch.isfinite(out["loss"]) and out["num_objects"].item() == 3
@@ -128,7 +129,7 @@ def test_rounds_decoder_calls_clicks_and_mask_prompts(p_box: float, ours: bool) 
 
 def _run(model: nn.Module, batch: dict, seed: int, **kwargs) -> tuple[dict, dict]:
     """Loss terms and gradients (by parameter name) of one step."""
-    module = PromptableModule(model, **kwargs)
+    module = PromptableModule(model, PromptConfig(**kwargs))
     module.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     out = module.rounds(batch)
@@ -171,7 +172,7 @@ def test_point_and_box_tokens_decode_together_like_separately() -> None:
     + 2 corners) carry the same token count and go through one decoder call; each object's outputs
     equal its own decode_prompts call on its image alone."""
     model = _tiny_sam(ours=True)
-    module = PromptableModule(model, p_box=0.5)
+    module = PromptableModule(model, PromptConfig(p_box=0.5))
     batch = _mixed_batch()
     obj = module._objects(batch)
     torch.manual_seed(2)
@@ -216,7 +217,7 @@ def test_objects_are_flattened_image_by_image_with_their_padding() -> None:
 
 def test_loss_backward_reaches_every_part_and_mask_prompt_detach() -> None:
     model = _tiny_sam()
-    module = PromptableModule(model, num_rounds=3, refine_rounds=1, p_box=0.0)
+    module = PromptableModule(model, PromptConfig(num_rounds=3, refine_rounds=1, p_box=0.0))
     batch = _batch(2)
     torch.manual_seed(3)
     loss = module.rounds(batch)["loss"]
@@ -229,7 +230,7 @@ def test_loss_backward_reaches_every_part_and_mask_prompt_detach() -> None:
     torch.manual_seed(3)
     assert module.rounds(batch)["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     assert rec.mask_grad == [False, True, True]  # one prompt-encoder call per round
-    detached = PromptableModule(model, num_rounds=3, refine_rounds=1, p_box=0.0, detach_mask_prompt=True)
+    detached = PromptableModule(model, PromptConfig(num_rounds=3, refine_rounds=1, p_box=0.0, detach_mask_prompt=True))
     rec.mask_grad.clear()
     torch.manual_seed(3)
     assert detached.rounds(batch)["loss"].item() == pytest.approx(loss.item(), rel=1e-5)  # same values
@@ -238,7 +239,7 @@ def test_loss_backward_reaches_every_part_and_mask_prompt_detach() -> None:
 
 def test_low_res_loss_and_empty_batch_and_size_check() -> None:
     model = _tiny_sam()
-    module = PromptableModule(model, num_rounds=2, loss_resolution="low_res")
+    module = PromptableModule(model, PromptConfig(num_rounds=2, loss_resolution="low_res"))
     assert torch.isfinite(module.rounds(_batch(2))["loss"])
     batch = _batch(2)
     batch["valid"][:] = False
@@ -274,7 +275,7 @@ def _fit(module: PromptableModule, steps: int = 3) -> L.Trainer:
 def test_training_steps_change_parameters_and_log() -> None:
     model = _tiny_sam()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = PromptableModule(model, optim={"lr": 1e-3, "warmup_steps": 1}, num_rounds=3, val_max_clicks=2)
+    module = PromptableModule(model, PromptConfig(num_rounds=3, val_max_clicks=2), OptimConfig(lr=0.001, warmup_steps=1))
     trainer = _fit(module)
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and 0.0 <= metrics["train/iou"].item() <= 1.0
@@ -290,9 +291,7 @@ def test_frozen_image_encoder_is_unchanged_in_eval_mode_and_not_optimised() -> N
     modes: list[bool] = []
     model.image_encoder.register_forward_hook(lambda m, i, o: modes.append((m.training, o.requires_grad)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = PromptableModule(
-        model, optim={"lr": 1e-3, "warmup_steps": 1}, num_rounds=2, freeze_image_encoder=True
-    )
+    module = PromptableModule(model, PromptConfig(num_rounds=2, freeze_image_encoder=True), OptimConfig(lr=0.001, warmup_steps=1))
     trainer = _fit(module, steps=2)
     encoder_ids = {id(p) for p in model.image_encoder.parameters()}
     optimised = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from anydistill.config import OptimConfig, PromptConfig
 from anydistill.methods.sam_distill import SamEncoderDistillModule, random_points
 from anydistill.models import build_model
 
@@ -32,7 +33,7 @@ def test_random_points_lie_inside_each_unpadded_image():
 def test_embedding_loss_is_the_mse_to_the_cached_embedding_and_only_the_encoder_learns():
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, optim={"lr": 1e-3})
+    module = SamEncoderDistillModule(model, optim=OptimConfig(lr=0.001))
     module.log_dict = module.log = lambda *a, **k: None  # no trainer attached
     batch = _batch(model)
     loss = module.training_step(batch, 0)
@@ -52,7 +53,7 @@ def test_mask_loss_targets_the_teachers_masks_from_the_cached_embedding():
     that of logits against their own binarisation, below the loss of an unrelated embedding."""
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=1.0, mask_points=6)
+    module = SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=6))
     batch = _batch(model)
     feat, sizes = batch["feat"], batch["input_size"]
     torch.manual_seed(1)
@@ -65,7 +66,7 @@ def test_mask_loss_targets_the_teachers_masks_from_the_cached_embedding():
 def test_mask_loss_trains_the_encoder_through_the_frozen_decoder():
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=1.0, mask_points=3)
+    module = SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=3))
     module.log_dict = module.log = lambda *a, **k: None
     loss = module.training_step(_batch(model), 0)
     assert torch.isfinite(loss) and loss.item() > 0
@@ -77,7 +78,7 @@ def test_mask_loss_trains_the_encoder_through_the_frozen_decoder():
 def test_finetuned_decoder_keeps_a_frozen_teacher_copy_out_of_the_checkpoint():
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, mask_weight=1.0, finetune_decoder=True)
+    module = SamEncoderDistillModule(model, PromptConfig(mask_weight=1.0, finetune_decoder=True))
     assert any(p.requires_grad for p in model.mask_decoder.parameters())
     assert module.teacher_head is not None and not any(
         p.requires_grad for p in module.teacher_head.parameters()
@@ -95,9 +96,9 @@ def test_finetuned_decoder_keeps_a_frozen_teacher_copy_out_of_the_checkpoint():
 def test_bad_weights_are_refused():
     model = build_model("sam_tiny", img_size=SIZE)
     with pytest.raises(ValueError, match="not both 0"):
-        SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=0.0)
+        SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=0.0))
     with pytest.raises(ValueError, match="mask_points"):
-        SamEncoderDistillModule(model, mask_points=0)
+        SamEncoderDistillModule(model, PromptConfig(mask_points=0))
 
 
 def _recording(module):
@@ -120,7 +121,7 @@ def test_refinement_clicks_come_from_where_student_and_teacher_disagree():
     the teacher's mask is, negative elsewhere), and both decoders see the same, growing prompts."""
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, embed_weight=0.0, mask_weight=1.0, mask_points=5, mask_rounds=3, p_box=0.0)
+    module = SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=5, mask_rounds=3, p_box=0.0))
     batch = _batch(model)
     calls = _recording(module)
     student_emb = torch.randn_like(batch["feat"])  # far from the teacher: masks disagree
@@ -150,9 +151,7 @@ def test_refinement_clicks_come_from_where_student_and_teacher_disagree():
 def test_box_prompts_are_the_boxes_of_the_teachers_masks():
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(
-        model, embed_weight=0.0, mask_weight=1.0, mask_points=6, mask_rounds=0, p_box=1.0, box_noise_std=0.0
-    )
+    module = SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=6, mask_rounds=0, p_box=1.0, box_noise_std=0.0))
     batch = _batch(model)
     calls = _recording(module)
     module.mask_loss(batch["feat"], batch["feat"], batch["input_size"])

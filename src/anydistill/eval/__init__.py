@@ -1,4 +1,5 @@
-"""Evaluation: depth and segmentation metrics (torchmetrics-based, usable from Lightning)."""
+"""Evaluation: depth and segmentation metrics (torchmetrics-based, usable from Lightning), the interactive
+protocol for promptable models, and checkpoint evaluation (:mod:`anydistill.eval.evaluate`)."""
 
 from anydistill.eval.metrics import (
     DEPTH_METRIC_NAMES,

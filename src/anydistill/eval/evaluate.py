@@ -25,7 +25,9 @@ def eval_dataset(data: str, task: str, image_size: int, multiple: int, count: in
     transform = eval_transforms(image_size, multiple)
     if data.startswith("toyworld"):
         domain = data.partition(":")[2] or "wide"
-        return ToyWorldDataset(domain, image_size, count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET, transform=transform)
+        return ToyWorldDataset(
+            domain, image_size, count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET, transform=transform
+        )
     root = Path(data)
     if not root.exists():
         raise DataError(root, "evaluation data not found (give a folder or toyworld:<domain>)")
@@ -76,7 +78,9 @@ def evaluate(
     if out_json is not None:
         out_json = Path(out_json)
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2))
+        out_json.write_text(
+            json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2)
+        )
     return metrics
 
 
@@ -105,14 +109,22 @@ def promptable_eval_dataset(
     else:
         path = Path(data)
         if not path.exists():
-            raise DataError(path, "evaluation data not found (give a folder, a COCO .json or toyworld:<domain>)")
+            raise DataError(
+                path, "evaluation data not found (give a folder, a COCO .json or toyworld:<domain>)"
+            )
         if path.suffix == ".json":
             root = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
             source = CocoInstances(path, root)
         else:
             source = FolderInstances(path)
     return InstanceDataset(
-        source, image_size, max_instances, min_area, sampling="fixed", seed=seed, original_masks=original_masks
+        source,
+        image_size,
+        max_instances,
+        min_area,
+        sampling="fixed",
+        seed=seed,
+        original_masks=original_masks,
     )
 
 
@@ -138,7 +150,12 @@ def evaluate_promptable(
         raise DataError(checkpoint, f"is a {loaded.task!r} model, not a promptable (SAM) model")
     model = loaded.model
     dataset = promptable_eval_dataset(
-        str(data), int(model.image_encoder.img_size), count, seed, max_instances, original_masks=frame == "original"
+        str(data),
+        int(model.image_encoder.img_size),
+        count,
+        seed,
+        max_instances,
+        original_masks=frame == "original",
     )
     samples = tqdm(dataset, desc="evaluate", disable=not progress, unit="image")
     with torch.no_grad():
@@ -148,5 +165,7 @@ def evaluate_promptable(
     if out_json is not None:
         out_json = Path(out_json)
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2))
+        out_json.write_text(
+            json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2)
+        )
     return metrics

@@ -20,6 +20,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from anydistill.losses.depth import align_scale_shift
+from anydistill.losses.promptable import binary_iou  # noqa: F401  (re-exported: a metric too)
 
 __all__ = [
     "DEPTH_METRIC_NAMES",
@@ -341,29 +342,3 @@ class SegmentationMetrics(Metric):
             else torch.full_like(total, float("nan")),
             "mean_acc": recall.nanmean(),
         }
-
-
-def binary_iou(pred_mask: Tensor, gt_mask: Tensor, empty_value: float = 1.0) -> Tensor:
-    """IoU of binary masks, one value per mask: ``|P ∩ G| / |P ∪ G|`` over the last two dimensions.
-
-    Args:
-        pred_mask: bool ``(..., H, W)`` (threshold logits yourself, e.g. ``logits > 0`` as SAM).
-        gt_mask: bool, same shape.
-        empty_value: the IoU when both masks are empty (default 1: nothing to find, nothing found).
-
-    Returns:
-        ``(...)`` float32 IoUs.
-    """
-    if pred_mask.dtype != torch.bool or gt_mask.dtype != torch.bool:
-        raise TypeError(
-            f"pred_mask and gt_mask must be bool tensors, got {pred_mask.dtype} and {gt_mask.dtype}"
-        )
-    if pred_mask.shape != gt_mask.shape:
-        raise ValueError(
-            f"pred_mask and gt_mask must have the same shape, got {tuple(pred_mask.shape)} and {tuple(gt_mask.shape)}"
-        )
-    if pred_mask.dim() < 2:
-        raise ValueError(f"masks must be (..., H, W), got {tuple(pred_mask.shape)}")
-    inter = (pred_mask & gt_mask).sum(dim=(-2, -1)).float()  # (...)
-    union = (pred_mask | gt_mask).sum(dim=(-2, -1)).float()  # (...)
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, empty_value))

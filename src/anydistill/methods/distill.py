@@ -22,48 +22,59 @@ mixes the soft labels with the same mask as the images.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from anydistill.cache import PseudoLabelDataset
+from anydistill.config import DataConfig, DistillConfig, TrainConfig
+from anydistill.data.classes import class_info
+from anydistill.data.datamodule import SupervisedDataModule
 from anydistill.data.perturb import CutMix, StrongPerturbation
+from anydistill.data.transforms import collate_samples
+from anydistill.errors import ConfigError
+from anydistill.losses import FeatureAlignmentLoss, cutmix_ssi_loss, kd_loss
 from anydistill.losses.depth import ssi_loss
-from anydistill.losses.distillation import FeatureAlignmentLoss, cutmix_ssi_loss, kd_loss
-from anydistill.methods.supervised import SupervisedModule
+from anydistill.methods.base import MethodRun, register_method
+from anydistill.methods.supervised import DENSE_MONITOR, SupervisedModule, dense_callbacks, module_args
+from anydistill.teachers import load_teacher
 
 
 class DistillModule(SupervisedModule):
     """:class:`SupervisedModule` plus the unlabeled half of the recipe.
 
     Args:
-        distill: :class:`~anydistill.config.DistillConfig` as a dict.
-        frozen_encoder: a module with ``features(images01) -> (B, C, h, w)`` and an attribute
-            ``feature_dim`` (or ``None`` when ``distill["feature_align"]`` is off). Not saved in
-            the checkpoint: it is frozen and rebuilt from ``distill["frozen_encoder"]``.
+        distill: the recipe's switches and weights.
+        frozen_encoder: a teacher with ``features(images01) -> (B, C, h, w)`` and an attribute
+            ``feature_dim`` (or ``None`` when ``distill.feature_align`` is off). Not saved in
+            the checkpoint: it is frozen and rebuilt from ``distill.frozen_encoder``.
         **kwargs: as :class:`SupervisedModule`.
     """
 
     def __init__(
-        self, distill: dict[str, Any], frozen_encoder: nn.Module | None = None, **kwargs: Any
+        self, distill: DistillConfig | None = None, frozen_encoder: nn.Module | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["frozen_encoder"])
-        self.dcfg = dict(distill)
-        self.perturb = StrongPerturbation() if self.dcfg.get("perturb", True) else None
-        self.cutmix = CutMix(p=self.dcfg.get("cutmix_p", 0.5)) if self.dcfg.get("cutmix", True) else None
+        self.dcfg = distill or DistillConfig()
+        self.hparams["distill"] = asdict(self.dcfg)
+        self.perturb = StrongPerturbation() if self.dcfg.perturb else None
+        self.cutmix = CutMix(p=self.dcfg.cutmix_p) if self.dcfg.cutmix else None
         self.frozen = frozen_encoder
         if self.frozen is not None:
             self.frozen.requires_grad_(False).eval()
         self.align = None
-        if self.dcfg.get("feature_align", False):
+        if self.dcfg.feature_align:
             if frozen_encoder is None:
                 raise ValueError("distill.feature_align needs a frozen encoder (distill.frozen_encoder)")
             self.align = FeatureAlignmentLoss(
                 student_dim=self.model.feature_channels[-1],
                 frozen_dim=int(frozen_encoder.feature_dim),
-                margin=self.dcfg.get("feature_margin", 0.15),
+                margin=self.dcfg.feature_margin,
             )
 
     def train(self, mode: bool = True) -> DistillModule:
@@ -85,8 +96,8 @@ class DistillModule(SupervisedModule):
     # ------------------------------------------------------------------ student pass
     def _student(self, image01: Tensor) -> tuple[Tensor, Tensor]:
         """Prediction at input size and the deepest backbone map ``(B, C, h, w)`` from one pass."""
-        feats = self.model.backbone(self.model.normalize(image01))
-        return self.model.head(feats, image01.shape[-2:]), feats[-1]
+        pred, feats = self.model.forward_intermediates(self.model.normalize(image01), indices=1)
+        return pred, feats[-1]
 
     # ------------------------------------------------------------------ unlabeled losses
     def unlabeled_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -103,7 +114,7 @@ class DistillModule(SupervisedModule):
         parts: dict[str, Tensor] = {}
         if self.task == "depth":
             target, valid = batch["disparity"], batch["disparity_valid"]
-            trim = self.dcfg.get("trim", 0.0)
+            trim = self.dcfg.trim
             alignment = self.ssi.alignment
             if mask is not None:
                 parts["pseudo"] = cutmix_ssi_loss(
@@ -124,9 +135,7 @@ class DistillModule(SupervisedModule):
             probs = F.softmax(batch["logits"].float(), dim=1)  # (B, K, H, W)
             if mask is not None:
                 probs = torch.where(mask, probs.roll(1, 0), probs)
-            parts["pseudo"] = kd_loss(
-                pred, None, temperature=self.dcfg.get("kd_temperature", 1.0), teacher_probs=probs
-            )
+            parts["pseudo"] = kd_loss(pred, None, temperature=self.dcfg.kd_temperature, teacher_probs=probs)
         if self.align is not None:
             with torch.no_grad():
                 frozen_feat = self.frozen.features(image)  # (B, C', h', w') of the student's own input
@@ -137,16 +146,16 @@ class DistillModule(SupervisedModule):
         logs: dict[str, Tensor] = {}
         total = None
         labeled = batch.get("labeled")
-        if labeled is not None and self.dcfg.get("use_labeled", True):
+        if labeled is not None and self.dcfg.use_labeled:
             lab = self.compute_loss(self(labeled["image"]), labeled)
             total = lab["loss"]
             logs.update({f"train/labeled_{k}": v.detach() for k, v in lab.items()})
         unlabeled = batch.get("unlabeled")
         if unlabeled is not None:
             parts = self.unlabeled_loss(unlabeled)
-            u = self.dcfg.get("unlabeled_weight", 1.0) * parts["pseudo"]
+            u = self.dcfg.unlabeled_weight * parts["pseudo"]
             if "feat" in parts:
-                u = u + self.dcfg.get("feature_align_weight", 1.0) * parts["feat"]
+                u = u + self.dcfg.feature_align_weight * parts["feat"]
             total = u if total is None else total + u
             logs.update({f"train/unlabeled_{k}": v.detach() for k, v in parts.items()})
         if total is None:
@@ -155,3 +164,78 @@ class DistillModule(SupervisedModule):
         self.log_dict(logs)
         self.log("loss", total.detach(), prog_bar=True, logger=False)
         return total
+
+
+class DistillDataModule(SupervisedDataModule):
+    """Labeled batches (as :class:`~anydistill.data.datamodule.SupervisedDataModule`) plus pseudo-labeled
+    batches from the teacher-pass cache, ``distill.unlabeled_ratio`` times larger (Depth Anything: 1:2).
+
+    ``train_dataloader`` returns a Lightning ``CombinedLoader`` yielding
+    ``{"labeled": batch, "unlabeled": batch}`` (``max_size_cycle``: an epoch is the longer of the
+    two; the shorter one cycles). The unlabeled samples carry the teacher's ``disparity`` (depth) or
+    ``logits`` (semantic) through the same joint transforms as labels.
+    """
+
+    def __init__(self, cfg: DataConfig, distill: DistillConfig, task: str, input_multiple: int = 32) -> None:
+        super().__init__(cfg, task, input_multiple)
+        if not distill.cache:
+            raise ConfigError(
+                "distill.cache: the teacher-pass cache folder is required (make it with anydistill pseudo-label)"
+            )
+        self.distill = distill
+        self.unlabeled_set = PseudoLabelDataset(distill.cache, transform=self.train_tf)
+
+    def train_dataloader(self) -> CombinedLoader:
+        workers = self.cfg.num_workers
+        batch = self.cfg.batch_size * self.distill.unlabeled_ratio
+        loaders = {
+            "unlabeled": DataLoader(
+                self.unlabeled_set,
+                batch_size=batch,
+                shuffle=True,
+                drop_last=len(self.unlabeled_set) >= batch,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                collate_fn=collate_samples,
+            )  # fmt: skip
+        }
+        if self.distill.use_labeled:
+            loaders["labeled"] = super().train_dataloader()
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+
+def frozen_encoder(distill: DistillConfig) -> nn.Module | None:
+    """The frozen semantic encoder of feature alignment (``distill.frozen_encoder``), or None when off.
+
+    Raises:
+        ConfigError: alignment is on without an encoder, or the encoder provides no features.
+    """
+    if not distill.feature_align:
+        return None
+    if not distill.frozen_encoder:
+        raise ConfigError("distill.frozen_encoder: required when distill.feature_align is true")
+    frozen = load_teacher(distill.frozen_encoder)
+    if frozen.feature_dim is None:
+        raise ConfigError(
+            f"distill.frozen_encoder: {distill.frozen_encoder} provides no features to align to"
+        )
+    return frozen
+
+
+@register_method("distill", verbs=("distill",), tasks=("depth", "semantic"))
+def build_distill(cfg: TrainConfig) -> MethodRun:
+    """The Depth Anything recipe: labeled + cached pseudo-labeled images, perturbations, CutMix, alignment.
+
+    Needs ``distill.cache`` (``anydistill pseudo-label``); ``distill.*`` switches every piece."""
+    if not cfg.distill.cache:
+        raise ConfigError(
+            "distill.cache: the teacher-pass cache folder is required (make it with anydistill pseudo-label)"
+        )
+    classes = class_info(cfg.data)
+    module = DistillModule(
+        distill=cfg.distill, frozen_encoder=frozen_encoder(cfg.distill), **module_args(cfg, classes)
+    )
+    datamodule = DistillDataModule(
+        cfg.data, cfg.distill, cfg.task, input_multiple=module.model.input_multiple
+    )
+    return MethodRun(module, datamodule, DENSE_MONITOR[cfg.task], "max", dense_callbacks(cfg, classes))

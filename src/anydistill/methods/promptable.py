@@ -43,21 +43,28 @@ checkpoint) the encoder runs under ``no_grad`` in eval mode and is left out of t
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anydistill.config import ModelConfig, OptimConfig, PromptConfig, TrainConfig
 from anydistill.data.clicks import Prompts, error_clicks, first_prompts, prompt_groups
+from anydistill.data.datamodule import InstanceDataModule
+from anydistill.errors import ConfigError
 from anydistill.eval.interactive import InteractiveMetrics, evaluate_batch
+from anydistill.loading import model_record, sam_model_name
 from anydistill.losses.promptable import SamLoss, mask_ious
+from anydistill.methods.base import MethodRun, register_method
+from anydistill.models import build_model
+from anydistill.optim import build_optimizer, build_scheduler
 from anydistill.promptable.batched import decode_embedded, embed_images
+from anydistill.promptable.loading import load_promptable
 
-__all__ = ["PromptableModule", "round_plan"]
+__all__ = ["PromptableModule", "build_promptable_model", "round_plan"]
 
 
 def round_plan(
@@ -100,62 +107,52 @@ class PromptableModule(L.LightningModule):
     Args:
         model: a Sam-like model (``image_encoder``, ``prompt_encoder``, ``mask_decoder``, ``preprocess``,
             ``postprocess_masks``), e.g. ``anydistill.models.sam.Sam``.
-        optim: :class:`~anydistill.config.OptimConfig` as a dict (``lr``, ``weight_decay``,
-            ``warmup_steps``, ``min_lr_ratio``, ``backbone_lr_mult`` = the image encoder's lr multiplier).
-        loss: :class:`~anydistill.losses.promptable.SamLoss` arguments (``focal_weight``,
-            ``dice_weight``, ``iou_weight``, ``iou_supervision``).
-        num_rounds: decoder rounds per step (SAM: 11).
-        refine_rounds: rounds without a new click (SAM: 2).
-        p_box: probability that the first prompt is a box (SAM: 0.5).
-        box_noise_std, box_noise_max: box jitter (SAM: 0.1 of the side, at most 20 px).
-        multimask_first_round: three masks on round 0 for point prompts.
-        multimask_box: three masks on round 0 for box prompts too.
-        detach_mask_prompt: detach the previous logits fed back as the mask prompt.
-        loss_resolution: ``"input"`` (upsampled logits) or ``"low_res"`` (downsampled ground truth).
-        freeze_image_encoder: no gradient, eval mode, not optimised.
-        val_max_clicks: clicks of the validation protocol (:mod:`anydistill.eval.interactive`).
-        val_instances: most objects per validation image.
+        prompt: the simulated interaction and its loss (:class:`~anydistill.config.PromptConfig`:
+            ``num_rounds``, ``refine_rounds``, ``p_box``, box noise, multimask flags, ``detach_mask_prompt``,
+            ``loss_resolution``, ``focal_weight``/``dice_weight``/``iou_weight``/``iou_supervision``,
+            ``freeze_image_encoder``, ``val_max_clicks``, ``val_instances``).
+        optim: optimiser and schedule; ``backbone_lr_mult`` is the image encoder's lr multiplier.
+        arch: how the model was built, for the checkpoint's model record (``{"model_name",
+            "model_kwargs"}``, or ``{"from_shapes": True}`` for a model loaded from a SAM checkpoint).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optim: dict[str, Any] | None = None,
-        loss: dict[str, Any] | None = None,
-        num_rounds: int = 11,
-        refine_rounds: int = 2,
-        p_box: float = 0.5,
-        box_noise_std: float = 0.1,
-        box_noise_max: float = 20.0,
-        multimask_first_round: bool = True,
-        multimask_box: bool = False,
-        detach_mask_prompt: bool = False,
-        loss_resolution: Literal["input", "low_res"] = "input",
-        freeze_image_encoder: bool = False,
-        val_max_clicks: int = 5,
-        val_instances: int = 8,
+        prompt: PromptConfig | None = None,
+        optim: OptimConfig | None = None,
+        arch: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        prompt = prompt or PromptConfig()
+        optim = optim or OptimConfig()
+        self.save_hyperparameters(
+            {"prompt": asdict(prompt), "optim": asdict(optim), "arch": dict(arch or {})}
+        )
+        num_rounds, refine_rounds, p_box = prompt.num_rounds, prompt.refine_rounds, prompt.p_box
         round_plan(num_rounds, refine_rounds)  # validates both
         if not 0.0 <= p_box <= 1.0:
             raise ValueError(f"p_box must be in [0, 1], got {p_box}")
-        if loss_resolution not in ("input", "low_res"):
-            raise ValueError(f"loss_resolution must be 'input' or 'low_res', got {loss_resolution!r}")
+        if prompt.loss_resolution not in ("input", "low_res"):
+            raise ValueError(f"loss_resolution must be 'input' or 'low_res', got {prompt.loss_resolution!r}")
         # Builders return eval-mode models (as segment-anything's); Lightning does not call .train()
         # at the start of fit, so BatchNorm would train with frozen statistics.
         self.model = model.train()
-        self.optim_cfg = dict(optim or {})
-        self.loss_fn = SamLoss(**(loss or {}))
+        self.optim_cfg = optim
+        self.arch = dict(arch or {"from_shapes": True})
+        self.loss_fn = SamLoss(
+            focal_weight=prompt.focal_weight, dice_weight=prompt.dice_weight, iou_weight=prompt.iou_weight,
+            iou_supervision=prompt.iou_supervision,
+        )  # fmt: skip
         self.num_rounds, self.refine_rounds = num_rounds, refine_rounds
-        self.p_box, self.box_noise_std, self.box_noise_max = p_box, box_noise_std, box_noise_max
-        self.multimask_first_round, self.multimask_box = multimask_first_round, multimask_box
-        self.detach_mask_prompt = detach_mask_prompt
-        self.loss_resolution = loss_resolution
-        self.freeze_image_encoder = freeze_image_encoder
-        self.val_max_clicks, self.val_instances = val_max_clicks, val_instances
+        self.p_box, self.box_noise_std, self.box_noise_max = p_box, prompt.box_noise_std, prompt.box_noise_max
+        self.multimask_first_round, self.multimask_box = prompt.multimask_first_round, prompt.multimask_box
+        self.detach_mask_prompt = prompt.detach_mask_prompt
+        self.loss_resolution = prompt.loss_resolution
+        self.freeze_image_encoder = prompt.freeze_image_encoder
+        self.val_max_clicks, self.val_instances = prompt.val_max_clicks, prompt.val_instances
         self.val_metrics = InteractiveMetrics()
-        if freeze_image_encoder:
+        if self.freeze_image_encoder:
             self.model.image_encoder.requires_grad_(False)
             self.model.image_encoder.eval()
 
@@ -302,28 +299,53 @@ class PromptableModule(L.LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (no weight decay on norms and biases), the image encoder at ``lr · backbone_lr_mult``,
-        linear warm-up then cosine decay (as :class:`~anydistill.methods.supervised.SupervisedModule`)."""
-        cfg = self.optim_cfg
-        lr, wd, mult = cfg.get("lr", 1e-4), cfg.get("weight_decay", 0.1), cfg.get("backbone_lr_mult", 1.0)
-        encoder = {id(p) for p in self.model.image_encoder.parameters()}
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for p in self.parameters():
-            if p.requires_grad:
-                groups.setdefault((id(p) in encoder, p.ndim <= 1), []).append(p)
-        param_groups = [
-            {"params": ps, "lr": lr * (mult if enc else 1.0), "weight_decay": 0.0 if no_wd else wd}
-            for (enc, no_wd), ps in sorted(groups.items())
-        ]
-        optimizer = torch.optim.AdamW(param_groups, lr=lr)
+        warm-up then cosine decay over the run (:mod:`anydistill.optim`)."""
+        optimizer = build_optimizer(self, self.optim_cfg, encoder=self.model.image_encoder)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
-        warmup = min(cfg.get("warmup_steps", 50), max(total // 5, 1))
-        min_ratio = cfg.get("min_lr_ratio", 0.01)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler, _ = build_scheduler(optimizer, self.optim_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint description
+    def model_record(self) -> dict[str, Any]:
+        """What :func:`anydistill.loading.load_model` rebuilds the model from (stored in checkpoints)."""
+        return model_record("promptable", self.model.preprocess_spec(), self.arch)
+
+
+def build_promptable_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a promptable config trains and how it was built: ``prompt.init_checkpoint`` when set (an
+    official SAM ``.pth``, e.g. to fine-tune with a frozen encoder, or an anydistill checkpoint), else
+    ``build_model(model.name, img_size=data.image_size, **model.kwargs)``.
+
+    Raises:
+        ConfigError: the checkpoint's input size differs from ``data.image_size``.
+    """
+    if cfg.prompt.init_checkpoint:
+        model, arch = load_promptable(cfg.prompt.init_checkpoint), {"from_shapes": True}
+    else:
+        name = sam_model_name(cfg.model.name, ModelConfig().name)
+        kwargs = {"img_size": cfg.data.image_size, **dict(cfg.model.kwargs)}
+        model, arch = build_model(name, **kwargs), {"model_name": name, "model_kwargs": kwargs}
+    if int(model.image_encoder.img_size) != cfg.data.image_size:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} but the model's image encoder takes "
+            f"{model.image_encoder.img_size}² inputs; set data.image_size={model.image_encoder.img_size}"
+        )
+    return model, arch
+
+
+def instance_datamodule(cfg: TrainConfig) -> InstanceDataModule:
+    """Images with object instances, as the prompt section selects them."""
+    p = cfg.prompt
+    return InstanceDataModule(
+        cfg.data, p.max_instances, p.min_area, p.val_instances, p.coco_json, p.val_coco_json
+    )
+
+
+@register_method("promptable", verbs=("train",), tasks=("promptable",))
+def build_promptable(cfg: TrainConfig) -> MethodRun:
+    """Segment Anything's simulated interactive training (points, boxes, error clicks, mask feedback)."""
+    model, arch = build_promptable_model(cfg)
+    module = PromptableModule(model, cfg.prompt, cfg.optim, arch)
+    # A step leaves parameters without gradient by design (box embeddings when no object got a box, the
+    # mask encoder with one round, the multimask tokens when no round asks for three masks).
+    return MethodRun(module, instance_datamodule(cfg), "val/miou@1", "max", find_unused_parameters=True)

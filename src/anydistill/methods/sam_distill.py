@@ -35,16 +35,27 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from anydistill.cache import PseudoLabelDataset
+from anydistill.config import DataConfig, ModelConfig, OptimConfig, PromptConfig, TrainConfig
 from anydistill.data.clicks import Prompts, error_clicks, jitter_boxes, masks_to_boxes, prompt_groups
+from anydistill.data.datamodule import InstanceDataModule
+from anydistill.data.instances import resize_longest_side
+from anydistill.errors import ConfigError
+from anydistill.loading import sam_model_name
 from anydistill.losses.promptable import sam_loss
+from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.promptable import PromptableModule
+from anydistill.models import build_model
 from anydistill.promptable.batched import decode_prompts, embed_images
+from anydistill.teachers.sam import SamTeacher
 
-__all__ = ["SamEncoderDistillModule", "random_points"]
+__all__ = ["SamDistillDataModule", "SamEncoderDistillModule", "SamInputTransform", "random_points"]
 
 
 def random_points(input_sizes: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -58,33 +69,31 @@ def random_points(input_sizes: Tensor, n: int, generator: torch.Generator | None
 class SamEncoderDistillModule(PromptableModule):
     """MobileSAM-style distillation of ``model.image_encoder`` from cached teacher embeddings.
 
-    Batches (:func:`anydistill.data.datamodule.SamDistillDataModule`): ``image`` uint8 ``(B, 3, S, S)``
+    Batches (:class:`SamDistillDataModule`): ``image`` uint8 ``(B, 3, S, S)``
     padded, ``input_size`` ``(B, 2)``, ``feat`` float ``(B, 256, S/16, S/16)`` teacher embeddings.
 
     Args:
         model: the student SAM; its prompt encoder and mask decoder hold the teacher's weights.
-        embed_weight: weight of the embedding MSE.
-        mask_weight: weight of the prompt-in-the-loop mask loss (0: off, MobileSAM).
-        mask_points: objects (random clicks) per image for the mask loss.
-        mask_rounds: refinement rounds of the mask loss, each adding a click from where the student's
-            mask and the teacher's disagree.
-        finetune_decoder: train the prompt encoder and mask decoder too.
-        **kwargs: :class:`PromptableModule`'s (``optim``, ``p_box``, ``box_noise_std``, ``box_noise_max``,
-            ``val_max_clicks``, ``val_instances``).
+        prompt: :class:`~anydistill.config.PromptConfig`; this method reads ``embed_weight`` (the
+            embedding MSE), ``mask_weight`` (the prompt-in-the-loop mask loss; 0: off, MobileSAM),
+            ``mask_points`` (objects, i.e. random clicks, per image), ``mask_rounds`` (refinement rounds,
+            each adding a click where the student's mask and the teacher's disagree),
+            ``finetune_decoder`` (train the prompt encoder and mask decoder too), and, as
+            :class:`PromptableModule`, ``p_box``, the box noise, the focal/dice weights and validation.
+        optim, arch: as :class:`PromptableModule`.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        embed_weight: float = 1.0,
-        mask_weight: float = 0.0,
-        mask_points: int = 8,
-        mask_rounds: int = 2,
-        finetune_decoder: bool = False,
-        **kwargs: Any,
+        prompt: PromptConfig | None = None,
+        optim: OptimConfig | None = None,
+        arch: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(model, **kwargs)
-        self.save_hyperparameters(ignore=["model"])
+        prompt = prompt or PromptConfig()
+        super().__init__(model, prompt, optim, arch)
+        embed_weight, mask_weight, mask_points = prompt.embed_weight, prompt.mask_weight, prompt.mask_points
+        mask_rounds, finetune_decoder = prompt.mask_rounds, prompt.finetune_decoder
         if embed_weight < 0 or mask_weight < 0 or embed_weight + mask_weight == 0:
             raise ValueError(
                 f"need embed_weight, mask_weight >= 0, not both 0; got {embed_weight}, {mask_weight}"
@@ -150,13 +159,17 @@ class SamEncoderDistillModule(PromptableModule):
 
         coords = random_points(input_sizes.cpu(), n).to(device).reshape(b * n, 1, 2)  # (N, 1, 2)
         ones = torch.ones(b * n, 1, dtype=torch.long, device=device)
-        prompts = Prompts(coords, ones, coords.new_zeros(b * n, 4), torch.zeros(b * n, dtype=torch.bool, device=device))
+        prompts = Prompts(
+            coords, ones, coords.new_zeros(b * n, 4), torch.zeros(b * n, dtype=torch.bool, device=device)
+        )
         if self.p_box > 0:
             # The "object" of a random click is the teacher's mask for it; its jittered box is the box prompt.
             with torch.no_grad():
                 seed = self._decode(teacher, teacher_emb, prompts, index)[:, 0] > 0  # (N, 4h', 4w')
             seed = seed & valid
-            boxes = masks_to_boxes(seed) * scale + torch.tensor([0.0, 0.0, scale - 1, scale - 1], device=device)
+            boxes = masks_to_boxes(seed) * scale + torch.tensor(
+                [0.0, 0.0, scale - 1, scale - 1], device=device
+            )
             boxes = jitter_boxes(boxes, hw, self.box_noise_std, self.box_noise_max)
             has_box = (torch.rand(b * n, device=device) < self.p_box) & seed.flatten(1).any(dim=1)
             labels = torch.where(has_box[:, None], -ones, ones)  # a box-prompted object's click is padding
@@ -196,3 +209,75 @@ class SamEncoderDistillModule(PromptableModule):
         self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=n)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=n)
         return loss
+
+
+class SamInputTransform:
+    """A pseudo-label-cache sample → SAM's input frame: ``image`` uint8 ``(3, S, S)`` (longest side ``S``,
+    zero-padded), ``input_size`` ``(2,)``, ``feat`` float ``(C, S/16, S/16)`` (the cached teacher
+    embedding), ``id``. Picklable, for DataLoader workers."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, sample: dict) -> dict:
+        image, _, (h, w) = resize_longest_side(sample["image"], np.zeros((0, 1, 1), bool), self.size)
+        return {
+            "image": image,
+            "input_size": torch.tensor([h, w]),
+            "feat": torch.from_numpy(sample["feat"]),
+            "id": sample["id"],
+        }
+
+
+class SamDistillDataModule(InstanceDataModule):
+    """Unlabeled images + cached SAM teacher embeddings (``distill.cache``) for training; validation on
+    labeled instances (as :class:`~anydistill.data.datamodule.InstanceDataModule`) by the interactive
+    protocol."""
+
+    def __init__(
+        self, cfg: DataConfig, prompt: PromptConfig, cache: str, teacher_fingerprint: str | None = None
+    ) -> None:
+        p = prompt
+        super().__init__(cfg, p.max_instances, p.min_area, p.val_instances, p.coco_json, p.val_coco_json)
+        self.unlabeled = PseudoLabelDataset(
+            cache,
+            transform=SamInputTransform(cfg.image_size),
+            teacher_fingerprint=teacher_fingerprint,
+            features=True,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            self.unlabeled, batch_size=self.cfg.batch_size, shuffle=True, num_workers=workers,
+            drop_last=len(self.unlabeled) > self.cfg.batch_size, persistent_workers=workers > 0,
+        )  # fmt: skip
+
+
+@register_method("sam_distill", verbs=("distill",), tasks=("promptable",))
+def build_sam_distill(cfg: TrainConfig) -> MethodRun:
+    """MobileSAM encoder distillation from cached SAM embeddings (+ EdgeSAM's prompt-in-the-loop loss).
+
+    ``model.name``'s image encoder regresses the cached embeddings of ``prompt.teacher``, whose prompt
+    encoder and mask decoder the student takes over."""
+    p = cfg.prompt
+    if not cfg.distill.cache:
+        raise ConfigError(
+            "distill.cache: the teacher-pass cache folder is required (make it with anydistill pseudo-label)"
+        )
+    if not p.teacher:
+        raise ConfigError("prompt.teacher: the SAM checkpoint whose embeddings are cached is required")
+    teacher = SamTeacher(p.teacher)  # its fingerprint must be the cache's
+    if teacher.img_size != cfg.data.image_size:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} must equal the teacher's input size {teacher.img_size}"
+        )
+    datamodule = SamDistillDataModule(cfg.data, p, cfg.distill.cache, teacher_fingerprint=teacher.fingerprint)
+    name = sam_model_name(cfg.model.name, ModelConfig().name)
+    kwargs = {"img_size": teacher.img_size, **dict(cfg.model.kwargs)}
+    student = build_model(name, **kwargs)
+    for part in ("prompt_encoder", "mask_decoder"):
+        getattr(student, part).load_state_dict(getattr(teacher.model, part).state_dict())
+    del teacher
+    module = SamEncoderDistillModule(student, p, cfg.optim, {"model_name": name, "model_kwargs": kwargs})
+    return MethodRun(module, datamodule, "val/miou@1", "max", find_unused_parameters=True)

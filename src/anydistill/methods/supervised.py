@@ -8,26 +8,30 @@ ignore index (+ optional dice).
 
 from __future__ import annotations
 
-import math
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
+from anydistill.config import LossConfig, OptimConfig, TrainConfig
+from anydistill.data.classes import ClassInfo, class_info
+from anydistill.data.datamodule import SupervisedDataModule
 from anydistill.eval.metrics import DepthMetrics, SegmentationMetrics
+from anydistill.loading import model_record
 from anydistill.losses import (
     GradientMatchingLoss,
     ScaleShiftInvariantLoss,
     SegmentationCrossEntropy,
     SoftmaxDiceLoss,
+    depth_to_disparity,
 )
+from anydistill.methods.base import MethodRun, register_method
+from anydistill.methods.grid import PredictionGrid
 from anydistill.models import build_model
-
-
-def depth_to_disparity(depth: Tensor, valid: Tensor) -> Tensor:
-    """``1 / depth`` on valid pixels, 0 elsewhere. Shapes ``(B, 1, H, W)``."""
-    return torch.where(valid, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth))
+from anydistill.optim import build_optimizer, build_scheduler
 
 
 class SupervisedModule(L.LightningModule):
@@ -38,10 +42,11 @@ class SupervisedModule(L.LightningModule):
         model_name: a name from the model zoo.
         model_kwargs: builder overrides (e.g. ``{"backbone": "resnet18"}``).
         num_classes: classes for "semantic".
-        loss: :class:`~anydistill.config.LossConfig` as a dict.
-        optim: :class:`~anydistill.config.OptimConfig` as a dict.
+        loss: loss weights and settings.
+        optim: optimiser and schedule.
         ignore_index: label ignored by the segmentation loss and metrics.
-        class_names: optional names, stored with the checkpoint for reports and predictions.
+        class_names, class_colors: optional, stored with the checkpoint for reports and predictions.
+        eval_size: the long side predictions are made at (stored in the checkpoint's pre-processing).
     """
 
     def __init__(
@@ -50,17 +55,28 @@ class SupervisedModule(L.LightningModule):
         model_name: str,
         model_kwargs: dict[str, Any] | None = None,
         num_classes: int | None = None,
-        loss: dict[str, Any] | None = None,
-        optim: dict[str, Any] | None = None,
+        loss: LossConfig | None = None,
+        optim: OptimConfig | None = None,
         ignore_index: int = 255,
         class_names: list[str] | None = None,
         class_colors: list[list[int]] | None = None,
+        eval_size: int = 256,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["frozen_encoder"])  # a subclass may be handed a frozen module
-        loss = loss or {}
-        self.optim_cfg = optim or {}
+        loss = loss or LossConfig()
+        self.optim_cfg = optim or OptimConfig()
+        # Plain data only (checkpoints are read weights-only): the typed sections as dicts.
+        self.save_hyperparameters(
+            {
+                "task": task, "model_name": model_name, "model_kwargs": dict(model_kwargs or {}),
+                "num_classes": num_classes, "loss": asdict(loss), "optim": asdict(self.optim_cfg),
+                "ignore_index": ignore_index, "class_names": class_names, "class_colors": class_colors,
+                "eval_size": eval_size,
+            }
+        )  # fmt: skip
         self.task = task
+        self.classes = ClassInfo(list(class_names or []), [list(c) for c in class_colors or []], ignore_index)
+        self.eval_size = eval_size
         kwargs = dict(model_kwargs or {})
         if task == "semantic":
             if not num_classes:
@@ -68,20 +84,18 @@ class SupervisedModule(L.LightningModule):
             kwargs["num_classes"] = num_classes
         self.model: nn.Module = build_model(model_name, **kwargs)
         if task == "depth":
-            self.ssi = ScaleShiftInvariantLoss(
-                alignment=loss.get("ssi_alignment", "median"), trim=loss.get("ssi_trim", 0.0)
-            )
-            self.grad = GradientMatchingLoss(scales=loss.get("gradient_scales", 4))
-            self.w_ssi = loss.get("ssi_weight", 1.0)
-            self.w_grad = loss.get("gradient_weight", 0.5)
+            self.ssi = ScaleShiftInvariantLoss(alignment=loss.ssi_alignment, trim=loss.ssi_trim)
+            self.grad = GradientMatchingLoss(scales=loss.gradient_scales)
+            self.w_ssi = loss.ssi_weight
+            self.w_grad = loss.gradient_weight
             self.val_metrics = DepthMetrics()
         elif task == "semantic":
             self.ce = SegmentationCrossEntropy(
-                ignore_index=ignore_index, label_smoothing=loss.get("label_smoothing", 0.0)
+                ignore_index=ignore_index, label_smoothing=loss.label_smoothing
             )
             self.dice = SoftmaxDiceLoss(ignore_index=ignore_index)
-            self.w_ce = loss.get("ce_weight", 1.0)
-            self.w_dice = loss.get("dice_weight", 0.0)
+            self.w_ce = loss.ce_weight
+            self.w_dice = loss.dice_weight
             self.val_metrics = SegmentationMetrics(num_classes=num_classes, ignore_index=ignore_index)
         else:
             raise ValueError(f"unknown task {task!r}")
@@ -141,37 +155,49 @@ class SupervisedModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        lr = cfg.get("lr", 2e-3)
-        backbone = getattr(self.model, "backbone", None)
-        backbone_params = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-        decay, no_decay, bb_decay, bb_no_decay = [], [], [], []
-        for p in self.parameters():  # the model, and any learned loss parts (e.g. a feature projection)
-            if not p.requires_grad:
-                continue
-            in_bb = id(p) in backbone_params
-            if p.ndim <= 1:  # norms and biases get no weight decay (timm's param_groups_weight_decay rule)
-                (bb_no_decay if in_bb else no_decay).append(p)
-            else:
-                (bb_decay if in_bb else decay).append(p)
-        mult = cfg.get("backbone_lr_mult", 1.0)
-        wd = cfg.get("weight_decay", 0.01)
-        groups = [
-            {"params": decay, "weight_decay": wd, "lr": lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-            {"params": bb_decay, "weight_decay": wd, "lr": lr * mult},
-            {"params": bb_no_decay, "weight_decay": 0.0, "lr": lr * mult},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+        """AdamW over this module (the model and any learned loss parts, e.g. a feature projection), the
+        backbone at ``lr · backbone_lr_mult``; warm-up + cosine over the run (:mod:`anydistill.optim`)."""
+        optimizer = build_optimizer(self, self.optim_cfg, encoder=getattr(self.model, "backbone", None))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
-        warmup = min(cfg.get("warmup_steps", 50), max(total // 5, 1))
-        min_ratio = cfg.get("min_lr_ratio", 0.01)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler, _ = build_scheduler(optimizer, self.optim_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint description
+    def model_record(self) -> dict[str, Any]:
+        """What :func:`anydistill.loading.load_model` rebuilds the student from (stored in checkpoints)."""
+        arch = {k: self.hparams[k] for k in ("model_name", "model_kwargs", "num_classes")}
+        return model_record(self.task, self.model.preprocess_spec(self.eval_size), arch, self.classes)
+
+
+def module_args(cfg: TrainConfig, classes: ClassInfo) -> dict[str, Any]:
+    """The :class:`SupervisedModule` arguments a config describes (shared by the dense methods)."""
+    return dict(
+        task=cfg.task,
+        model_name=cfg.model.name,
+        model_kwargs=dict(cfg.model.kwargs),
+        num_classes=classes.num_classes if cfg.task == "semantic" else None,
+        loss=cfg.loss,
+        optim=cfg.optim,
+        ignore_index=classes.ignore_index,
+        class_names=classes.names or None,
+        class_colors=classes.colors or None,
+        eval_size=cfg.data.eval_size or cfg.data.image_size,
+    )
+
+
+#: The validation metric that picks ``best.ckpt`` for each dense task.
+DENSE_MONITOR = {"depth": "val/delta1", "semantic": "val/miou"}
+
+
+def dense_callbacks(cfg: TrainConfig, classes: ClassInfo) -> list[Any]:
+    """The validation picture (``val_grid.png``) of the dense methods."""
+    return [PredictionGrid(Path(cfg.run_dir) / "val_grid.png", cfg.trainer.grid_images, classes)]
+
+
+@register_method("supervised", verbs=("train",), tasks=("depth", "semantic"))
+def build_supervised(cfg: TrainConfig) -> MethodRun:
+    """Supervised training of a depth or semantic student on labeled images."""
+    classes = class_info(cfg.data)
+    module = SupervisedModule(**module_args(cfg, classes))
+    datamodule = SupervisedDataModule(cfg.data, cfg.task, input_multiple=module.model.input_multiple)
+    return MethodRun(module, datamodule, DENSE_MONITOR[cfg.task], "max", dense_callbacks(cfg, classes))
