@@ -364,3 +364,16 @@ def test_ema_update_edges() -> None:
         ema_update(target, nn.Linear(3, 4), 0.5)
     with pytest.raises(ValueError):
         ema_update(target, online, 1.5)
+
+
+def test_uncapped_warmup_keeps_the_configured_length():
+    """Time-budgeted runs (``cap_warmup=False``): the warm-up is the configured one, not a fifth of a moving
+    estimate; capped (step/epoch budgets) it never takes more than a fifth of the run."""
+    capped = WarmupCosine(warmup_steps=50, total_steps=60, min_lr_ratio=0.0)
+    uncapped = WarmupCosine(warmup_steps=50, total_steps=60, min_lr_ratio=0.0)
+    uncapped.cap_warmup = False
+    assert capped.effective_warmup == 12 and uncapped.effective_warmup == 50
+    assert uncapped(24) == pytest.approx(25 / 50) and capped(24) < 1.0
+    assert uncapped(59) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    uncapped.total_steps = 30
+    assert uncapped.effective_warmup == 30

@@ -99,7 +99,9 @@ class WarmupCosine:
 
     With :math:`T` = ``total_steps``, :math:`r` = ``min_lr_ratio`` and the effective warm-up
     :math:`W = \min(\text{warmup\_steps}, \max(\lfloor T/5 \rfloor, 1))` (warm-up never takes more than a
-    fifth of the run), the factor at optimizer step :math:`s = 0, 1, \dots` is
+    fifth of a run whose length is known; with ``cap_warmup=False``, :math:`W = \min(\text{warmup\_steps}, T)`:
+    a time-budgeted run's :math:`T` is an estimate that moves, and the configured warm-up must not shrink
+    with it), the factor at optimizer step :math:`s = 0, 1, \dots` is
 
     .. math::
 
@@ -123,10 +125,14 @@ class WarmupCosine:
         self.warmup_steps = int(warmup_steps)
         self.total_steps = max(1, int(total_steps))
         self.min_lr_ratio = float(min_lr_ratio)
+        self.cap_warmup = True
 
     @property
     def effective_warmup(self) -> int:
-        """Warm-up length for the current total: ``min(warmup_steps, max(total_steps // 5, 1))``."""
+        """Warm-up length for the current total: ``min(warmup_steps, max(total_steps // 5, 1))``, or
+        ``min(warmup_steps, total_steps)`` with ``cap_warmup=False``."""
+        if not getattr(self, "cap_warmup", True):  # (schedules saved before the flag existed: capped)
+            return min(self.warmup_steps, int(self.total_steps))
         return min(self.warmup_steps, max(int(self.total_steps) // 5, 1))
 
     def __call__(self, step: int) -> float:

@@ -119,6 +119,9 @@ class ScheduleLength(Callback):
         self._clock = None
         for config, schedule in self._schedules:
             cap = _step_cap(trainer, config)
+            # A time budget's total is an estimate that moves: keep the configured warm-up whole instead of
+            # a fifth of the estimate (which would shrink mid-warm-up and jump the learning rate).
+            schedule.cap_warmup = self._timer is None
             if self._timer is None:
                 if math.isfinite(cap):
                     schedule.total_steps = max(1, int(cap))

@@ -12,7 +12,7 @@ H = W = 64
 
 
 class FrozenEncoder(nn.Module):
-    """A stand-in frozen semantic encoder: ``features(images01) -> (B, 24, H/8, W/8)``."""
+    """A stand-in frozen semantic encoder with the teachers' feature API: one tap ``(B, 24, H/8, W/8)``."""
 
     feature_dim = 24
 
@@ -20,8 +20,9 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 24, 8, stride=8)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+    def forward_intermediates(self, x: torch.Tensor, indices=None, output_fmt="NCHW", intermediates_only=True):
+        assert (indices, output_fmt, intermediates_only) == (1, "NCHW", True)
+        return [self.conv(x)]
 
 
 def batch(task: str, b: int = 2, ratio: int = 2) -> dict:

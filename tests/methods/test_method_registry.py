@@ -137,3 +137,5 @@ def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path):
     last_lr = ckpt["lr_schedulers"][0]["_last_lr"][0]
     assert steps > 20, steps  # enough steps for the estimate to settle
     assert last_lr < 0.15 * cfg.optim.lr, (steps, last_lr)
+    schedule = ckpt["lr_schedulers"][0]["lr_lambdas"][0]  # the WarmupCosine's state, saved by LambdaLR
+    assert schedule["cap_warmup"] is False and schedule["total_steps"] <= steps + 5

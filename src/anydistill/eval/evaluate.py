@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -76,12 +77,17 @@ def evaluate(
             metrics.update({f"iou/{n}": float(v) for n, v in zip(student.classes.names, value, strict=True)})
     metrics["images"] = float(len(dataset))
     if out_json is not None:
-        out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2)
-        )
+        write_metrics_json(out_json, checkpoint, data, metrics)
     return metrics
+
+
+def write_metrics_json(out_json: str | Path, checkpoint: str | Path, data: str, metrics: dict[str, float]) -> None:
+    """``{"checkpoint", "data", "metrics"}`` as JSON, written atomically (a temporary file moved into place)."""
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_json.with_name(out_json.name + ".tmp")
+    tmp.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2))
+    os.replace(tmp, out_json)
 
 
 def format_table(metrics: dict[str, float]) -> str:
@@ -163,9 +169,5 @@ def evaluate_promptable(
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics["images"] = float(len(dataset))
     if out_json is not None:
-        out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2)
-        )
+        write_metrics_json(out_json, checkpoint, data, metrics)
     return metrics

@@ -50,7 +50,8 @@ class DistillModule(SupervisedModule):
 
     Args:
         distill: the recipe's switches and weights.
-        frozen_encoder: a teacher with ``features(images01) -> (B, C, h, w)`` and an attribute
+        frozen_encoder: a teacher (the feature API: ``forward_intermediates(images01, indices=1)`` gives its
+            deepest map ``(B, C, h, w)``) with an attribute
             ``feature_dim`` (or ``None`` when ``distill.feature_align`` is off). Not saved in
             the checkpoint: it is frozen and rebuilt from ``distill.frozen_encoder``.
         **kwargs: as :class:`SupervisedModule`.
@@ -138,7 +139,8 @@ class DistillModule(SupervisedModule):
             parts["pseudo"] = kd_loss(pred, None, temperature=self.dcfg.kd_temperature, teacher_probs=probs)
         if self.align is not None:
             with torch.no_grad():
-                frozen_feat = self.frozen.features(image)  # (B, C', h', w') of the student's own input
+                # the deepest tap of the frozen encoder, (B, C', h', w'), on the student's own input
+                frozen_feat = self.frozen.forward_intermediates(image, indices=1, intermediates_only=True)[-1]
             parts["feat"] = self.align(student_feat, frozen_feat)
         return parts
 
