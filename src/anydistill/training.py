@@ -10,10 +10,14 @@ moved into place, so a kill never leaves a torn checkpoint), CSV and TensorBoard
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,12 +71,42 @@ def resolve_method(cfg: TrainConfig, verb: str = "train") -> TrainConfig:
     return replace(cfg, method=name)
 
 
+#: Lightning's informational lines (accelerator summary, tips, "Loading `train_dataloader` ...") and the
+#: warnings that say nothing a user can act on here: a run's own progress bar and logs say what matters.
+_QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+_NOISE = (
+    r"`?isinstance\(treespec, LeafSpec\)",  # a deprecation inside Lightning itself
+    r"The number of training batches .* is smaller than the logging interval",
+    r"Found \d+ module\(s\) in eval mode",  # frozen teachers / encoders, by design
+    r"Checkpoint directory .* exists and is not empty",  # a resumed run's own folder
+)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's banners and tips off, and its warnings that do not concern the user filtered, while a
+    run trains; restored afterwards (a library user's own logging settings are left as they were)."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _NOISE:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def run(cfg: TrainConfig, verb: str = "train") -> TrainResult:
     """Train (or resume) the run ``cfg`` describes with its method; return where its outputs are."""
     cfg = resolve_method(cfg, verb)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     assert cfg.method is not None
-    return fit(cfg, get_method(cfg.method)(cfg))
+    with quiet_lightning():
+        return fit(cfg, get_method(cfg.method)(cfg))
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -170,7 +204,14 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
     if resume is not None:
         print(f"anydistill: resuming {run_dir} from {resume}")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    except SystemExit:
+        # Lightning answers Ctrl-C with a graceful shutdown and sys.exit(1); say it as the CLI does
+        # ("interrupted, a rerun resumes", exit 130) instead of a bare exit 1.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     # A stop by max_steps/max_time can fall between checkpoints: save the final state, so a rerun
     # of a finished run does not redo its last steps. Not after a spawn launcher (ddp_spawn): this
     # process's trainer did not train (its step count is 0) and would overwrite the workers' last.ckpt.

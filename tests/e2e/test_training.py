@@ -173,6 +173,24 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, depth_run, capsys):
     assert "missing.ckpt: checkpoint file not found" in capsys.readouterr().err
 
 
+def test_a_bad_image_met_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    """With loader workers (the shipped configs use 2) a truncated image still gives one line naming the file,
+    exit 2: the DataError raised in the worker reaches the CLI as itself, not as torch's RuntimeError."""
+    from anydistill.cli import main
+    from anydistill.data.toyworld import write_toyworld
+
+    root = write_toyworld(tmp_path / "data", count=8, size=64, domain="wide", seed=0, progress=False)
+    bad = sorted((root / "images").iterdir())[3]
+    bad.write_bytes(bad.read_bytes()[:100])
+    code = main(["train", "data.source=folder", f"data.train_root={root}", "data.image_size=64", "data.batch_size=4",
+                 "data.num_workers=2", "data.val_fraction=0.25", "trainer.max_steps=4", "trainer.progress_bar=false",
+                 f"run_dir={tmp_path / 'run'}"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1] == f"anydistill: error: {bad}: truncated image (image file is truncated)"
+    assert not any("Traceback" in line or "RuntimeError" in line for line in err)
+
+
 def test_cli_config_error_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("trainer:\n  max_epoch: 3\n")

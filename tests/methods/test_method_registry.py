@@ -82,6 +82,26 @@ def test_a_method_registered_here_trains_two_steps_through_the_cli(tmp_path: Pat
     assert ckpt["anydistill_config"]["method"] == "tiny_test_method"
 
 
+class _Interrupting(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the training loop
+
+
+@register_method("interrupted_test_method", tasks=None)
+def build_interrupted(cfg: TrainConfig) -> MethodRun:
+    """The tiny method, interrupted by Ctrl-C at its second step."""
+    return MethodRun(TinyModule(cfg.tiny, cfg.optim.lr), TinyData(), "val/loss", "min", callbacks=[_Interrupting()])
+
+
+def test_ctrl_c_says_rerun_to_resume_with_exit_130(tmp_path: Path, capsys):
+    """Lightning answers Ctrl-C with sys.exit(1); the CLI's own line and code come instead."""
+    code = main(["train", "method=interrupted_test_method", f"run_dir={tmp_path}", "trainer.max_steps=5",
+                 "trainer.progress_bar=false", "trainer.accelerator=cpu"])  # fmt: skip
+    assert code == 130
+    assert "interrupted (a rerun of the same command resumes)" in capsys.readouterr().err
+
+
 def test_unknown_section_keys_are_refused_for_registered_sections_too():
     with pytest.raises(ConfigError, match="tiny.nope"):
         load_config(None, ["tiny.nope=1"])
@@ -109,7 +129,7 @@ def test_methods_command_lists_the_registered_methods(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == sorted(["distill", "promptable", "sam_distill", "supervised",
-                                                          "tiny_test_method"])  # fmt: skip
+                                                          "tiny_test_method", "interrupted_test_method"])  # fmt: skip
     assert any(line.startswith("tiny_test_method") and "defined in a test file" in line for line in lines)
 
 
