@@ -175,3 +175,38 @@ def test_every_shipped_config_loads_and_names_a_method(path: Path):
     method = get_method(resolved.method)
     assert method.tasks is None or cfg.task in method.tasks
     assert cfg.method is None  # the files name no method: the verb's default, as before
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("trainer.precision=bogus", "trainer.precision"),
+        ("trainer.checkpoint_every_n_steps=-1", "trainer.checkpoint_every_n_steps"),
+        ("data.num_workers=-2", "data.num_workers"),
+        ("data.train_count=0", "data.train_count"),
+        ("data.on_bad_class=maybe", "data.on_bad_class"),
+        ("trainer.max_steps=0", "trainer.max_epochs"),
+        ("trainer.max_time_minutes=0", "trainer.max_time_minutes"),
+    ],
+)
+def test_bad_values_are_refused_at_load_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config(None, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_model_name_is_one_line_through_the_cli(tmp_path, capsys):
+    from anydistill.cli import main
+
+    assert main(["train", "model.name=depth_huge", f"run_dir={tmp_path}", "data.num_workers=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'depth_huge'; known:" in err[0] and "depth_tiny" in err[0]
+
+
+def test_on_bad_class_reaches_the_folder_dataset(tmp_path):
+    from anydistill.data.datamodule import folder_dataset
+    from anydistill.data.toyworld import write_toyworld
+
+    root = write_toyworld(tmp_path / "d", count=2, size=32, domain="wide", seed=0, progress=False)
+    cfg = load_config(None, ["data.on_bad_class=ignore"])
+    assert folder_dataset(cfg.data, root, "semantic", None).on_bad_class == "ignore"

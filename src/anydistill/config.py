@@ -19,6 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from anydistill.errors import ConfigError
 
 TASKS = ("depth", "semantic", "promptable")
+#: Lightning's precision names (``Trainer(precision=...)``).
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "transformer-engine")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class DataConfig:
     depth_scale: float | None = None
     on_bad_image: str = "error"
     on_missing_label: str = "error"
+    on_bad_class: str = "error"
     image_size: int = 128
     eval_size: int | None = None
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
@@ -290,6 +293,23 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     for key in ("on_bad_image", "on_missing_label"):
         if getattr(cfg.data, key) not in ("error", "skip"):
             raise bad(f"data.{key}", "must be 'error' or 'skip'")
+    if cfg.data.on_bad_class not in ("error", "ignore"):
+        raise bad("data.on_bad_class", "must be 'error' or 'ignore' (ids outside the class table → ignore index)")
+    for key in ("train_count", "val_count"):
+        if getattr(cfg.data, key) < 1:
+            raise bad(f"data.{key}", f"must be >= 1, got {getattr(cfg.data, key)}")
+    if cfg.data.num_workers < 0:
+        raise bad("data.num_workers", f"must be >= 0, got {cfg.data.num_workers}")
+    t = cfg.trainer
+    if t.precision not in PRECISIONS:
+        raise bad("trainer.precision", f"must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
+    for key in ("checkpoint_every_n_steps", "log_every_n_steps", "val_every_n_epochs", "num_nodes"):
+        if getattr(t, key) < 1:
+            raise bad(f"trainer.{key}", f"must be >= 1, got {getattr(t, key)}")
+    if t.max_epochs < -1 or t.max_epochs == 0 or t.max_steps < -1 or t.max_steps == 0:
+        raise bad("trainer.max_epochs", "max_epochs and max_steps must be positive, or -1 for no limit")
+    if t.max_time_minutes is not None and t.max_time_minutes <= 0:
+        raise bad("trainer.max_time_minutes", "must be positive (or null for no time limit)")
     if cfg.loss.ssi_alignment not in ("median", "lstsq"):
         raise bad("loss.ssi_alignment", "must be 'median' or 'lstsq'")
     d = cfg.distill

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from anydistill.errors import ConfigError
+
 T = TypeVar("T")
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name the registry does not hold: a config error (one line in the CLI) and, for code that catches
+    lookups, a KeyError."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; a config error is read by people
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -35,7 +45,7 @@ class Registry(Generic[T]):
             return self._builders[name]
         except KeyError:
             known = ", ".join(sorted(self._builders))
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def build(self, name: str, **kwargs) -> T:
         return self.get(name)(**kwargs)

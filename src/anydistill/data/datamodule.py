@@ -45,6 +45,7 @@ def folder_dataset(cfg: DataConfig, root: str | Path, task: str, transform) -> F
         depth_scale=cfg.depth_scale,
         on_missing_label=cfg.on_missing_label,
         on_bad_image=cfg.on_bad_image,
+        on_bad_class=cfg.on_bad_class,
     )
 
 

@@ -288,7 +288,7 @@ class FolderDataset(_FolderIndex, Dataset):
                         path,
                         f"class ids {bad_ids[:20]} are not in the class table (ids "
                         f"{_id_summary(self._valid_ids)}, ignore {self.ignore_index}); "
-                        'pass on_bad_class="ignore" to map them to ignore',
+                        'set data.on_bad_class=ignore (FolderDataset(on_bad_class="ignore")) to map them to the ignore index',
                     )
                 ignore |= bad
         if self.ignore_index == OUTPUT_IGNORE and not ignore.any():
