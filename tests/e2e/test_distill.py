@@ -76,3 +76,10 @@ def test_semantic_distillation_end_to_end(tmp_path, capsys):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     assert "miou" in json.dumps(json.loads((run / "metrics.json").read_text()))
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--count", "4"]) == 0
+    capsys.readouterr()
+    # The same cache given to a depth student: one line before the first step, not a KeyError inside it.
+    code = main(["distill", f"run_dir={tmp_path / 'depth_student'}", "data.train_count=8", "trainer.max_steps=1",
+                 f"distill.cache={tmp_path / 'cache'}", *COMMON])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "holds a 'semantic' teacher's targets; this student's task is 'depth'" in err[0]

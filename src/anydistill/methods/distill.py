@@ -186,6 +186,12 @@ class DistillDataModule(SupervisedDataModule):
             )
         self.distill = distill
         self.unlabeled_set = PseudoLabelDataset(distill.cache, transform=self.train_tf)
+        teacher_task = self.unlabeled_set.cache.manifest.task
+        if teacher_task != task:  # before the first step, not a KeyError inside it
+            raise ConfigError(
+                f"distill.cache: {distill.cache} holds a {teacher_task!r} teacher's targets; this student's "
+                f"task is {task!r} (a {teacher_task} teacher labels a {teacher_task} student)"
+            )
 
     def train_dataloader(self) -> CombinedLoader:
         workers = self.cfg.num_workers
