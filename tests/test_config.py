@@ -210,3 +210,10 @@ def test_on_bad_class_reaches_the_folder_dataset(tmp_path):
     root = write_toyworld(tmp_path / "d", count=2, size=32, domain="wide", seed=0, progress=False)
     cfg = load_config(None, ["data.on_bad_class=ignore"])
     assert folder_dataset(cfg.data, root, "semantic", None).on_bad_class == "ignore"
+
+
+def test_a_missing_data_folder_is_named_as_missing(tmp_path, capsys):
+    from anydistill.cli import main
+
+    assert main(["train", "data.source=folder", f"data.train_root={tmp_path / 'nope'}", f"run_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip() == f"anydistill: error: {tmp_path / 'nope'}: data.train_root: no such folder"

@@ -9,7 +9,7 @@ from typing import Any
 from anydistill.config import DataConfig
 from anydistill.data.labels import read_classes
 from anydistill.data.toyworld import class_table
-from anydistill.errors import ConfigError
+from anydistill.errors import ConfigError, DataError
 
 
 @dataclass
@@ -54,7 +54,10 @@ def class_info(cfg: DataConfig) -> ClassInfo:
     """The class table of the configured data: toyworld's, or the train folder's ``classes.json``."""
     if cfg.source == "toyworld":
         return ClassInfo.from_table(class_table())
-    table = read_classes(Path(cfg.train_root))
+    root = Path(cfg.train_root)
+    if not root.is_dir():
+        raise DataError(root, "data.train_root: no such folder")
+    table = read_classes(root)
     if not table:
         return ClassInfo()
     return ClassInfo.from_table(table["classes"], ignore_index=table.get("ignore_index", 255))
