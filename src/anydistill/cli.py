@@ -19,9 +19,22 @@ from pathlib import Path
 from anydistill.errors import AnydistillError
 
 
+def _check_options(args: argparse.Namespace, minimum: int, *options: str) -> None:
+    """Refuse each ``--option`` whose value (``None``: not given) is below ``minimum``: a one-line
+    ``ConfigError`` naming the option, before any work (argparse itself checks only that it is an int)."""
+    from anydistill.errors import ConfigError
+
+    for option in options:
+        value = getattr(args, option.removeprefix("--").replace("-", "_"))
+        if value is not None and value < minimum:
+            raise ConfigError(f"{option}: must be at least {minimum}, got {value}")
+
+
 def _cmd_data_toyworld(args: argparse.Namespace) -> None:
     from anydistill import api
 
+    _check_options(args, 1, "--count", "--size")
+    _check_options(args, 0, "--seed")
     out = api.make_toyworld(args.out, count=args.count, size=args.size, domain=args.domain, seed=args.seed)
     print(f"wrote {args.count} toyworld images ({args.domain}, {args.size}px, seed {args.seed}) to {out}")
 
@@ -29,9 +42,17 @@ def _cmd_data_toyworld(args: argparse.Namespace) -> None:
 def _cmd_data_import(args: argparse.Namespace) -> None:
     from anydistill.data.importer import import_pairs, parse_label_map
 
-    names = args.classes.split(",") if args.classes else None
+    names = [n.strip() for n in args.classes.split(",")] if args.classes is not None else None
     out = import_pairs(
-        args.images, args.labels, args.out, parse_label_map(args.label_map), names, args.kind, args.holdout, args.seed
+        args.images,
+        args.labels,
+        args.out,
+        label_map=parse_label_map(args.label_map),
+        class_names=names,
+        kind=args.kind,
+        holdout=args.holdout,
+        seed=args.seed,
+        unmapped=args.unmapped,
     )
     where = f"{out}/train and {out}/val ({args.holdout} held out)" if args.holdout else str(out)
     print(f"imported into {where}")
@@ -102,6 +123,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from anydistill import api
     from anydistill.eval.evaluate import evaluate_promptable, format_table
 
+    _check_options(args, 1, "--count", "--size", "--batch-size", "--max-clicks", "--max-instances")
     if args.task == "promptable" or (args.task == "auto" and _is_promptable(args.checkpoint)):
         metrics = evaluate_promptable(
             args.checkpoint, args.data, count=args.count, max_clicks=args.max_clicks,
@@ -125,6 +147,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from anydistill import api
 
+    _check_options(args, 1, "--batch-size", "--size")
     report = api.predict(args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size)
     print(report.summary())
     print(f"outputs in {args.out}")
@@ -195,8 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--labels", required=True, type=Path)
     imp.add_argument("--out", required=True, type=Path)
     imp.add_argument("--kind", choices=["semantic", "depth"], default="semantic")
-    imp.add_argument("--label-map", nargs="*", default=None, help="mask value to class id, e.g. 0:0 255:1")
-    imp.add_argument("--classes", default=None, help="comma-separated class names, e.g. background,membrane")
+    imp.add_argument(
+        "--label-map",
+        nargs="*",
+        default=None,
+        help="mask value to class id (0..254, or 255 = ignore), e.g. 0:0 255:1; every mask value must be listed. "
+        "Without it the mask values are the class ids",
+    )
+    imp.add_argument(
+        "--unmapped",
+        choices=["error", "ignore"],
+        default="error",
+        help="a mask value with no class id (not in --label-map; without it, above 255): refuse the import "
+        "(error, default) or write it as ignore (255)",
+    )
+    imp.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated names of class ids 0, 1, ..., e.g. background,membrane; must name every id in "
+        "use (default: class_0, class_1, ...)",
+    )
     imp.add_argument("--holdout", type=int, default=0, help="put this many pairs into OUT/val, the rest in OUT/train")
     imp.add_argument("--seed", type=int, default=0, help="chooses the held-out pairs")
     imp.set_defaults(func=_cmd_data_import)
@@ -290,8 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options whose values may start with "-" (a negative coordinate): argparse would read "-5,10" as an option.
+_SIGNED_VALUE_OPTIONS = ("--point", "--box")
+
+
+def _join_signed_values(argv: list[str]) -> list[str]:
+    """``--point -5,10`` → ``--point=-5,10``, so a negative coordinate reaches the command (which then says
+    what is wrong with it in one line) instead of being an argparse usage error."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _SIGNED_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_join_signed_values(argv))
     try:
         args.func(args)
     except AnydistillError as exc:
