@@ -6,6 +6,7 @@ import errno
 import functools
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,32 @@ def test_changed_or_removed_images_redo_their_shards(images: Path, tmp_path: Pat
     assert (third.count, len(third.shards)) == (7, 2)
     assert sorted(list_shard_files(out)) == [0, 1] and not list(out.glob("*000002*"))
     assert open_cache(out, verify=True).ids == sorted(p.stem for p in root.glob("*.png"))
+
+
+def test_an_image_edited_in_place_at_the_same_size_is_redone(images: Path, tmp_path: Path) -> None:
+    """Same byte size, new mtime: the resume check falls back to the content hash (sha256) and redoes the
+    image; same byte size and the mtime put back, the image counts as unchanged (mtime + size match)."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for path in sorted((images / "images").glob("*.png")):  # uncompressed PNGs: a pixel edit keeps the size
+        Image.fromarray(read_image(path)).save(root / path.name, compress_level=0)
+    out = tmp_path / "c"
+    run_teacher_pass(StandInTeacher(), root, out, **KW)
+    edited = sorted(root.glob("*.png"))[2]
+    before = edited.stat()
+    pixels = read_image(edited).copy()
+    pixels[:8] = 255 - pixels[:8]
+    Image.fromarray(pixels).save(edited, compress_level=0)
+    assert edited.stat().st_size == before.st_size  # the branch under test: size alone cannot tell
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    second = run_teacher_pass(StandInTeacher(), root, out, **KW)
+    assert second.timing["written"] == 4  # the edited image's shard, and only it
+    disp, _ = _single(StandInTeacher(), edited)
+    np.testing.assert_allclose(open_cache(out).read(edited.stem)["disp"], disp[0], rtol=2e-3, atol=1e-3)
+    files = _files(out)
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns + 2 * 10**9))  # touched, content the same
+    run_teacher_pass(StandInTeacher(), root, out, **KW)
+    assert _files(out) == files  # the sha256 matched: nothing rewritten
 
 
 def test_unreadable_images_are_counted_reported_and_not_fatal(images: Path, tmp_path: Path) -> None:

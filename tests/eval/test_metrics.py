@@ -52,6 +52,19 @@ def test_affine_depth_is_perfect_in_depth_space() -> None:
     )  # float32 inputs
 
 
+@pytest.mark.parametrize("over", [False, True], ids=["pred_over_gt", "gt_over_pred"])
+def test_delta_thresholds_are_1_25_powers_to_the_digit(over) -> None:
+    """Ratios on both sides of 1.25, 1.25² = 1.5625 and 1.25³ = 1.953125, either way round: a threshold
+    moved by 0.01 (or a ``<=`` for ``<``, or only one direction of max(d/d*, d*/d)) changes a count."""
+    ratios = torch.tensor([1.0, 1.249, 1.251, 1.562, 1.563, 1.953, 1.954, 3.0], dtype=torch.float64)
+    gt = torch.full((1, 1, 8), 2.0, dtype=torch.float64)
+    pred = gt * ratios.view(1, 1, 8) if over else gt / ratios.view(1, 1, 8)
+    out = depth_metrics(pred, gt, pred_space="depth", alignment="none")
+    assert out["delta1"].item() == pytest.approx(2 / 8)
+    assert out["delta2"].item() == pytest.approx(4 / 8)
+    assert out["delta3"].item() == pytest.approx(6 / 8)
+
+
 def test_hand_computed_example() -> None:
     gt = torch.tensor([[[1.0, 2.0], [4.0, 0.0]]])  # (1, 2, 2), last pixel invalid
     pred = torch.tensor([[[1.1, 2.0], [6.0, 3.0]]])

@@ -96,15 +96,31 @@ def test_feature_alignment_needs_an_encoder():
         DistillModule(distill=DistillConfig(feature_align=True), task="depth", model_name="depth_tiny")
 
 
+def _seeded_step(m: DistillModule, b: dict) -> torch.Tensor:
+    torch.manual_seed(3)  # the same perturbation and CutMix draws for every call
+    return m.training_step(b, 0).detach()
+
+
 def test_unlabeled_only_and_labeled_only_batches():
     m = module(frozen=False)
+    m.eval()  # no dropout / batch statistics: equal inputs give equal losses
     b = batch("depth")
-    assert torch.isfinite(m.training_step({"unlabeled": b["unlabeled"]}, 0))
-    m.dcfg.use_labeled = False
-    only_unlabeled = m.training_step(b, 0)
-    assert torch.isfinite(only_unlabeled)
+    unlabeled_only = _seeded_step(m, {"unlabeled": b["unlabeled"]})
+    both = _seeded_step(m, b)
+    assert torch.isfinite(unlabeled_only) and not torch.allclose(both, unlabeled_only)
+    m.dcfg.use_labeled = False  # the labeled batch is then ignored: the loss is the unlabeled part alone
+    torch.testing.assert_close(_seeded_step(m, b), unlabeled_only)
     with pytest.raises(ValueError, match="labeled"):
         m.training_step({}, 0)
+
+
+def test_unlabeled_weight_scales_the_unlabeled_loss():
+    m = module(frozen=False)
+    m.eval()
+    u = {"unlabeled": batch("depth")["unlabeled"]}
+    base = _seeded_step(m, u)
+    m.dcfg.unlabeled_weight = 0.25
+    torch.testing.assert_close(_seeded_step(m, u), 0.25 * base)
 
 
 def test_cutmix_loss_uses_each_regions_own_pseudo_label():
