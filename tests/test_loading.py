@@ -38,7 +38,8 @@ def semantic_module() -> SupervisedModule:
 
 
 def test_kinds_are_told_in_one_place(tmp_path, semantic_module):
-    assert detect_kind("timm:resnet18").kind == "timm" and detect_kind("timm:resnet18").path is None
+    random_init = detect_kind("timm:resnet18@random")
+    assert (random_init.kind, random_init.name, random_init.path) == ("timm", "resnet18", None)
     spec = detect_kind(f"timm:vit_small_patch14_dinov2@{tmp_path / 'w.safetensors'}")
     assert (spec.kind, spec.name, spec.path) == ("timm", "vit_small_patch14_dinov2", tmp_path / "w.safetensors")
     hf = tmp_path / "hf"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from anydistill.config import TrainConfig, load_config
 from anydistill.data.toyworld import write_toyworld
+from anydistill.data.toyworld.writer import check_toyworld_args
 from anydistill.demos import run_demo
 from anydistill.eval.evaluate import evaluate
 from anydistill.inference import Predictor, PredictReport, load_student, predict_folder
@@ -44,7 +45,13 @@ def _resolve(config: TrainConfig | str | Path | None, overrides: list[str] | Non
 
 
 def make_toyworld(out: str | Path, count: int = 100, size: int = 128, domain: str = "wide", seed: int = 0) -> Path:
-    """Render ``count`` toyworld scenes of ``domain`` into ``out`` in the user folder format."""
+    """Render ``count`` toyworld scenes of ``domain`` into ``out`` in the user folder format.
+
+    Raises:
+        ConfigError: ``count`` or ``size`` below 1, ``seed`` below 0, or an unknown ``domain`` (one line
+            naming the argument), before anything is written.
+    """
+    check_toyworld_args(count=count, size=size, seed=seed)
     return write_toyworld(Path(out), count=count, size=size, domain=domain, seed=seed)
 
 

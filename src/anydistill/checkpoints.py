@@ -112,7 +112,7 @@ class CheckpointKind:
 
     Attributes:
         kind: one of :data:`KINDS`.
-        path: the file or folder (``None`` for a ``timm:`` spec without weights).
+        path: the file or folder (``None`` for ``timm:<name>@random``: a randomly initialised encoder).
         task: for ``anydistill`` checkpoints, the task they were trained for (``depth``, ``semantic``,
             ``promptable``, ...); for Hugging Face folders, the ``model_type``; for ``sam`` "promptable".
         name: the timm model name of a ``timm:`` spec.
@@ -126,22 +126,36 @@ class CheckpointKind:
 
 EXPECTED = (
     "expected an anydistill checkpoint (.ckpt), a segment-anything checkpoint (.pth), a Hugging Face model "
-    "folder (with config.json), or 'timm:<model_name>[@<weights file>]'"
+    "folder (with config.json), or 'timm:<model_name>@<weights file>' ('@random': random weights)"
 )
+#: The weights part of ``timm:<name>@random``: a randomly initialised encoder, asked for by name (a file
+#: called ``random`` is ``timm:<name>@./random``).
+RANDOM_WEIGHTS = "random"
 
 
 def detect_kind(spec: str | Path) -> CheckpointKind:
     """Tell what ``spec`` is, reading as little as needed (a ``.ckpt`` is opened to read its task).
 
+    A ``timm:`` spec must say where its weights come from: ``timm:<name>@<weights file>``, or
+    ``timm:<name>@random`` for a randomly initialised encoder (tests, ablations; ``path`` is then None).
+    A bare ``timm:<name>`` is refused: it would silently give random features to align to.
+
     Raises:
-        DataError: nothing there, or a file of no known kind.
+        DataError: nothing there, a file of no known kind, or a ``timm:`` spec without weights.
     """
     text = str(spec)
     if text.startswith("timm:"):
         name, _, weights = text[len("timm:") :].partition("@")
         if not name:
             raise DataError(None, f"{text!r}: no timm model name; {EXPECTED}")
-        return CheckpointKind("timm", Path(weights).expanduser() if weights else None, name=name)
+        if not weights:
+            raise DataError(
+                None,
+                f"timm:{name} names no weights; give timm:{name}@<weights file>, or timm:{name}@random "
+                "for a randomly initialised encoder (tests, ablations)",
+            )
+        path = None if weights == RANDOM_WEIGHTS else Path(weights).expanduser()
+        return CheckpointKind("timm", path, name=name)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(path, f"no such file or folder; {EXPECTED}")

@@ -8,6 +8,9 @@ normalised tensors. Loading goes through :mod:`anydistill.loading`; nothing here
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from tqdm import tqdm
 from anydistill.checkpoints import read_checkpoint  # noqa: F401  (its old home; use anydistill.checkpoints)
 from anydistill.data.io import find_images, read_image
 from anydistill.data.transforms import preprocess_transforms, restore_prediction
-from anydistill.errors import DataError
+from anydistill.errors import ConfigError, DataError
 from anydistill.loading import LoadedModel, load_model
 from anydistill.viz import colorize_depth, colorize_mask, default_palette, overlay
 
@@ -57,11 +60,15 @@ class Predictor:
     device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ConfigError(f"image_size: must be at least 1, got {self.image_size}")
         self.image_size = self.image_size or self.student.image_size
         self.preprocess = self.student.preprocess.with_size(self.image_size)
         multiple = self.preprocess.multiple
         if self.image_size % multiple:
-            raise ValueError(f"image_size={self.image_size} must be a multiple of {multiple}")
+            raise ConfigError(f"image_size: must be a multiple of {multiple}, got {self.image_size}")
         self.transform = preprocess_transforms(self.preprocess)
         self.model = self.student.model
         self.device = next(self.model.parameters()).device
@@ -118,13 +125,28 @@ def predict_folder(
     ``out/png16/<rel>.png`` (the same, scaled per image to 0..65535) and ``out/color/<rel>.png``.
     Semantic: ``out/masks/<rel>.png`` (class ids, palette PNG) and ``out/overlay/<rel>.png``.
     Unreadable images are skipped and listed in the report, never silently dropped.
+
+    ``<rel>`` is the image's path relative to ``images`` without its extension (``photos/a.jpg`` →
+    ``photos/a``), unless another input has the same one (``a.png`` and ``a.jpg``): those inputs keep their
+    extension, ``raw/a.png.npy`` and ``raw/a.jpg.npy`` (see :func:`output_names`). So every input gets
+    its own outputs, and the report lists exactly the files written.
+
+    Raises:
+        ConfigError: ``batch_size`` below 1, or a bad ``image_size``.
+        DataError: no images, a bad checkpoint, or an output folder that cannot be created or written
+            (checked before any prediction), each naming the path.
     """
-    student = load_student(checkpoint, device=device)
-    predictor = Predictor(student, image_size=image_size, batch_size=batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: must be at least 1, got {batch_size}")
     root = Path(images)
     files = find_images(root)
     base = root if root.is_dir() else root.parent
+    names = output_names([path.relative_to(base) for path in files])
     out = Path(out)
+    _check_output_folder(out)
+    student = load_student(checkpoint, device=device)
+    predictor = Predictor(student, image_size=image_size, batch_size=batch_size)
+    _make_output_folder(out)
     report = PredictReport()
     palette = (
         np.asarray(student.classes.colors, np.uint8)
@@ -141,24 +163,66 @@ def predict_folder(
             except DataError as exc:
                 report.skipped.append((path, exc.problem))
         for path, img, pred in zip(paths, arrays, predictor.predict(arrays), strict=True):
-            rel = path.relative_to(base).with_suffix("")
+            name = names[path.relative_to(base)]
             if student.task == "depth":
-                _save(out / "raw" / rel.with_suffix(".npy"), pred)
+                _save(out / "raw" / f"{name}.npy", pred)
                 span = max(float(pred.max() - pred.min()), 1e-8)
                 png16 = ((pred - pred.min()) / span * 65535).round().astype(np.uint16)
-                _save_image(Image.fromarray(png16), out / "png16" / rel.with_suffix(".png"))
-                _save_image(Image.fromarray(colorize_depth(pred)), out / "color" / rel.with_suffix(".png"))
-                report.written.append(out / "raw" / rel.with_suffix(".npy"))
+                _save_image(Image.fromarray(png16), out / "png16" / f"{name}.png")
+                _save_image(Image.fromarray(colorize_depth(pred)), out / "color" / f"{name}.png")
+                report.written.append(out / "raw" / f"{name}.npy")
             else:
                 mask = Image.fromarray(pred, mode="P")
                 mask.putpalette(palette[:256].flatten().tolist())
-                _save_image(mask, out / "masks" / rel.with_suffix(".png"))
+                _save_image(mask, out / "masks" / f"{name}.png")
                 ov = overlay(img, colorize_mask(pred, palette))
-                _save_image(Image.fromarray(ov), out / "overlay" / rel.with_suffix(".png"))
-                report.written.append(out / "masks" / rel.with_suffix(".png"))
+                _save_image(Image.fromarray(ov), out / "overlay" / f"{name}.png")
+                report.written.append(out / "masks" / f"{name}.png")
         bar.update(len(files[start : start + batch_size]))
     bar.close()
     return report
+
+
+def output_names(rels: list[Path]) -> dict[Path, str]:
+    """The output name (a relative path as text, no extension added yet) of each input ``rel``.
+
+    An input's name is its relative path without the extension (``sub/a.png`` → ``sub/a``) unless that
+    name is shared with another input: then it keeps its extension (``sub/a.png``, ``sub/a.jpg``). Repeated
+    until no two names are equal (``a.png`` kept whole could meet ``a.png.jpg``'s short name), which
+    ends because whole relative paths are distinct. Outputs append their own extension to the name
+    (``raw/sub/a.png.npy``), so a dotted stem (``scan.v2.png`` → ``scan.v2.npy``) is never cut either.
+    """
+    names = {rel: rel.with_suffix("").as_posix() for rel in rels}
+    while True:
+        counts = Counter(names.values())
+        shared = [rel for rel, name in names.items() if counts[name] > 1 and name != rel.as_posix()]
+        if not shared:
+            return names
+        for rel in shared:
+            names[rel] = rel.as_posix()
+
+
+def _check_output_folder(out: Path) -> None:
+    """Fail early, without creating anything, when ``out`` cannot be a writable folder."""
+    if out.exists() and not out.is_dir():
+        raise DataError(out, "output folder is an existing file; give a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(out, f"output folder cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(out, f"output folder cannot be written: no write permission in {parent}")
+
+
+def _make_output_folder(out: Path) -> None:
+    """Create ``out`` and write a probe file there: a read-only file system fails here, not mid-run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise DataError(out, f"output folder cannot be created or written: {exc.strerror or exc}") from None
 
 
 def _save(path: Path, array: np.ndarray) -> None:

@@ -43,7 +43,7 @@ def test_timm_specs(tmp_path):
     enc = load_teacher(f"timm:vit_small_patch14_dinov2@{weights}", **TINY_VIT)
     assert isinstance(enc, TimmEncoder)
     torch.testing.assert_close(enc.model.pos_embed, model.pos_embed)  # the file's weights, not a new init
-    random_init = load_teacher("timm:vit_small_patch14_dinov2", **TINY_VIT)
+    random_init = load_teacher("timm:vit_small_patch14_dinov2@random", **TINY_VIT)
     assert random_init.fingerprint != enc.fingerprint
     with pytest.raises(DataError, match="missing.pth"):
         load_teacher(f"timm:vit_small_patch14_dinov2@{tmp_path / 'missing.pth'}", **TINY_VIT)
@@ -79,3 +79,33 @@ def test_truncated_checkpoint(tmp_path, depth_ckpt):
     bad.write_bytes(depth_ckpt.read_bytes()[:100])
     with pytest.raises(DataError, match="bad.ckpt"):
         load_teacher(bad)
+
+
+@pytest.mark.parametrize("spec", ["timm:vit_small_patch14_dinov2", "timm:vit_small_patch14_dinov2@"])
+def test_timm_spec_without_weights_is_refused(spec):
+    """A bare ``timm:NAME`` would be a random encoder without a word (feature alignment to noise)."""
+    with pytest.raises(DataError, match="names no weights") as err:
+        load_teacher(spec, **TINY_VIT)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "timm:vit_small_patch14_dinov2@<weights file>" in message
+    assert "timm:vit_small_patch14_dinov2@random" in message
+
+
+def test_timm_random_spec_is_a_random_encoder():
+    torch.manual_seed(0)
+    enc = load_teacher("timm:vit_small_patch14_dinov2@random", **TINY_VIT)
+    assert isinstance(enc, TimmEncoder) and enc.task == "features"
+    assert enc.features(torch.rand(1, 3, 56, 56)).shape == (1, 32, 4, 4)
+
+
+def test_timm_weights_file_is_loaded(tmp_path):
+    """``@path`` still reads the file: every weight equals the saved model's."""
+    torch.manual_seed(1)
+    model = timm.create_model("vit_small_patch14_dinov2", num_classes=0, **TINY_VIT)
+    weights = tmp_path / "random"  # a file called "random" is reached through a path, not the keyword
+    torch.save(model.state_dict(), weights)
+    enc = load_teacher(f"timm:vit_small_patch14_dinov2@{weights}", **TINY_VIT)
+    loaded = enc.model.state_dict()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded[key], value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from anydistill.data.folder import FolderDataset
 from anydistill.data.instances import CocoInstances, FolderInstances, InstanceDataset, ToyWorldInstances
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET, ToyWorldDataset
 from anydistill.data.transforms import collate_samples, eval_transforms
-from anydistill.errors import DataError
+from anydistill.errors import ConfigError, DataError
 from anydistill.eval.interactive import evaluate_interactive
 from anydistill.eval.metrics import DepthMetrics, SegmentationMetrics
 from anydistill.inference import load_student
@@ -35,6 +36,21 @@ def eval_dataset(data: str, task: str, image_size: int, multiple: int, count: in
     return FolderDataset(root, task=task, transform=transform)
 
 
+def check_at_least(minimum: int, **values: int | None) -> None:
+    """Refuse each ``name=value`` below ``minimum`` (``None`` = the default, allowed) with a one-line
+    :class:`~anydistill.errors.ConfigError` naming it."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_not_empty(dataset: Dataset, data: str) -> None:
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise DataError(data, "no images to evaluate")
+
+
 @torch.inference_mode()
 def evaluate(
     checkpoint: str | Path,
@@ -49,10 +65,19 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of ``checkpoint`` on ``data``: depth (AbsRel, RMSE, δ1..δ3 after per-image
     least-squares alignment in disparity, as Depth Anything evaluates relative depth) or semantic
-    (per-class IoU, mIoU, pixel accuracy)."""
+    (per-class IoU, mIoU, pixel accuracy).
+
+    Raises:
+        ConfigError: ``count``, ``image_size`` or ``batch_size`` below 1, or ``seed`` below 0 (one line
+            naming the argument), before the checkpoint is read.
+        DataError: a bad checkpoint, or ``data`` missing or holding no images, naming the path.
+    """
+    check_at_least(1, count=count, image_size=image_size, batch_size=batch_size)
+    check_at_least(0, seed=seed)
     student = load_student(checkpoint, device=device)
     spec = student.preprocess.with_size(image_size or student.image_size)
     dataset = eval_dataset(str(data), student.task, spec.size, spec.multiple, count, seed)
+    _check_not_empty(dataset, str(data))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_samples)
     if student.task == "depth":
         metrics_fn: DepthMetrics | SegmentationMetrics = DepthMetrics()
@@ -150,7 +175,17 @@ def evaluate_promptable(
     1..``max_clicks`` simulated clicks (each at the centre of the largest error), NoC@85/90 (clicks to
     reach IoU 0.85/0.90, ``max_clicks`` when never), 1-click mIoU and oracle mIoU (best of 3 masks);
     measured on the source images' masks (``frame="original"``) or in the model's resized frame
-    (``"input"``)."""
+    (``"input"``).
+
+    Raises:
+        ConfigError: ``count``, ``max_clicks`` or ``max_instances`` below 1, ``seed`` below 0, or an
+            unknown ``frame`` (one line naming the argument), before the checkpoint is read.
+        DataError: a bad or non-promptable checkpoint, or ``data`` missing or holding no images.
+    """
+    check_at_least(1, count=count, max_clicks=max_clicks, max_instances=max_instances)
+    check_at_least(0, seed=seed)
+    if frame not in ("original", "input"):
+        raise ConfigError(f"frame: must be 'original' or 'input', got {frame!r}")
     loaded = load_model(checkpoint, device=device)
     if loaded.task != "promptable":
         raise DataError(checkpoint, f"is a {loaded.task!r} model, not a promptable (SAM) model")
@@ -163,6 +198,7 @@ def evaluate_promptable(
         max_instances,
         original_masks=frame == "original",
     )
+    _check_not_empty(dataset, str(data))
     samples = tqdm(dataset, desc="evaluate", disable=not progress, unit="image")
     with torch.no_grad():
         metrics = evaluate_interactive(model, samples, max_clicks=max_clicks, frame=frame)  # type: ignore[arg-type]

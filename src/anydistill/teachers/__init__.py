@@ -1,7 +1,8 @@
 """Teachers: frozen models with their own pre-processing behind one protocol (:class:`Teacher`).
 
-``load_teacher(spec)`` turns a local path or ``timm:<name>[@<weights>]`` into one; ``predict`` gives
-per-pixel targets at the input's size, ``features`` patch-feature maps for feature alignment.
+``load_teacher(spec)`` turns a local path or ``timm:<name>@<weights>`` (``@random``: random weights)
+into one; ``predict`` gives per-pixel targets at the input's size, ``features`` patch-feature maps for
+feature alignment.
 The Hugging Face adapters import ``transformers`` only when used.
 """
 

@@ -124,7 +124,8 @@ class TimmEncoder(FrozenEncoder):
     Args:
         name: a timm model name.
         checkpoint_path: a local weights file (timm/Hugging Face ``timm/...`` format, or one timm's
-            checkpoint filter converts, e.g. the original DINOv2 ``.pth``); None = random init (tests).
+            checkpoint filter converts, e.g. the original DINOv2 ``.pth``); None = random init (tests; the
+            spec ``timm:<name>@random``).
         image_size: working long side (default: the input's own size rounded to the patch size).
         device: where to load it.
         **timm_kwargs: for ``timm.create_model`` (e.g. ``img_size``, the native position-embedding grid).

@@ -5,7 +5,9 @@ Accepted specs (nothing is ever downloaded):
 * ``path/to/best.ckpt`` — an anydistill training checkpoint → :class:`AnydistillTeacher`;
 * a Hugging Face folder whose ``config.json`` has ``model_type`` ``depth_anything`` →
   :class:`HFDepthAnythingTeacher`; ``dinov2`` / ``dinov2_with_registers`` → :class:`HFDinov2Encoder`;
-* ``timm:<model_name>`` or ``timm:<model_name>@<weights file>`` → :class:`TimmEncoder`;
+* ``timm:<model_name>@<weights file>`` → :class:`TimmEncoder` with those weights;
+  ``timm:<model_name>@random`` → a randomly initialised one (tests, ablations); a bare
+  ``timm:<model_name>`` is refused (it would give random features without a word);
 * a segment-anything ``.pth`` (``sam_vit_b_01ec64.pth`` …), or an anydistill promptable checkpoint →
   :class:`SamTeacher` (image embeddings, for MobileSAM-style encoder distillation).
 """
@@ -29,11 +31,13 @@ def load_teacher(spec: str | Path, **kwargs: Any) -> Teacher:
     What ``spec`` is comes from :func:`anydistill.checkpoints.detect_kind`, the one place that tells.
 
     Raises:
-        DataError: ``spec`` names nothing we can load (missing, truncated, unknown kind), naming the file.
+        DataError: ``spec`` names nothing we can load (missing, truncated, unknown kind), naming the file;
+            or a ``timm:`` spec that names no weights (neither a file nor ``@random``).
     """
     kind = detect_kind(spec)
     if kind.kind == "timm":
-        return TimmEncoder(kind.name, checkpoint_path=kind.path, **kwargs)
+        assert kind.name is not None
+        return TimmEncoder(kind.name, checkpoint_path=kind.path, **kwargs)  # path None: ``@random``
     if kind.kind == "sam" or (kind.kind == "anydistill" and kind.task == "promptable"):
         return SamTeacher(kind.path, **kwargs)
     if kind.kind == "anydistill":

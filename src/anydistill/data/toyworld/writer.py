@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import numbers
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,7 +36,7 @@ from anydistill.data.toyworld.sample import (
     render_sample,
     sample_id,
 )
-from anydistill.errors import DataError
+from anydistill.errors import ConfigError, DataError
 
 DEPTH_SCALE = 1000.0
 GENERATOR = "anydistill.toyworld"
@@ -122,6 +123,15 @@ def _check_meta(out: Path, domain: str, seed: int, size: tuple[int, int]) -> lis
     return [list(r) for r in meta.get("ranges", [])]
 
 
+def check_toyworld_args(**values: int) -> None:
+    """Refuse a ``count``/``size`` below 1 or a ``seed``/``start``/``workers`` below 0 with a
+    :class:`~anydistill.errors.ConfigError` naming the argument (``bool`` and non-integers too)."""
+    for key, value in values.items():
+        minimum = 1 if key in ("count", "size") else 0
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ConfigError(f"{key}: must be an integer >= {minimum}, got {value!r}")
+
+
 def write_toyworld(
     out: Path,
     count: int,
@@ -136,10 +146,14 @@ def write_toyworld(
 
     Resumable and idempotent: existing complete files are kept, so rerunning rewrites nothing.
     ``workers > 0`` renders in that many processes. Returns ``out``.
+
+    Raises:
+        ConfigError: ``count`` or ``size`` below 1, ``start``, ``seed`` or ``workers`` below 0, or an
+            unknown ``domain``; one line naming the argument.
+        DataError: ``out`` holds other data (another generator, domain, seed or size).
     """
     out = Path(out)
-    if count < 0 or start < 0 or seed < 0:
-        raise ValueError(f"count, start and seed must be >= 0, got {count}, {start}, {seed}")
+    check_toyworld_args(count=count, size=size, seed=seed, start=start, workers=workers)
     name = get_domain(domain).name
     hw = image_size(size)
     ranges = _check_meta(out, name, seed, hw)
