@@ -7,7 +7,7 @@ the cache (teacher decoder reused, frozen; + prompt-in-the-loop mask loss), and 
 trained on the labels directly with the same time budget. All are evaluated by the interactive
 protocol on held-out scenes. Goal (issue 4): the student keeps ≥ 90% of the teacher's 1-click mIoU.
 
-    python benchmarks/bench_sam_distill.py [--quick] [--teacher-minutes 20 --student-minutes 8]
+    python benchmarks/bench_sam_distill.py [--quick] [--teacher-steps 1300 --student-steps 400]
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ OUT = Path(__file__).resolve().parent / "_out" / "sam_distill"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline only")
-    parser.add_argument("--teacher-minutes", type=float, default=None, help="teacher training budget")
-    parser.add_argument("--student-minutes", type=float, default=None, help="each student's training budget")
+    parser.add_argument("--teacher-steps", type=int, default=None, help="teacher training budget (steps)")
+    parser.add_argument("--student-steps", type=int, default=None, help="each student's training budget (steps)")
+    parser.add_argument("--cap-minutes", type=float, default=None, help="time cap of each run (a safety stop)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the scenes stay the same)")
     args = parser.parse_args()
     out = OUT.with_name(OUT.name + (f"_seed{args.seed}" if args.seed else ""))
     shutil.rmtree(out, ignore_errors=True)
     budget = QUICK if args.quick else DEFAULT
-    if args.teacher_minutes is not None:
-        budget = replace(budget, teacher_minutes=args.teacher_minutes)
-    if args.student_minutes is not None:
-        budget = replace(budget, student_minutes=args.student_minutes)
+    if args.teacher_steps is not None:
+        budget = replace(budget, teacher_steps=args.teacher_steps)
+    if args.student_steps is not None:
+        budget = replace(budget, student_steps=args.student_steps)
+    if args.cap_minutes is not None:
+        budget = replace(budget, cap_minutes=args.cap_minutes)
     run_promptable_demo(out, budget=budget, baseline=True, seed=args.seed)
     data = json.loads((out / "results.json").read_text())
     rows = []
@@ -56,8 +59,10 @@ def main() -> None:
     table = markdown_table(header, rows)
     print(table)
     command = "python benchmarks/bench_sam_distill.py" + (" --quick" if args.quick else "")
-    if args.teacher_minutes is not None or args.student_minutes is not None:
-        command += f" --teacher-minutes {budget.teacher_minutes:g} --student-minutes {budget.student_minutes:g}"
+    if args.teacher_steps is not None or args.student_steps is not None:
+        command += f" --teacher-steps {budget.teacher_steps} --student-steps {budget.student_steps}"
+    if args.cap_minutes is not None:
+        command += f" --cap-minutes {budget.cap_minutes:g}"
     if args.seed:
         command += f" --seed {args.seed}"
     name = "sam_distill" + ("_quick" if args.quick else "") + (f"_seed{args.seed}" if args.seed else "")

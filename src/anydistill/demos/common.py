@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -20,12 +20,16 @@ from anydistill.cache import run_teacher_pass
 from anydistill.config import DataConfig, ModelConfig, TrainConfig, TrainerConfig
 from anydistill.data.toyworld import write_toyworld
 from anydistill.teachers import load_teacher
+from anydistill.training import TrainResult
 
 __all__ = [
     "UNLABELED_SEED",
     "Steps",
     "markdown_table",
-    "median_latency_ms",
+    "round_robin_latency_ms",
+    "budget_note",
+    "load_note",
+    "steps_done",
     "params_m",
     "relative",
     "report_head",
@@ -78,14 +82,17 @@ def step_config(
     model: str,
     run_dir: Path,
     data: DataConfig,
-    minutes: float,
+    steps: int,
+    cap_minutes: float | None,
     log_every_n_steps: int,
     seed: int = 0,
     gradient_clip_val: float | None = None,
     **sections: Any,
 ) -> TrainConfig:
-    """The config of one training step of a story: ``minutes`` of training, validated once at the end
-    (the budget goes to training); ``sections``: further :class:`TrainConfig` sections (``optim``, ...)."""
+    """The config of one training step of a story: ``steps`` optimizer steps with a fixed seed, so the
+    same command gives the same figures on a quiet or a busy machine; ``cap_minutes`` only stops a run
+    that would take far longer than planned (the report says when it did). Validated once at the end (the
+    budget goes to training); ``sections``: further :class:`TrainConfig` sections (``optim``, ...)."""
     return TrainConfig(
         task=task,
         run_dir=str(run_dir),
@@ -93,8 +100,9 @@ def step_config(
         data=data,
         model=ModelConfig(name=model),
         trainer=TrainerConfig(
-            max_epochs=1000,
-            max_time_minutes=minutes,
+            max_epochs=-1,
+            max_steps=steps,
+            max_time_minutes=cap_minutes,
             val_every_n_epochs=1000,
             log_every_n_steps=log_every_n_steps,
             checkpoint_every_n_steps=50,
@@ -104,16 +112,46 @@ def step_config(
     )
 
 
+def steps_done(result: TrainResult) -> int:
+    """The optimizer steps a finished run took (its ``metrics.json``)."""
+    return int(json.loads((Path(result.run_dir) / "metrics.json").read_text())["global_step"])
+
+
+def budget_note(runs: dict[str, tuple[TrainResult, int]], cap_minutes: float | None) -> str:
+    """How each run's budget was spent: ``"teacher 150 steps, ..."``, and which runs the time cap cut short
+    (their figures then depend on the machine's speed)."""
+    parts, cut = [], []
+    for name, (result, target) in runs.items():
+        done = steps_done(result)
+        parts.append(f"{name} {target} steps")
+        if done < target:
+            cut.append(f"{name} at step {done} of {target}")
+    cap = f"time cap {cap_minutes:g} min a run" if cap_minutes else "no time cap"
+    if cut:
+        return f"Budgets: {', '.join(parts)} ({cap}; **stopped by the cap: {', '.join(cut)}**, figures depend on the machine's speed)."
+    return f"Budgets: {', '.join(parts)}, fixed seeds ({cap}, not reached): the same command gives the same figures."
+
+
 @torch.inference_mode()
-def median_latency_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median wall time of ``model(x)`` over ``repeats`` calls after one warm-up call, in ms."""
-    model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1000
+def round_robin_latency_ms(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median wall time of each call in ms, measured round-robin (one call of each in turn, ``rounds``
+    times, after one warm-up call each), so a change in the machine's load affects every model alike; the
+    thread count is the process's (``torch.get_num_threads()``), the same for every call."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] * 1000 for name, t in times.items()}
+
+
+def load_note() -> str:
+    """``N threads, load average a / b / c`` (1, 5, 15 min), recorded beside latencies."""
+    one, five, fifteen = os.getloadavg()
+    return f"{torch.get_num_threads()} thread(s), load average {one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
 def params_m(model: nn.Module) -> float:

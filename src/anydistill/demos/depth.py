@@ -14,7 +14,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,12 @@ from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
 from anydistill.demos.common import (
     UNLABELED_SEED,
     Steps,
-    median_latency_ms,
+    budget_note,
+    load_note,
     params_m,
     relative,
     report_head,
+    round_robin_latency_ms,
     step_config,
     teacher_pass,
     time_note,
@@ -45,16 +48,19 @@ from anydistill.viz import colorize_depth, image_grid, save_png
 
 @dataclass(frozen=True)
 class DemoBudget:
-    """Sizes of the demo; the default fits in about ten minutes on a 2-core CPU."""
+    """Sizes of the demo, in optimizer steps with fixed seeds (the same figures on a quiet or a busy
+    machine); the default takes about ten minutes on a quiet 2-core CPU. ``cap_minutes`` stops a run that
+    takes far longer than that (the report then says so)."""
 
     labeled_count: int = 1000
     unlabeled_count: int = 1500
     test_count: int = 128
     image_size: int = 128
-    teacher_minutes: float = 2.0
-    student_minutes: float = 1.5
-    distill_minutes: float = 2.5
-    semantic_minutes: float = 1.0
+    teacher_steps: int = 150
+    student_steps: int = 150
+    distill_steps: int = 150
+    semantic_steps: int = 100
+    cap_minutes: float | None = 30.0
     batch_size: int = 16
     workers: int = 1  # one loader process leaves a core for the model on a 2-core machine
 
@@ -65,15 +71,16 @@ QUICK = DemoBudget(
     unlabeled_count=128,
     test_count=32,
     image_size=64,
-    teacher_minutes=0.4,
-    student_minutes=0.25,
-    distill_minutes=0.4,
-    semantic_minutes=0.25,
+    teacher_steps=60,
+    student_steps=60,
+    distill_steps=60,
+    semantic_steps=40,
+    cap_minutes=10.0,
 )
 
 
-def _config(out: Path, budget: DemoBudget, task: str, model: str, run: str, minutes: float) -> TrainConfig:
-    """The run ``out/runs/<run>``: ``minutes`` of training on the labeled images, validated on the test split."""
+def _config(out: Path, budget: DemoBudget, task: str, model: str, run: str, steps: int) -> TrainConfig:
+    """The run ``out/runs/<run>``: ``steps`` of training on the labeled images, validated on the test split."""
     data = DataConfig(
         source="folder",
         train_root=str(out / "data" / "labeled"),
@@ -82,15 +89,17 @@ def _config(out: Path, budget: DemoBudget, task: str, model: str, run: str, minu
         batch_size=budget.batch_size,
         num_workers=budget.workers,
     )
-    return step_config(task, model, out / "runs" / run, data, minutes, log_every_n_steps=10)
+    return step_config(task, model, out / "runs" / run, data, steps, budget.cap_minutes, log_every_n_steps=10)
 
 
-@torch.inference_mode()
-def _latency_ms(model: torch.nn.Module, size: int = 518, repeats: int = 5) -> float:
-    """Median latency on one ``size``² image (rounded up to the model's input multiple), batch 1."""
-    multiple = model.input_multiple
-    side = (size + multiple - 1) // multiple * multiple
-    return median_latency_ms(model, torch.randn(1, 3, side, side), repeats)
+def _latency_ms(models: dict[str, torch.nn.Module], size: int = 518, rounds: int = 5) -> dict[str, float]:
+    """Median latency of each model on one ``size``² image (rounded up to its input multiple), batch 1,
+    measured round-robin."""
+    calls = {}
+    for name, model in models.items():
+        side = (size + model.input_multiple - 1) // model.input_multiple * model.input_multiple
+        calls[name] = partial(model, torch.randn(1, 3, side, side))
+    return round_robin_latency_ms(calls, rounds)
 
 
 def _comparison_grid(checkpoints: dict[str, Path], test_root: Path, out: Path, count: int = 5) -> Path:
@@ -135,34 +144,34 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         write_split(data_dir / "test", budget.test_count, size, "wide", seed=TOYWORLD_HELDOUT_SEED_OFFSET)
 
     with steps.step(
-        "teacher", f"training the teacher (depth_small) on the labeled images, {budget.teacher_minutes} min"
+        "teacher", f"training the teacher (depth_small) on the labeled images, {budget.teacher_steps} steps"
     ):
-        teacher = train(_config(out, budget, "depth", "depth_small", "teacher", budget.teacher_minutes))
+        teacher = train(_config(out, budget, "depth", "depth_small", "teacher", budget.teacher_steps))
 
     with steps.step("teacher_pass", "teacher pass: pseudo-labeling the unlabeled images once"):
         cache = teacher_pass(teacher.best_checkpoint, data_dir / "unlabeled" / "images", out / "cache")
 
     with steps.step(
         "student_labeled",
-        f"training the student (depth_tiny) on labeled images only, {budget.student_minutes} min",
+        f"training the student (depth_tiny) on labeled images only, {budget.student_steps} steps",
     ):
         labeled_only = train(
-            _config(out, budget, "depth", "depth_tiny", "student_labeled", budget.student_minutes)
+            _config(out, budget, "depth", "depth_tiny", "student_labeled", budget.student_steps)
         )
 
     with steps.step(
         "student_distilled",
-        f"distilling the student: labeled + pseudo-labeled, perturbations, CutMix, {budget.distill_minutes} min",
+        f"distilling the student: labeled + pseudo-labeled, perturbations, CutMix, {budget.distill_steps} steps",
     ):
-        cfg = _config(out, budget, "depth", "depth_tiny", "student_distilled", budget.distill_minutes)
+        cfg = _config(out, budget, "depth", "depth_tiny", "student_distilled", budget.distill_steps)
         cfg.distill = DistillConfig(cache=str(cache))
         distilled = distill(cfg)
 
     with steps.step(
         "semantic",
-        f"training a semantic student (seg_tiny) on the labeled images, {budget.semantic_minutes} min",
+        f"training a semantic student (seg_tiny) on the labeled images, {budget.semantic_steps} steps",
     ):
-        semantic = train(_config(out, budget, "semantic", "seg_tiny", "semantic", budget.semantic_minutes))
+        semantic = train(_config(out, budget, "semantic", "seg_tiny", "semantic", budget.semantic_steps))
 
     with steps.step("evaluate", "evaluating on the wide test split, measuring latency, writing the report"):
         test_root = str(data_dir / "test")
@@ -172,15 +181,16 @@ def run_demo(out: Path, quick: bool = False) -> Path:
             "student, distilled": distilled.best_checkpoint,
         }
         results = {}
+        loaded = {name: load_student(ckpt).model for name, ckpt in models.items()}
+        latency = _latency_ms(loaded)
         for name, ckpt in models.items():
-            metrics = evaluate(ckpt, test_root, progress=False)
-            model = load_student(ckpt).model
             results[name] = {
                 "checkpoint": str(ckpt),
-                "metrics": metrics,
-                "params_m": params_m(model),
-                "latency_ms_518": _latency_ms(model),
+                "metrics": evaluate(ckpt, test_root, progress=False),
+                "params_m": params_m(loaded[name]),
+                "latency_ms_518": latency[name],
             }
+        machine = load_note()
         results["semantic student (seg_tiny)"] = {
             "checkpoint": str(semantic.best_checkpoint),
             "metrics": evaluate(semantic.best_checkpoint, test_root, progress=False),
@@ -189,11 +199,19 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         short = dict(zip(("teacher", "labeled only", "distilled"), models.values(), strict=True))
         grid = _comparison_grid(short, data_dir / "test", out / "comparison.png")
     elapsed = steps.elapsed()
-    report = _report(results, budget, elapsed, out, grid)
-    return write_outputs(out, {"results": results, "seconds": steps.seconds}, report)
+    runs = {
+        "teacher": (teacher, budget.teacher_steps), "labeled-only student": (labeled_only, budget.student_steps),
+        "distilled student": (distilled, budget.distill_steps), "semantic student": (semantic, budget.semantic_steps),
+    }  # fmt: skip
+    notes = {"budget": budget_note(runs, budget.cap_minutes), "machine": machine}
+    report = _report(results, budget, elapsed, out, grid, notes)
+    data = {"results": results, "seconds": steps.seconds, "budget": asdict(budget), "notes": notes}
+    return write_outputs(out, data, report)
 
 
-def _report(results: dict, budget: DemoBudget, elapsed: float, out: Path, grid: Path) -> str:
+def _report(
+    results: dict, budget: DemoBudget, elapsed: float, out: Path, grid: Path, notes: dict[str, str]
+) -> str:
     summary = (
         f"Labeled: {budget.labeled_count} toyworld images of the `narrow` domain (rooms only). Unlabeled: "
         f"{budget.unlabeled_count} images of the `wide` domain (rooms and open scenes), pseudo-labeled once by the "
@@ -211,6 +229,9 @@ def _report(results: dict, budget: DemoBudget, elapsed: float, out: Path, grid: 
         "",
         "Depth is evaluated as Depth Anything evaluates relative depth: the predicted disparity is aligned to "
         "the ground truth by per-image least squares (scale and shift), then compared in depth.",
+        "",
+        notes["budget"],
+        f"Latency: median of 5 rounds, the models measured in turn (round-robin); {notes['machine']}.",
         "",
         "## Predictions side by side (disparity, aligned to the truth)",
         f"![comparison]({relative(grid, out)})",

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,12 @@ from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
 from anydistill.demos.common import (
     UNLABELED_SEED,
     Steps,
-    median_latency_ms,
+    budget_note,
+    load_note,
     params_m,
     relative,
     report_head,
+    round_robin_latency_ms,
     step_config,
     teacher_pass,
     time_note,
@@ -48,14 +51,17 @@ from anydistill.viz import image_grid, overlay, save_png
 
 @dataclass(frozen=True)
 class PromptableBudget:
-    """Sizes of the promptable demo; the default fits in about ten minutes on a 2-core CPU."""
+    """Sizes of the promptable demo, in optimizer steps with fixed seeds (the same figures on a quiet or a
+    busy machine); the default takes about seven minutes on a quiet 2-core CPU. ``cap_minutes`` stops a
+    run that takes far longer (the report then says so)."""
 
     labeled_count: int = 2000
     unlabeled_count: int = 800
     test_count: int = 48
     image_size: int = 128
-    teacher_minutes: float = 4.0
-    student_minutes: float = 2.5
+    teacher_steps: int = 200
+    student_steps: int = 180
+    cap_minutes: float | None = 30.0
     batch_size: int = 8
     max_instances: int = 8
     num_rounds: int = 11
@@ -65,7 +71,7 @@ class PromptableBudget:
 
 DEFAULT = PromptableBudget()
 QUICK = PromptableBudget(
-    labeled_count=128, unlabeled_count=64, test_count=8, teacher_minutes=0.5, student_minutes=0.4,
+    labeled_count=128, unlabeled_count=64, test_count=8, teacher_steps=50, student_steps=50, cap_minutes=10.0,
     batch_size=4, max_instances=4, num_rounds=5, max_clicks=5,
 )  # fmt: skip
 
@@ -74,7 +80,7 @@ def _config(
     model: str,
     run_dir: Path,
     budget: PromptableBudget,
-    minutes: float,
+    steps: int,
     lr: float,
     clip: float | None = 0.1,
     seed: int = 0,
@@ -91,17 +97,18 @@ def _config(
     prompt = PromptConfig(num_rounds=budget.num_rounds, max_instances=budget.max_instances,
                           val_max_clicks=budget.max_clicks, focal_weight=1.0, dice_weight=1.0)  # fmt: skip
     return step_config(
-        "promptable", model, run_dir, data, minutes, log_every_n_steps=5, seed=seed, gradient_clip_val=clip,
+        "promptable", model, run_dir, data, steps, budget.cap_minutes, log_every_n_steps=5, seed=seed,
+        gradient_clip_val=clip,
         optim=OptimConfig(lr=lr, weight_decay=0.1, warmup_steps=20), prompt=prompt,
     )  # fmt: skip
 
 
-@torch.inference_mode()
-def encoder_latency_ms(model_name: str, size: int = 1024, repeats: int = 3) -> float:
-    """Median latency of ``model_name``'s image encoder (the part run once per image) on one ``size``²
-    image, random weights: the cost does not depend on them."""
-    encoder = build_model(model_name, img_size=size).image_encoder.eval()
-    return median_latency_ms(encoder, torch.randn(1, 3, size, size), repeats)
+def encoder_latency_ms(model_names: list[str], size: int = 1024, rounds: int = 3) -> dict[str, float]:
+    """Median latency of each model's image encoder (the part run once per image) on one ``size``² image,
+    random weights (the cost does not depend on them), measured round-robin."""
+    x = torch.randn(1, 3, size, size)
+    encoders = {name: build_model(name, img_size=size).image_encoder.eval() for name in dict.fromkeys(model_names)}
+    return round_robin_latency_ms({name: partial(encoder, x) for name, encoder in encoders.items()}, rounds)
 
 
 def _click_picture(models: dict[str, Path], budget: PromptableBudget, out: Path, count: int = 4) -> Path:
@@ -148,7 +155,7 @@ def run_promptable_demo(
     budget = budget or (QUICK if quick else DEFAULT)
     out = Path(out)
     steps = Steps(6 if baseline else 5)
-    minutes = budget.student_minutes
+    student_steps = budget.student_steps
 
     with steps.step("data", f"rendering {budget.unlabeled_count} unlabeled toyworld images (wide)"):
         unlabeled = write_split(
@@ -157,10 +164,10 @@ def run_promptable_demo(
 
     with steps.step(
         "teacher",
-        f"training the promptable teacher (sam_small) with simulated clicks, {budget.teacher_minutes} min",
+        f"training the promptable teacher (sam_small) with simulated clicks, {budget.teacher_steps} steps",
     ):
         teacher = train(
-            _config("sam_small", out / "runs/teacher", budget, budget.teacher_minutes, 8e-4, seed=seed)
+            _config("sam_small", out / "runs/teacher", budget, budget.teacher_steps, 8e-4, seed=seed)
         )
 
     with steps.step(
@@ -170,9 +177,11 @@ def run_promptable_demo(
 
     with steps.step(
         "student_distilled",
-        f"distilling the student's encoder (sam_tiny) from the cached embeddings, {minutes} min",
+        f"distilling the student's encoder (sam_tiny) from the cached embeddings, {student_steps} steps",
     ):
-        cfg = _config("sam_tiny", out / "runs/student_distilled", budget, minutes, 2e-3, clip=None, seed=seed)
+        cfg = _config(
+            "sam_tiny", out / "runs/student_distilled", budget, student_steps, 2e-3, clip=None, seed=seed
+        )
         cfg.distill = DistillConfig(cache=str(cache))
         cfg.prompt.teacher = str(teacher.best_checkpoint)
         cfg.prompt.mask_weight = 1.0
@@ -184,35 +193,44 @@ def run_promptable_demo(
 
     if baseline:
         with steps.step(
-            "student_labeled", f"training the same student on the labels directly, {minutes} min"
+            "student_labeled", f"training the same student on the labels directly, {student_steps} steps"
         ):
             direct = train(
-                _config("sam_tiny", out / "runs/student_labeled", budget, minutes, 8e-4, seed=seed)
+                _config("sam_tiny", out / "runs/student_labeled", budget, student_steps, 8e-4, seed=seed)
             )
         models["student, labels only (sam_tiny)"] = direct.best_checkpoint
 
     with steps.step("evaluate", "interactive evaluation on held-out wide scenes, latency, report"):
         results = {}
+        encoder_names = {name: name.rpartition("(")[2].rstrip(")") for name in models}
+        latency = encoder_latency_ms(list(encoder_names.values()), rounds=1 if quick else 3)
+        machine = load_note()
         for name, ckpt in models.items():
             model = load_promptable(ckpt)
             metrics = evaluate_promptable(
                 ckpt, "toyworld:wide", count=budget.test_count, max_clicks=budget.max_clicks, progress=False
             )
-            encoder_name = name.rpartition("(")[2].rstrip(")")
             results[name] = {
                 "checkpoint": str(ckpt),
                 "metrics": metrics,
                 "params_m": params_m(model),
                 "encoder_params_m": params_m(model.image_encoder),
-                "encoder_ms_1024": encoder_latency_ms(encoder_name, repeats=1 if quick else 3),
+                "encoder_ms_1024": latency[encoder_names[name]],
             }
         picture = _click_picture(models, budget, out / "clicks.png")
     elapsed = steps.elapsed()
-    data = {"results": results, "seconds": steps.seconds, "budget": asdict(budget), "total_seconds": elapsed}
-    return write_outputs(out, data, _report(results, budget, elapsed, out, picture))
+    runs = {"teacher": (teacher, budget.teacher_steps), "distilled student": (distilled, student_steps)}
+    if baseline:
+        runs["labels-only student"] = (direct, student_steps)
+    notes = {"budget": budget_note(runs, budget.cap_minutes), "machine": machine}
+    data = {"results": results, "seconds": steps.seconds, "budget": asdict(budget), "total_seconds": elapsed,
+            "notes": notes}  # fmt: skip
+    return write_outputs(out, data, _report(results, budget, elapsed, out, picture, notes))
 
 
-def _report(results: dict, budget: PromptableBudget, elapsed: float, out: Path, picture: Path) -> str:
+def _report(
+    results: dict, budget: PromptableBudget, elapsed: float, out: Path, picture: Path, notes: dict[str, str]
+) -> str:
     k = budget.max_clicks
     summary = (
         f"Teacher trained on {budget.labeled_count} labeled toyworld scenes (`wide`) with SAM's simulated "
@@ -235,6 +253,9 @@ def _report(results: dict, budget: PromptableBudget, elapsed: float, out: Path, 
     lines = report_head("anydistill promptable demo report", summary, header, rows) + [
         "",
         f"The distilled student keeps {100 * ratio:.0f}% of the teacher's 1-click mIoU.",
+        "",
+        notes["budget"],
+        f"Encoder latency: median of the rounds, the encoders measured in turn (round-robin); {notes['machine']}.",
         "",
         "## One click, each model's mask",
         f"![clicks]({relative(picture, out)})",
