@@ -4,18 +4,13 @@ instead of succeeding with empty output or ending in a traceback."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
 from anydistill import api
 from anydistill.cli import main
 from anydistill.data.toyworld import write_toyworld
 from anydistill.errors import ConfigError, DataError
 from anydistill.eval.evaluate import evaluate, evaluate_promptable
-from anydistill.loading import model_record
-from anydistill.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,24 +24,6 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("anydistill: error: ") and "Traceback" not in err
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def depth_ckpt(tmp_path_factory) -> Path:
-    """A tiny untrained depth student saved the way training saves it."""
-    torch.manual_seed(0)
-    model = build_model("depth_tiny")
-    record = model_record(
-        "depth",
-        model.preprocess_spec(64),
-        {"model_name": "depth_tiny", "model_kwargs": {}, "num_classes": None},
-    )
-    ckpt = tmp_path_factory.mktemp("ckpt") / "student.ckpt"
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "anydistill_model": record},
-        ckpt,
-    )
-    return ckpt
 
 
 @pytest.mark.parametrize(

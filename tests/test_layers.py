@@ -119,23 +119,9 @@ def test_deferred_imports_only_for_optional_dependencies_and_the_cli():
 
 def test_loading_a_student_for_prediction_does_not_import_lightning(tmp_path):
     """A fresh interpreter loads a depth checkpoint and predicts; Lightning must stay out of sys.modules."""
-    import torch
+    from conftest import save_tiny_depth_student
 
-    from anydistill.loading import model_record
-    from anydistill.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("depth_tiny")
-    record = model_record(
-        "depth",
-        model.preprocess_spec(64),
-        {"model_name": "depth_tiny", "model_kwargs": {}, "num_classes": None},
-    )
-    ckpt = tmp_path / "student.ckpt"
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "anydistill_model": record},
-        ckpt,
-    )
+    ckpt = save_tiny_depth_student(tmp_path / "student.ckpt")
     code = f"""
 import sys, numpy as np
 from anydistill.inference import Predictor, load_student

@@ -7,34 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from anydistill.cli import main
 from anydistill.errors import ConfigError, DataError
 from anydistill.inference import output_names, predict_folder
-from anydistill.loading import model_record
-from anydistill.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def depth_ckpt(tmp_path_factory) -> Path:
-    """A tiny untrained depth student saved the way training saves it (no training needed)."""
-    torch.manual_seed(0)
-    model = build_model("depth_tiny")
-    record = model_record(
-        "depth",
-        model.preprocess_spec(64),
-        {"model_name": "depth_tiny", "model_kwargs": {}, "num_classes": None},
-    )
-    ckpt = tmp_path_factory.mktemp("ckpt") / "student.ckpt"
-    torch.save(
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "anydistill_model": record},
-        ckpt,
-    )
-    return ckpt
 
 
 def _image(path: Path, height: int, width: int, seed: int) -> None:
