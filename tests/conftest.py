@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from tiny_students import save_tiny_depth_student
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -26,22 +27,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def save_tiny_depth_student(path: Path, size: int = 64) -> Path:
-    """A tiny untrained ``depth_tiny`` saved the way training saves a student (``model.*`` weights and the
-    model record ``anydistill.loading.load_model`` reads), at pre-processing size ``size``: no training."""
-    import torch
-
-    from anydistill.loading import model_record
-    from anydistill.models import build_model
-
-    torch.manual_seed(0)
-    model = build_model("depth_tiny")
-    arch = {"model_name": "depth_tiny", "model_kwargs": {}, "num_classes": None}
-    record = model_record("depth", model.preprocess_spec(size), arch)
-    state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "anydistill_model": record}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

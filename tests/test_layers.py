@@ -119,7 +119,7 @@ def test_deferred_imports_only_for_optional_dependencies_and_the_cli():
 
 def test_loading_a_student_for_prediction_does_not_import_lightning(tmp_path):
     """A fresh interpreter loads a depth checkpoint and predicts; Lightning must stay out of sys.modules."""
-    from conftest import save_tiny_depth_student
+    from tiny_students import save_tiny_depth_student
 
     ckpt = save_tiny_depth_student(tmp_path / "student.ckpt")
     code = f"""
