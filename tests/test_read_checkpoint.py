@@ -5,8 +5,9 @@ import collections
 import pytest
 import torch
 
+from anydistill.checkpoints import read_checkpoint
 from anydistill.errors import DataError
-from anydistill.inference import load_student, read_checkpoint
+from anydistill.inference import load_student
 from anydistill.promptable.loading import load_promptable
 
 

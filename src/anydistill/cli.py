@@ -16,14 +16,12 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from anydistill.errors import AnydistillError
+from anydistill.errors import AnydistillError, ConfigError
 
 
 def _check_options(args: argparse.Namespace, minimum: int, *options: str) -> None:
     """Refuse each ``--option`` whose value (``None``: not given) is below ``minimum``: a one-line
     ``ConfigError`` naming the option, before any work (argparse itself checks only that it is an int)."""
-    from anydistill.errors import ConfigError
-
     for option in options:
         value = getattr(args, option.removeprefix("--").replace("-", "_"))
         if value is not None and value < minimum:

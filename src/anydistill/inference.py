@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from anydistill.checkpoints import read_checkpoint  # noqa: F401  (its old home; use anydistill.checkpoints)
 from anydistill.data.io import find_images, read_image
 from anydistill.data.transforms import preprocess_transforms, restore_prediction
 from anydistill.errors import ConfigError, DataError

@@ -121,7 +121,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
     config = _stored_config(ckpt, path)
     record = ckpt.get(MODEL_RECORD_KEY) or _legacy_record(ckpt, config, path)
     task = str(record["task"])
-    preprocess = Preprocess.from_dict(record["preprocess"])
+    # A legacy dense record names only the size: the spec comes from the model built below (built once).
+    preprocess = Preprocess.from_dict(record["preprocess"]) if "size" not in record else None
     classes = ClassInfo.from_dict(record.get("classes"))
     arch = record["arch"]
     if arch.get("from_shapes"):
@@ -134,6 +135,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise DataError(path, f"weights do not match the model its record describes ({first})") from None
+    if preprocess is None:
+        preprocess = model.preprocess_spec(int(record.pop("size")))
+        record["preprocess"] = preprocess.to_dict()
     model.eval().to(device)
     return LoadedModel(model, task, preprocess, classes, config, record, path)
 
@@ -188,11 +192,12 @@ def _legacy_record(ckpt: dict[str, Any], config: TrainConfig | None, path: Path)
     if task not in ("depth", "semantic") or "model_name" not in hp:
         raise DataError(path, "not an anydistill training checkpoint (no model description)")
     arch = {k: hp.get(k) for k in DENSE_ARCH_KEYS}
-    model = _build(path, task, arch)
     size = (config.data.eval_size or config.data.image_size) if config else 256
     classes = ClassInfo(
         list(hp.get("class_names") or []),
         list(hp.get("class_colors") or []),
         int(hp.get("ignore_index", 255)),
     )
-    return model_record(task, model.preprocess_spec(size), arch, classes)
+    record = model_record(task, Preprocess(size=size), arch, classes)
+    record["size"] = size  # the spec itself needs the model (its mean/std, input multiple): load_model derives it
+    return record

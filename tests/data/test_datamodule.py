@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from anydistill.config import load_config
-from anydistill.data.datamodule import ClassInfo, SupervisedDataModule, class_info, split_indices
+from anydistill.data.classes import ClassInfo, class_info
+from anydistill.data.datamodule import SupervisedDataModule, split_indices
 from anydistill.data.toyworld import class_table, write_toyworld
 from anydistill.errors import ConfigError
 

@@ -14,7 +14,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from anydistill.config import DataConfig
-from anydistill.data.classes import ClassInfo, class_info  # noqa: F401  (their old home)
+from anydistill.data.classes import ClassInfo, class_info
 from anydistill.data.folder import FolderDataset
 from anydistill.data.instances import (
     CocoInstances,

@@ -12,9 +12,9 @@ image's, each region with its own scale-and-shift alignment.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from anydistill.losses.depth import Alignment, ssi_loss
+from anydistill.losses.depth import Alignment, ScaleShiftInvariantLoss, ssi_loss
 
 __all__ = ["cutmix_ssi_loss", "CutMixScaleShiftInvariantLoss"]
 
@@ -115,7 +115,7 @@ def cutmix_ssi_loss(
     return total / has_valid.sum().clamp_min(1)
 
 
-class CutMixScaleShiftInvariantLoss(nn.Module):
+class CutMixScaleShiftInvariantLoss(ScaleShiftInvariantLoss):
     """SSI loss on CutMixed images, each region aligned on its own; see :func:`cutmix_ssi_loss`.
 
     Args:
@@ -127,15 +127,7 @@ class CutMixScaleShiftInvariantLoss(nn.Module):
     same shape (``mask`` True inside the box pasted from the partner ``b``).
     """
 
-    def __init__(self, alignment: Alignment = "median", trim: float = 0.0, eps: float = 1e-6) -> None:
-        super().__init__()
-        if alignment not in ("median", "lstsq"):
-            raise ValueError(f"alignment must be 'median' or 'lstsq', got {alignment!r}")
-        if not 0.0 <= trim < 1.0:
-            raise ValueError(f"trim must be in [0, 1), got {trim}")
-        self.alignment = alignment
-        self.trim = trim
-        self.eps = eps
+    # Its settings and their checks are ScaleShiftInvariantLoss's (alignment, trim, eps); only forward differs.
 
     def forward(
         self,
