@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from functools import partial
 from pathlib import Path
 
 from anydistill.errors import AnydistillError, ConfigError
+
+# OpenMP's threads (torch's intra-op pool) spin while they wait for work by default. When another busy
+# process shares the cores, a spinning thread holds the core the descheduled one needs, and a training
+# step on this 2-core machine took 6.3x its quiet time instead of about 2x; sleeping waits ("PASSIVE")
+# bring it to 2.4x and cost nothing on a quiet machine (benchmarks/bench_busy_slowdown.py). libgomp reads
+# the variable once, when torch loads it, so it is set here, before any command imports torch; a value
+# the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _check_options(args: argparse.Namespace, minimum: int, *options: str) -> None:
@@ -51,15 +60,22 @@ def _cmd_data_import(args: argparse.Namespace) -> None:
         holdout=args.holdout,
         seed=args.seed,
         unmapped=args.unmapped,
+        test=args.test,
     )
-    where = f"{out}/train and {out}/val ({args.holdout} held out)" if args.holdout else str(out)
-    print(f"imported into {where}")
+    splits = [f"{out}/train"] + [
+        f"{out}/{name} ({n} {why})"
+        for name, n, why in (("val", args.holdout, "held out"), ("test", args.test, "for testing only"))
+        if n
+    ]
+    print(f"imported into {', '.join(splits) if len(splits) > 1 else out}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from anydistill import api
 
-    result = api.train(args.config, overrides=[*([f"task={args.task}"] if args.task else []), *args.overrides])
+    result = api.train(
+        args.config, overrides=[*([f"task={args.task}"] if args.task else []), *args.overrides]
+    )
     print(f"run folder: {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(json.dumps(result.metrics, indent=2))
@@ -146,7 +162,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from anydistill import api
 
     _check_options(args, 1, "--batch-size", "--size")
-    report = api.predict(args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size)
+    report = api.predict(
+        args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size
+    )
     print(report.summary())
     print(f"outputs in {args.out}")
 
@@ -154,6 +172,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_segment(args: argparse.Namespace) -> None:
     from anydistill.promptable.segment import parse_box, parse_point, segment
 
+    _check_options(args, 1, "--points-per-side")
     try:
         points = [parse_point(p) for p in args.point]
         box = parse_box(args.box) if args.box else None
@@ -162,7 +181,15 @@ def _cmd_segment(args: argparse.Namespace) -> None:
     auto = {"points_per_side": args.points_per_side} if args.auto else None
     try:
         report = segment(
-            args.checkpoint, args.image, args.out, points, box, args.auto, args.multimask, auto, device=args.device
+            args.checkpoint,
+            args.image,
+            args.out,
+            points,
+            box,
+            args.auto,
+            args.multimask,
+            auto,
+            device=args.device,
         )
     except ValueError as exc:  # bad prompts (outside the image, ...): one line, not a stack trace
         raise AnydistillError(str(exc)) from None
@@ -202,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anydistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="make or convert data sets").add_subparsers(dest="source", required=True)
+    data = sub.add_parser("data", help="make or convert data sets").add_subparsers(
+        dest="source", required=True
+    )
     toy = data.add_parser("toyworld", help="render procedural toyworld scenes into the folder format")
     toy.add_argument("--out", required=True, type=Path)
     toy.add_argument("--count", type=int, default=100)
@@ -236,25 +265,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names of class ids 0, 1, ..., e.g. background,membrane; must name every id in "
         "use (default: class_0, class_1, ...)",
     )
-    imp.add_argument("--holdout", type=int, default=0, help="put this many pairs into OUT/val, the rest in OUT/train")
+    imp.add_argument(
+        "--holdout", type=int, default=0, help="put this many pairs into OUT/val, the rest in OUT/train"
+    )
+    imp.add_argument(
+        "--test", type=int, default=0, help="put this many further pairs into OUT/test (for reporting only)"
+    )
     imp.add_argument("--seed", type=int, default=0, help="chooses the held-out pairs")
     imp.set_defaults(func=_cmd_data_import)
 
     train = sub.add_parser("train", help="train a depth or semantic student (resumes an interrupted run)")
     train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
-    train.add_argument("--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=...")
+    train.add_argument(
+        "--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=..."
+    )
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_epochs=3")
     train.set_defaults(func=_cmd_train)
 
     dist = sub.add_parser(
-        "distill", help="train a student from a teacher-pass cache (Depth Anything recipe; MobileSAM for promptable)"
+        "distill",
+        help="train a student from a teacher-pass cache (Depth Anything recipe; MobileSAM for promptable)",
     )
     dist.add_argument("--config", type=Path, default=None, help="YAML config; distill.cache must be set")
-    dist.add_argument("--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=...")
-    dist.add_argument("--teacher", default=None,
-                      help="the teacher (promptable: the SAM checkpoint whose decoder the student reuses)")
-    dist.add_argument("--images", type=Path, default=None,
-                      help="unlabeled images: run the teacher pass into distill.cache (default RUN_DIR/cache) first")
+    dist.add_argument(
+        "--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=..."
+    )
+    dist.add_argument(
+        "--teacher",
+        default=None,
+        help="the teacher (promptable: the SAM checkpoint whose decoder the student reuses)",
+    )
+    dist.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="unlabeled images: run the teacher pass into distill.cache (default RUN_DIR/cache) first",
+    )
     dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
     dist.set_defaults(func=_cmd_distill)
 
@@ -264,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs TEACHER over every image under DIR and writes fp16 targets to CACHE "
         "(tar shards + manifest). Rerun the same command to resume an interrupted pass.",
     )
-    pl.add_argument("--teacher", required=True, type=Path, help="an anydistill checkpoint or a teacher folder")
+    pl.add_argument(
+        "--teacher", required=True, type=Path, help="an anydistill checkpoint or a teacher folder"
+    )
     pl.add_argument("--images", required=True, type=Path, help="folder of images (DIR/images if it exists)")
     pl.add_argument("--out", required=True, type=Path, help="the cache folder")
     pl.add_argument("--batch-size", type=int, default=16)
@@ -280,16 +328,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, type=Path)
     ev.add_argument("--data", default="toyworld:wide")
     ev.add_argument("--count", type=int, default=256, help="images (toyworld only)")
-    ev.add_argument("--size", type=int, default=None, help="long side seen by the model (default: training size)")
+    ev.add_argument(
+        "--size", type=int, default=None, help="long side seen by the model (default: training size)"
+    )
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", type=Path, default=None, help="also write the metrics here")
-    ev.add_argument("--task", choices=["auto", "promptable"], default="auto",
-                    help="promptable: the interactive protocol (NoC@85/90, mIoU per click); auto: from the checkpoint")
+    ev.add_argument(
+        "--task",
+        choices=["auto", "promptable"],
+        default="auto",
+        help="promptable: the interactive protocol (NoC@85/90, mIoU per click); auto: from the checkpoint",
+    )
     ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
     ev.add_argument("--max-instances", type=int, default=16, help="promptable: objects per image")
     ev.add_argument("--device", default="cpu", help="promptable: cpu, cuda, ...")
-    ev.add_argument("--frame", choices=["original", "input"], default="original",
-                    help="promptable: measure on the source images' masks (default) or in the model's resized frame")
+    ev.add_argument(
+        "--frame",
+        choices=["original", "input"],
+        default="original",
+        help="promptable: measure on the source images' masks (default) or in the model's resized frame",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every image of a folder")
@@ -301,9 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_predict)
 
     seg = sub.add_parser("segment", help="masks for one image from clicks/boxes (or --auto: every object)")
-    seg.add_argument("--checkpoint", required=True, type=Path, help="segment-anything .pth or anydistill .ckpt")
+    seg.add_argument(
+        "--checkpoint", required=True, type=Path, help="segment-anything .pth or anydistill .ckpt"
+    )
     seg.add_argument("--image", required=True, type=Path)
-    seg.add_argument("--point", action="append", default=[], help="X,Y (positive) or X,Y,0 (negative); repeat")
+    seg.add_argument(
+        "--point", action="append", default=[], help="X,Y (positive) or X,Y,0 (negative); repeat"
+    )
     seg.add_argument("--box", default=None, help="X0,Y0,X1,Y1 in image pixels")
     seg.add_argument("--auto", action="store_true", help="automatic masks for every object (point grid)")
     seg.add_argument("--points-per-side", type=int, default=32, help="--auto: grid of points (SAM: 32)")
@@ -315,10 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
-    demo.add_argument("--promptable", action="store_true",
-                      help="the Segment Anything story instead: promptable teacher, encoder-distilled student")
-    demo.add_argument("--baseline", action="store_true",
-                      help="--promptable: also train the student on the labels directly, for comparison")
+    demo.add_argument(
+        "--promptable",
+        action="store_true",
+        help="the Segment Anything story instead: promptable teacher, encoder-distilled student",
+    )
+    demo.add_argument(
+        "--baseline",
+        action="store_true",
+        help="--promptable: also train the student on the labels directly, for comparison",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     methods = sub.add_parser("methods", help="list the training methods (config key: method)")

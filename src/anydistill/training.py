@@ -281,7 +281,7 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
     # of a finished run does not redo its last steps. Not after a spawn launcher (ddp_spawn): this
     # process's trainer did not train (its step count is 0) and would overwrite the workers' last.ckpt.
     if trainer.global_step > 0 or not (ckpt_dir / "last.ckpt").exists():
-        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
     train_seconds = time.perf_counter() - start
 
     best = ckpt_dir / "best.ckpt"
