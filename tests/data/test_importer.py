@@ -75,7 +75,9 @@ def _run(root: Path, out: Path, **kwargs) -> Path:
 
 def _nothing_left(out: Path) -> None:
     assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "temporary folder left"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], (
+        "temporary folder left"
+    )
 
 
 def test_16bit_value_without_map_is_refused_naming_file_and_value(tmp_path):
@@ -94,7 +96,10 @@ def test_16bit_values_through_a_label_map(tmp_path):
     out = _run(src, tmp_path / "out", label_map={0: 0, 256: 1})
     written = np.asarray(Image.open(out / "semantic/a.png"))
     np.testing.assert_array_equal(written, [[0, 1], [1, 0]])
-    assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == ["class_0", "class_1"]
+    assert [c["name"] for c in json.loads((out / "classes.json").read_text())["classes"]] == [
+        "class_0",
+        "class_1",
+    ]
     assert FolderDataset(out, task="semantic")[0]["semantic"].tolist() == [[0, 1], [1, 0]]
 
 
@@ -131,7 +136,11 @@ def test_fewer_class_names_than_ids_in_use_is_refused(tmp_path):
 def test_bad_class_names_are_refused(tmp_path):
     src = tmp_path / "src"
     _pair(src, "a", np.zeros((4, 4), np.uint8))
-    for names, problem in ((["a", "a"], "duplicate"), (["a", " "], "empty"), ([f"c{i}" for i in range(256)], "256")):
+    for names, problem in (
+        (["a", "a"], "duplicate"),
+        (["a", " "], "empty"),
+        ([f"c{i}" for i in range(256)], "256"),
+    ):
         with pytest.raises(ConfigError, match=f"--classes: .*{problem}"):
             _run(src, tmp_path / "out", class_names=names)
 
@@ -175,7 +184,9 @@ def test_corrupt_label_is_refused(tmp_path):
 def test_label_of_another_size_is_refused(tmp_path):
     src = tmp_path / "src"
     _pair(src, "a", np.zeros((4, 6), np.uint8), image_hw=(4, 5))
-    with pytest.raises(DataError, match=r"label/a\.png: size mismatch: label is 4x6 .* image .*a\.png is 4x5"):
+    with pytest.raises(
+        DataError, match=r"label/a\.png: size mismatch: label is 4x6 .* image .*a\.png is 4x5"
+    ):
         _run(src, tmp_path / "out")
     _nothing_left(tmp_path / "out")
 
@@ -196,7 +207,9 @@ def test_exif_rotated_image_is_compared_as_training_reads_it(tmp_path):
 def test_unmapped_values_refused_or_made_ignore(tmp_path):
     src = tmp_path / "src"
     _pair(src, "a", np.array([[0, 128], [255, 0]], np.uint8))
-    with pytest.raises(DataError, match=r"label/a\.png: mask values \[128\] are not in --label-map.*--unmapped"):
+    with pytest.raises(
+        DataError, match=r"label/a\.png: mask values \[128\] are not in --label-map.*--unmapped"
+    ):
         _run(src, tmp_path / "out", label_map={0: 0, 255: 1})
     _nothing_left(tmp_path / "out")
     out = _run(src, tmp_path / "out", label_map={0: 0, 255: 1}, unmapped="ignore")
@@ -255,7 +268,11 @@ def test_names_with_dots_do_not_collide(tmp_path):
     "extra, mask_b, expected",
     [
         ([], np.array([[0, 300], [1, 2]], np.uint16), r"label/b\.png: mask holds \[300\]"),
-        (["--label-map", "0:300"], np.zeros((2, 2), np.uint8), r"--label-map: 0:300: class id 300 is out of range"),
+        (
+            ["--label-map", "0:300"],
+            np.zeros((2, 2), np.uint8),
+            r"--label-map: 0:300: class id 300 is out of range",
+        ),
         (["--classes", "only"], np.zeros((2, 2), np.uint8), r"--classes: 1 name\(s\) .*class ids \[1, 2\]"),
         (["--label-map", "0:0", "1:1"], np.zeros((2, 2), np.uint8), r"label/a\.png: mask values \[2\]"),
     ],
@@ -282,3 +299,32 @@ def test_cli_unmapped_ignore_and_class_names(tmp_path, capsys):
     ds = FolderDataset(tmp_path / "o", task="semantic")
     assert ds.classes is not None and ds.classes.names == ("bg", "fg")
     assert ds[0]["semantic"].tolist() == [[0, 1], [255, 1]]
+
+
+def test_test_split_is_disjoint_and_keeps_the_validation_pairs(tmp_path):
+    make_pairs(tmp_path / "src", n=8)
+    args = (tmp_path / "src/image", tmp_path / "src/label")
+    only_val = import_pairs(*args, tmp_path / "a", {0: 0, 255: 1}, holdout=2, seed=5)
+    with_test = import_pairs(*args, tmp_path / "b", {0: 0, 255: 1}, holdout=2, test=3, seed=5)
+    ids = {
+        split: set(FolderDataset(with_test / split, task="semantic").ids)
+        for split in ("train", "val", "test")
+    }
+    assert [len(ids[s]) for s in ("train", "val", "test")] == [3, 2, 3]
+    assert ids["train"] | ids["val"] | ids["test"] == {str(i) for i in range(8)}
+    assert not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    # Adding a test split does not change which pairs validate.
+    assert ids["val"] == set(FolderDataset(only_val / "val", task="semantic").ids)
+    assert (with_test / "test" / "classes.json").is_file()
+
+
+def test_test_split_must_leave_training_pairs(tmp_path, capsys):
+    make_pairs(tmp_path / "src", n=4)
+    with pytest.raises(ConfigError, match=r"--holdout 2 \+ --test 2: must leave at least one of the 4"):
+        import_pairs(tmp_path / "src/image", tmp_path / "src/label", tmp_path / "o", holdout=2, test=2)
+    with pytest.raises(ConfigError, match="--test must be a non-negative integer"):
+        import_pairs(tmp_path / "src/image", tmp_path / "src/label", tmp_path / "o", test=-1)
+    assert not (tmp_path / "o").exists()
+    assert main(["data", "import", "--images", str(tmp_path / "src/image"), "--labels", str(tmp_path / "src/label"),
+                 "--out", str(tmp_path / "c"), "--holdout", "1", "--test", "1"]) in (0, None)  # fmt: skip
+    assert "c/test (1 for testing only)" in capsys.readouterr().out

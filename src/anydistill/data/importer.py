@@ -304,6 +304,7 @@ def import_pairs(
     holdout: int = 0,
     seed: int = 0,
     unmapped: str = "error",
+    test: int = 0,
 ) -> Path:
     """Copy ``images/<rel>`` and ``labels/<rel>`` pairs (matched by relative path without extension)
     into ``out`` in the folder format, checking every pair (see the module docstring).
@@ -318,6 +319,8 @@ def import_pairs(
         kind: "semantic" (masks, mapped and written as 8-bit PNG) or "depth" (copied unchanged).
         holdout: if > 0, this many pairs (chosen with ``seed``) go to ``out/val`` and the rest to
             ``out/train``, each a complete folder-format root.
+        test: if > 0, this many further pairs go to ``out/test``: a split that neither training nor the
+            choice of the best checkpoint (which watches ``val``) ever sees, to report figures on.
         seed: chooses the held-out pairs.
         unmapped: what to do with a mask value that has no class id (not in ``label_map``; without a map,
             outside ``0..255``): ``"error"`` refuses the file, ``"ignore"`` writes it as 255.
@@ -338,6 +341,8 @@ def import_pairs(
         raise ConfigError(f"--unmapped must be one of {_UNMAPPED}, got {unmapped!r}")
     if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
         raise ConfigError(f"--holdout must be a non-negative integer, got {holdout!r}")
+    if isinstance(test, bool) or not isinstance(test, int) or test < 0:
+        raise ConfigError(f"--test must be a non-negative integer, got {test!r}")
     label_map = _check_label_map(dict(label_map)) if label_map else None
     names = _check_class_names(class_names)
     if kind == "depth":
@@ -356,10 +361,9 @@ def import_pairs(
             raise DataError(folder, "folder not found")
     _check_out(out, (images, labels))
     pairs, orphans = _find_pairs(images, labels, kind)
-    if holdout >= len(pairs):
-        raise ConfigError(
-            f"--holdout {holdout}: must leave at least one of the {len(pairs)} pair(s) for training"
-        )
+    if holdout + test >= len(pairs):
+        given = f"--holdout {holdout}" + (f" + --test {test}" if test else "")
+        raise ConfigError(f"{given}: must leave at least one of the {len(pairs)} pair(s) for training")
 
     try:
         created = _make_parents(out.parent)
@@ -368,7 +372,16 @@ def import_pairs(
     except OSError as e:
         raise DataError(out, f"cannot create the output folder: {e.strerror or e}") from None
     try:
-        masks = _write(tmp, labels, pairs, kind, label_map, names, holdout, seed, unmapped)
+        masks = _write(
+            tmp,
+            labels,
+            pairs,
+            kind,
+            label_map,
+            names,
+            _split_roots(tmp, len(pairs), holdout, test, seed),
+            unmapped,
+        )
         if out.exists():
             out.rmdir()  # an empty folder (checked above)
         tmp.rename(out)
@@ -394,6 +407,22 @@ def import_pairs(
     return out
 
 
+def _split_roots(tmp: Path, count: int, holdout: int, test: int, seed: int) -> list[Path]:
+    """The root each of ``count`` pairs goes to: one random permutation (``seed``) gives its first
+    ``holdout`` pairs to ``val``, the next ``test`` to ``test`` and the rest to ``train``; with neither,
+    every pair goes to ``tmp`` itself. The ``val`` choice does not depend on ``test``, so adding a test split
+    to an import keeps the validation pairs it had."""
+    if holdout == 0 and test == 0:
+        return [tmp] * count
+    split = ["train"] * count
+    for rank, i in enumerate(np.random.default_rng(seed).permutation(count).tolist()):
+        if rank < holdout:
+            split[i] = "val"
+        elif rank < holdout + test:
+            split[i] = "test"
+    return [tmp / name for name in split]
+
+
 def _write(
     tmp: Path,
     labels: Path,
@@ -401,16 +430,11 @@ def _write(
     kind: str,
     label_map: dict[int, int] | None,
     names: list[str] | None,
-    holdout: int,
-    seed: int,
+    roots: list[Path],
     unmapped: str,
 ) -> _Masks:
-    """Checks and writes every pair (and ``classes.json``) under ``tmp``; raises at the first problem.
-    Returns what the masks held (for the warnings once the import succeeded)."""
-    held = (
-        set(np.random.default_rng(seed).permutation(len(pairs))[:holdout].tolist()) if holdout > 0 else set()
-    )
-    roots = [tmp / "val" if i in held else (tmp / "train" if holdout > 0 else tmp) for i in range(len(pairs))]
+    """Checks and writes every pair (pair ``i`` into ``roots[i]``) and ``classes.json`` (into every root);
+    raises at the first problem. Returns what the masks held (for the warnings once the import succeeded)."""
     masks = _Masks(label_map, unmapped)
     for (rel, img, lab), root in zip(pairs, roots, strict=True):
         image_hw = read_image(img).shape[:2]
