@@ -165,6 +165,10 @@ class PromptConfig:
     probability ``p_box``, the box of the teacher's mask for the click) plus ``mask_rounds`` clicks where
     student and teacher disagree, the student's masks (through the same decoder) learn the teacher's
     masks decoded from the cached embedding.
+
+    With ``anydistill train`` (labels, no cache), ``teacher`` copies that SAM's prompt encoder and mask
+    decoder into the model, frozen unless ``finetune_decoder``, so only the image encoder learns from the
+    labels: the labels-only counterpart of the distilled student, which takes over the same decoder.
     """
 
     init_checkpoint: str | None = None

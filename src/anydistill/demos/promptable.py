@@ -7,7 +7,9 @@
 3. the teacher pass: its image embeddings of the unlabeled images, cached once;
 4. a small student (``sam_tiny``) distilled MobileSAM-style: its encoder regresses the cached
    embeddings (+ EdgeSAM's prompt-in-the-loop mask loss), the teacher's decoder reused, frozen;
-5. optionally (``baseline=True``) the same student trained on the labels directly, same time budget;
+5. optionally (``baseline=True``) the same student trained on the labels directly, same step budget,
+   twice: with its own decoder learned from scratch, and with the teacher's decoder taken over and frozen
+   as the distilled student has it (so the comparison separates the decoder from the distillation);
 6. a report: the interactive protocol (mIoU after 1 and 5 clicks, NoC@85/90, oracle 1-click mIoU)
    on held-out ``wide`` scenes, parameters, image-encoder latency at 1024², and a picture of the
    teacher's and the student's masks for the same click.
@@ -107,7 +109,9 @@ def encoder_latency_ms(model_names: list[str], size: int = 1024, rounds: int = 3
     """Median latency of each model's image encoder (the part run once per image) on one ``size``² image,
     random weights (the cost does not depend on them), measured round-robin."""
     x = torch.randn(1, 3, size, size)
-    encoders = {name: build_model(name, img_size=size).image_encoder.eval() for name in dict.fromkeys(model_names)}
+    encoders = {
+        name: build_model(name, img_size=size).image_encoder.eval() for name in dict.fromkeys(model_names)
+    }
     return round_robin_latency_ms({name: partial(encoder, x) for name, encoder in encoders.items()}, rounds)
 
 
@@ -154,7 +158,7 @@ def run_promptable_demo(
     training runs' seed (initialisation, prompts, order; the scenes stay the same)."""
     budget = budget or (QUICK if quick else DEFAULT)
     out = Path(out)
-    steps = Steps(6 if baseline else 5)
+    steps = Steps(7 if baseline else 5)
     student_steps = budget.student_steps
 
     with steps.step("data", f"rendering {budget.unlabeled_count} unlabeled toyworld images (wide)"):
@@ -199,6 +203,21 @@ def run_promptable_demo(
                 _config("sam_tiny", out / "runs/student_labeled", budget, student_steps, 8e-4, seed=seed)
             )
         models["student, labels only (sam_tiny)"] = direct.best_checkpoint
+        with steps.step(
+            "student_labeled_teacher_decoder",
+            f"training the same student's encoder on the labels, the teacher's decoder frozen, {student_steps} steps",
+        ):
+            cfg = _config(
+                "sam_tiny",
+                out / "runs/student_labeled_teacher_decoder",
+                budget,
+                student_steps,
+                8e-4,
+                seed=seed,
+            )
+            cfg.prompt.teacher = str(teacher.best_checkpoint)
+            direct_decoder = train(cfg)
+        models["student, labels only, teacher's decoder (sam_tiny)"] = direct_decoder.best_checkpoint
 
     with steps.step("evaluate", "interactive evaluation on held-out wide scenes, latency, report"):
         results = {}
@@ -222,6 +241,7 @@ def run_promptable_demo(
     runs = {"teacher": (teacher, budget.teacher_steps), "distilled student": (distilled, student_steps)}
     if baseline:
         runs["labels-only student"] = (direct, student_steps)
+        runs["labels-only student with the teacher's decoder"] = (direct_decoder, student_steps)
     notes = {"budget": budget_note(runs, budget.cap_minutes), "machine": machine}
     data = {"results": results, "seconds": steps.seconds, "budget": asdict(budget), "total_seconds": elapsed,
             "notes": notes}  # fmt: skip

@@ -341,10 +341,35 @@ def instance_datamodule(cfg: TrainConfig) -> InstanceDataModule:
     )
 
 
+def take_decoder(model: nn.Module, teacher: str, frozen: bool) -> None:
+    """Copy the prompt encoder and mask decoder of the SAM checkpoint ``teacher`` (official ``.pth`` or
+    anydistill) into ``model``, and freeze them when ``frozen`` (their parameters then get no gradient and
+    no optimizer state).
+
+    Raises:
+        DataError: ``teacher`` cannot be loaded as a promptable model.
+        ConfigError: its prompt encoder or mask decoder has other shapes than ``model``'s.
+    """
+    source = load_promptable(teacher)
+    for part in ("prompt_encoder", "mask_decoder"):
+        own, theirs = getattr(model, part), getattr(source, part)
+        try:
+            own.load_state_dict(theirs.state_dict())
+        except RuntimeError:
+            raise ConfigError(
+                f"prompt.teacher: {teacher}'s {part} does not fit the model's (another embedding width or "
+                "decoder depth)"
+            ) from None
+        if frozen:
+            own.requires_grad_(False)
+
+
 @register_method("promptable", verbs=("train",), tasks=("promptable",))
 def build_promptable(cfg: TrainConfig) -> MethodRun:
     """Segment Anything's simulated interactive training (points, boxes, error clicks, mask feedback)."""
     model, arch = build_promptable_model(cfg)
+    if cfg.prompt.teacher:
+        take_decoder(model, cfg.prompt.teacher, frozen=not cfg.prompt.finetune_decoder)
     module = PromptableModule(model, cfg.prompt, cfg.optim, arch)
     # A step leaves parameters without gradient by design (box embeddings when no object got a box, the
     # mask encoder with one round, the multimask tokens when no round asks for three masks).
