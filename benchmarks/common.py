@@ -7,7 +7,13 @@ import os
 import platform
 from pathlib import Path
 
-import torch
+# As the anydistill command does (src/anydistill/cli.py), for the scripts that import this module before
+# torch (the training benchmarks): OpenMP threads sleep instead of spinning while
+# they wait, so a benchmark beside other work slows in proportion. Set before torch loads; the caller's
+# value wins (benchmarks/bench_busy_slowdown.py sets it per run).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
