@@ -93,9 +93,18 @@ def test_prompt_section_reaches_the_promptable_module(monkeypatch):
                              "data.train_count=2", "data.val_count=1", "model.name=sam_tiny"])  # fmt: skip
     module = get_method("promptable")(cfg).module
     loss = module.loss_fn
-    assert (loss.focal_weight, loss.dice_weight, loss.iou_weight, loss.iou_supervision) == (7.0, 3.0, 0.5, "all")
+    assert (loss.focal_weight, loss.dice_weight, loss.iou_weight, loss.iou_supervision) == (
+        7.0,
+        3.0,
+        0.5,
+        "all",
+    )
     assert (module.box_noise_std, module.box_noise_max) == (0.2, 7.0)
-    assert (module.multimask_first_round, module.multimask_box, module.detach_mask_prompt) == (False, True, True)
+    assert (module.multimask_first_round, module.multimask_box, module.detach_mask_prompt) == (
+        False,
+        True,
+        True,
+    )
     assert (module.num_rounds, module.refine_rounds, module.p_box) == (5, 1, 0.25)
     assert (module.loss_resolution, module.val_max_clicks, module.val_instances) == ("low_res", 4, 3)
     assert module.optim_cfg.lr == 0.0003
@@ -153,7 +162,9 @@ def test_promptable_methods_ask_ddp_for_unused_parameters_dense_ones_do_not(tmp_
     from anydistill.methods import get_method
 
     common = ["data.image_size=64", "data.train_count=2", "data.val_count=1", f"run_dir={tmp_path}"]
-    promptable = get_method("promptable")(load_config(None, ["task=promptable", "model.name=sam_tiny", *common]))
+    promptable = get_method("promptable")(
+        load_config(None, ["task=promptable", "model.name=sam_tiny", *common])
+    )
     supervised = get_method("supervised")(load_config(None, common))
     assert promptable.find_unused_parameters and not supervised.find_unused_parameters
     assert (promptable.monitor, supervised.monitor) == ("val/miou@1", "val/delta1")
@@ -185,7 +196,7 @@ def test_every_shipped_config_loads_and_names_a_method(path: Path):
         ("data.num_workers=-2", "data.num_workers"),
         ("data.train_count=0", "data.train_count"),
         ("data.on_bad_class=maybe", "data.on_bad_class"),
-        ("trainer.max_steps=0", "trainer.max_epochs"),
+        ("trainer.max_steps=0", "trainer.max_steps"),  # the key given, not its sibling
         ("trainer.max_time_minutes=0", "trainer.max_time_minutes"),
     ],
 )
@@ -215,5 +226,11 @@ def test_on_bad_class_reaches_the_folder_dataset(tmp_path):
 def test_a_missing_data_folder_is_named_as_missing(tmp_path, capsys):
     from anydistill.cli import main
 
-    assert main(["train", "data.source=folder", f"data.train_root={tmp_path / 'nope'}", f"run_dir={tmp_path}"]) == 2
-    assert capsys.readouterr().err.strip() == f"anydistill: error: {tmp_path / 'nope'}: data.train_root: no such folder"
+    assert (
+        main(["train", "data.source=folder", f"data.train_root={tmp_path / 'nope'}", f"run_dir={tmp_path}"])
+        == 2
+    )
+    assert (
+        capsys.readouterr().err.strip()
+        == f"anydistill: error: {tmp_path / 'nope'}: data.train_root: no such folder"
+    )

@@ -97,7 +97,10 @@ def _cmd_distill(args: argparse.Namespace) -> None:
             raise AnydistillError("--images needs --teacher: the model that labels them")
         cfg = load_config(args.config, overrides)
         cache = cfg.distill.cache or str(Path(cfg.run_dir) / "cache")
-        run_teacher_pass(load_teacher(args.teacher), args.images, cache, num_workers=cfg.data.num_workers)
+        manifest = run_teacher_pass(
+            load_teacher(args.teacher), args.images, cache, num_workers=cfg.data.num_workers
+        )
+        print(manifest.summary())  # what was cached, and each image that could not be, counted and named
         overrides.append(f"distill.cache={cache}")
     result = api.distill(args.config, overrides=overrides)
     print(f"run folder: {result.run_dir}")
@@ -151,6 +154,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         count=args.count,
         image_size=args.size,
         batch_size=args.batch_size,
+        device=args.device,
         out_json=args.json,
     )
     print(format_table(metrics))
@@ -341,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
     ev.add_argument("--max-instances", type=int, default=16, help="promptable: objects per image")
-    ev.add_argument("--device", default="cpu", help="promptable: cpu, cuda, ...")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ev.add_argument(
         "--frame",
         choices=["original", "input"],

@@ -8,7 +8,8 @@ config is written into the run folder (``config.yaml``) so every run can be repr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,17 @@ from anydistill.errors import ConfigError
 
 TASKS = ("depth", "semantic", "promptable")
 #: Lightning's precision names (``Trainer(precision=...)``).
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "transformer-engine")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+)
 
 
 @dataclass
@@ -257,10 +268,33 @@ def config_schema() -> type:
     return _SCHEMAS[key]
 
 
+def _flat_fields(cfg: TrainConfig) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every top-level field and every field of every section."""
+    items: list[tuple[str, Any]] = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            items += [(f"{f.name}.{g.name}", getattr(value, g.name)) for g in fields(value)]
+        else:
+            items.append((f.name, value))
+    return items
+
+
 def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     def bad(key: str, problem: str) -> ConfigError:
         return ConfigError(f"{origin}: {key}: {problem}")
 
+    for key, value in _flat_fields(cfg):  # nan/inf would be trained on silently (optim.lr=nan: a NaN run)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(key, f"must be a finite number, got {value}")
+    for key, value in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
+        if value < 0:
+            raise bad(key, f"must be >= 0, got {value}")
+    if cfg.data.depth_scale is not None and cfg.data.depth_scale <= 0:
+        raise bad(
+            "data.depth_scale",
+            f"must be positive (or null: meta.json's, else 1000), got {cfg.data.depth_scale}",
+        )
     if cfg.task not in TASKS:
         raise bad("task", f"must be one of {TASKS}, got {cfg.task!r}")
     if cfg.data.source not in ("toyworld", "folder", "coco"):
@@ -272,18 +306,20 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     p = cfg.prompt
     if not 0 <= p.p_box <= 1:
         raise bad("prompt.p_box", "must be in [0, 1]")
-    if p.num_rounds < 1 or not 0 <= p.refine_rounds < p.num_rounds:
-        raise bad("prompt.num_rounds", "need num_rounds >= 1 and 0 <= refine_rounds < num_rounds")
+    if p.num_rounds < 1:
+        raise bad("prompt.num_rounds", f"must be >= 1, got {p.num_rounds}")
+    if not 0 <= p.refine_rounds < p.num_rounds:
+        raise bad("prompt.refine_rounds", f"must be in [0, num_rounds={p.num_rounds}), got {p.refine_rounds}")
     if p.iou_supervision not in ("selected", "all"):
         raise bad("prompt.iou_supervision", "must be 'selected' or 'all'")
-    if p.box_noise_std < 0 or p.box_noise_max < 0:
-        raise bad("prompt.box_noise_std", "box_noise_std and box_noise_max must be >= 0")
+    for key in ("box_noise_std", "box_noise_max"):
+        if getattr(p, key) < 0:
+            raise bad(f"prompt.{key}", f"must be >= 0, got {getattr(p, key)}")
     if p.loss_resolution not in ("input", "low_res"):
         raise bad("prompt.loss_resolution", "must be 'input' or 'low_res'")
-    if p.mask_points < 1 or p.mask_rounds < 0:
-        raise bad("prompt.mask_points", "need mask_points >= 1 and mask_rounds >= 0")
-    if p.max_instances < 1 or p.val_max_clicks < 1:
-        raise bad("prompt", "max_instances and val_max_clicks must be >= 1")
+    for key, minimum in (("mask_points", 1), ("mask_rounds", 0), ("max_instances", 1), ("val_max_clicks", 1)):
+        if getattr(p, key) < minimum:
+            raise bad(f"prompt.{key}", f"must be >= {minimum}, got {getattr(p, key)}")
     if cfg.data.image_size <= 0:
         raise bad("data.image_size", "must be positive")
     if cfg.data.eval_size is not None and cfg.data.eval_size <= 0:
@@ -291,14 +327,18 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     if cfg.data.batch_size <= 0:
         raise bad("data.batch_size", "must be positive")
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
-        raise bad("data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}")
+        raise bad(
+            "data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {cfg.data.crop_scale}"
+        )
     if not 0 <= cfg.data.val_fraction < 1:
         raise bad("data.val_fraction", "must be in [0, 1)")
     for key in ("on_bad_image", "on_missing_label"):
         if getattr(cfg.data, key) not in ("error", "skip"):
             raise bad(f"data.{key}", "must be 'error' or 'skip'")
     if cfg.data.on_bad_class not in ("error", "ignore"):
-        raise bad("data.on_bad_class", "must be 'error' or 'ignore' (ids outside the class table → ignore index)")
+        raise bad(
+            "data.on_bad_class", "must be 'error' or 'ignore' (ids outside the class table → ignore index)"
+        )
     for key in ("train_count", "val_count"):
         if getattr(cfg.data, key) < 1:
             raise bad(f"data.{key}", f"must be >= 1, got {getattr(cfg.data, key)}")
@@ -310,8 +350,9 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     for key in ("checkpoint_every_n_steps", "log_every_n_steps", "val_every_n_epochs", "num_nodes"):
         if getattr(t, key) < 1:
             raise bad(f"trainer.{key}", f"must be >= 1, got {getattr(t, key)}")
-    if t.max_epochs < -1 or t.max_epochs == 0 or t.max_steps < -1 or t.max_steps == 0:
-        raise bad("trainer.max_epochs", "max_epochs and max_steps must be positive, or -1 for no limit")
+    for key in ("max_epochs", "max_steps"):
+        if getattr(t, key) < -1 or getattr(t, key) == 0:
+            raise bad(f"trainer.{key}", f"must be positive, or -1 for no limit, got {getattr(t, key)}")
     if t.max_time_minutes is not None and t.max_time_minutes <= 0:
         raise bad("trainer.max_time_minutes", "must be positive (or null for no time limit)")
     if cfg.loss.ssi_alignment not in ("median", "lstsq"):
@@ -319,8 +360,10 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     d = cfg.distill
     if d.unlabeled_ratio < 1:
         raise bad("distill.unlabeled_ratio", "must be >= 1")
-    if not 0 <= d.cutmix_p <= 1 or not 0 <= d.trim < 1:
-        raise bad("distill", "cutmix_p must be in [0, 1] and trim in [0, 1)")
+    if not 0 <= d.cutmix_p <= 1:
+        raise bad("distill.cutmix_p", f"must be in [0, 1], got {d.cutmix_p}")
+    if not 0 <= d.trim < 1:
+        raise bad("distill.trim", f"must be in [0, 1), got {d.trim}")
     if not 0 <= d.feature_margin < 2:
         raise bad("distill.feature_margin", "must be in [0, 2)")
     if d.kd_temperature <= 0:
@@ -330,6 +373,15 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     if cfg.optim.lr <= 0:
         raise bad("optim.lr", "must be positive")
     return cfg
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's error in one line: ``line L, column C: <problem>`` (its own text spans several lines,
+    with a caret under the spot); another error's first line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
@@ -349,18 +401,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"{path}: config file not found")
             try:
                 raw = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            except (yaml.YAMLError, ValueError) as exc:  # ValueError: an integer of over 4300 digits
+                raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
             if raw is None:
                 raw = {}
             if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+                raise ConfigError(
+                    f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}"
+                )
             schema = OmegaConf.merge(schema, OmegaConf.create(raw))
         if overrides:
             origin = "command line" if path is None else f"{path} + command line"
             for item in overrides:
                 if "=" not in item:
                     raise ConfigError(f"command line: override {item!r} must look like key.sub=value")
+                try:  # each value parsed on its own first, so a malformed one is named with its override
+                    OmegaConf.from_dotlist([item])
+                except (yaml.YAMLError, ValueError) as exc:
+                    raise ConfigError(
+                        f"command line: override {item!r}: not a valid value ({_yaml_problem(exc)})"
+                    ) from None
             schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(schema)
     except OmegaConfBaseException as exc:
@@ -382,7 +442,9 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a config from :meth:`TrainConfig.to_dict` output (e.g. stored in a checkpoint)."""
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(config_schema()), OmegaConf.create(data)))
+        cfg = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(config_schema()), OmegaConf.create(data))
+        )
     except OmegaConfBaseException as exc:
         raise ConfigError(f"stored config: {str(exc).splitlines()[0]}") from None
     assert isinstance(cfg, TrainConfig)

@@ -29,7 +29,7 @@ from anydistill.models.sam import DEFAULT_SAM_STUDENT, load_sam_checkpoint
 from anydistill.models.zoo import build_model, list_models
 from anydistill.preprocess import Preprocess
 
-__all__ = ["LoadedModel", "load_model", "model_record", "sam_model_name"]
+__all__ = ["LoadedModel", "load_model", "model_record", "resolve_device", "sam_model_name"]
 
 #: The builder arguments a dense student's record (and old checkpoints' hyper-parameters) hold.
 DENSE_ARCH_KEYS = ("model_name", "model_kwargs", "num_classes")
@@ -98,12 +98,35 @@ def model_record(
     }
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (checked before anything is loaded onto it).
+
+    Raises:
+        ConfigError: not a device name (``"banana"``), or a CUDA / MPS device this machine does not have.
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"device {str(device)!r}: not a device name (cpu, cuda, cuda:1, mps, ...)"
+        ) from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ConfigError(f"device {str(device)!r}: this machine has {count} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r}: MPS is not available on this machine")
+    return resolved
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load an anydistill checkpoint or a segment-anything ``.pth`` for inference (eval mode).
 
     Raises:
+        ConfigError: ``device`` is not a device this machine has (:func:`resolve_device`).
         DataError: missing, truncated or foreign file; weights that do not match their description.
     """
+    device = resolve_device(device)
     path = Path(path)
     if path.suffix != ".ckpt":
         return _sam_file(path, device)
@@ -199,5 +222,6 @@ def _legacy_record(ckpt: dict[str, Any], config: TrainConfig | None, path: Path)
         int(hp.get("ignore_index", 255)),
     )
     record = model_record(task, Preprocess(size=size), arch, classes)
-    record["size"] = size  # the spec itself needs the model (its mean/std, input multiple): load_model derives it
+    # the spec itself needs the model (its mean/std, input multiple): load_model derives it
+    record["size"] = size
     return record

@@ -27,12 +27,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from anydistill.checkpoint_io import AtomicCheckpointIO, atomic_copy, remove_stale_temporaries
 from anydistill.checkpoints import CONFIG_KEY, MODEL_RECORD_KEY, read_checkpoint
 from anydistill.config import TrainConfig, save_config
-from anydistill.errors import DataError
+from anydistill.data.outputs import make_output_folder
+from anydistill.errors import ConfigError, DataError
 from anydistill.methods import MethodRun, default_method, get_method
 from anydistill.optim_callbacks import ScheduleLength
 
@@ -215,7 +217,7 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
     module, datamodule = method_run.module, method_run.datamodule
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(run_dir)  # a file there, or no permission: one line naming it
     save_config(cfg, run_dir / "config.yaml")
 
     monitor, mode = method_run.monitor, method_run.mode
@@ -244,27 +246,33 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
     max_time = None
     if cfg.trainer.max_time_minutes:
         max_time = {"minutes": cfg.trainer.max_time_minutes}
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=cfg.trainer.max_epochs,
-        max_steps=cfg.trainer.max_steps,
-        max_time=max_time,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        strategy=trainer_strategy(cfg, method_run.find_unused_parameters),
-        num_nodes=cfg.trainer.num_nodes,
-        precision=cfg.trainer.precision,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
-        callbacks=callbacks,
-        logger=loggers,
-        enable_progress_bar=cfg.trainer.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        # Every checkpoint save (both callbacks', the final one below) atomic in the checkpoint folder.
-        plugins=[AtomicCheckpointIO()],
-    )
+    try:
+        trainer = L.Trainer(
+            default_root_dir=run_dir,
+            max_epochs=cfg.trainer.max_epochs,
+            max_steps=cfg.trainer.max_steps,
+            max_time=max_time,
+            accelerator=cfg.trainer.accelerator,
+            devices=cfg.trainer.devices,
+            strategy=trainer_strategy(cfg, method_run.find_unused_parameters),
+            num_nodes=cfg.trainer.num_nodes,
+            precision=cfg.trainer.precision,
+            gradient_clip_val=cfg.trainer.gradient_clip_val,
+            log_every_n_steps=cfg.trainer.log_every_n_steps,
+            check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
+            callbacks=callbacks,
+            logger=loggers,
+            enable_progress_bar=cfg.trainer.progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            # Every checkpoint save (both callbacks', the final one below) atomic in the checkpoint folder.
+            plugins=[AtomicCheckpointIO()],
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as exc:  # no GPU, an unknown accelerator
+        t = cfg.trainer
+        settings = f"accelerator={t.accelerator!r}, devices={t.devices!r}, strategy={t.strategy!r}, precision={t.precision!r}"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"trainer ({settings}): {first}") from None
     resume = _find_resume(ckpt_dir)
     if resume is not None:
         print(f"anydistill: resuming {run_dir} from {resume}")

@@ -122,8 +122,15 @@ class FolderDataset(_FolderIndex, Dataset):
         images = self._find_images()
         self._cameras = self._read_cameras([rel for rel, _ in images])
         self._entries, self.orphan_labels = self._match_labels(images)
-        if not self._entries:
-            raise DataError(self.images_dir, f"every image was skipped; see report():\n{self.report()}")
+        if not self._entries:  # one line: the count and the first reasons (report() lists them all)
+            shown = "; ".join(f"{s.path}: {s.reason}" for s in self._skipped[:2])
+            more = f"; and {len(self._skipped) - 2} more" if len(self._skipped) > 2 else ""
+            raise DataError(self.images_dir, f"all {len(self._skipped)} image(s) were skipped: {shown}{more}")
+        if self._skipped:  # images without a label (on_missing_label="skip"): counted and named
+            names = _examples([str(s.path) for s in self._skipped])
+            logger.warning(
+                "%s: skipped %d image(s) without a %s label: %s", self.root, len(self._skipped), task, names
+            )
 
     # Construction helpers (_resolve_*, _find_images, _read_cameras, _match_labels): see _FolderIndex
     # in anydistill.data.folder_index.

@@ -96,7 +96,8 @@ class _FolderIndex:
 
     Each helper reads the attributes that ``FolderDataset.__init__`` has set before calling it and
     returns what it resolved; :meth:`_find_images` also records :attr:`ignored_extensions`, and
-    :meth:`_match_labels` records the images it skips for a missing label.
+    :meth:`_match_labels` records the images it skips for a missing label (in ``_skipped``, which is
+    otherwise empty while the dataset is built).
     """
 
     root: Path
@@ -256,11 +257,8 @@ class _FolderIndex:
                 elif orphans:
                     hint = f"; {len(orphans)} label file(s) match no image, e.g. {orphans[0]}"
                 raise DataError(image, f"no {self.task} label; expected {expected(rel)}{more}{hint}")
-            for rel, image in missing:
+            for rel, image in missing:  # FolderDataset warns once it knows some image is left
                 self._skipped.append(SkippedSample(image, f"missing {self.task} label ({expected(rel)})"))
-            logger.warning(
-                "%s: skipped %d image(s) without a %s label; see report()", self.root, len(missing), self.task
-            )
         return entries, orphans
 
 

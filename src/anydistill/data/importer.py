@@ -49,7 +49,8 @@ IGNORE_INDEX = 255
 #: The largest class id an imported (8-bit) mask can hold besides the ignore value.
 MAX_CLASS_ID = 254
 
-_ENTRY = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*", re.ASCII)
+# At most 18 digits a number: any real mask value or class id, and int() never meets its 4300-digit limit.
+_ENTRY = re.compile(r"\s*(\d{1,18})\s*:\s*(\d{1,18})\s*", re.ASCII)
 _KINDS = ("semantic", "depth")
 _UNMAPPED = ("error", "ignore")
 # Files under the label folder that can be a label (others, e.g. .txt or .json, are not looked at).

@@ -266,6 +266,11 @@ class ClassTable(Mapping[str, Any]):
         return 2
 
 
+#: The largest class id a label mask can hold (a 16-bit PNG). A larger id in ``classes.json`` is refused:
+#: the id lookup tables and the model's logits are ``max id + 1`` long.
+MAX_CLASS_ID = 65535
+
+
 def _check_int(value: object, path: Path, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DataError(path, f"{where} must be an integer, got {value!r}")
@@ -286,7 +291,7 @@ def read_classes(path: str | Path) -> ClassTable | None:
 
     Raises:
         DataError: a JSON file path that does not exist, malformed JSON (with line and column), missing or mistyped fields,
-            negative ids, duplicate ids or names, an id equal to the ignore index.
+            ids outside 0..65535, duplicate ids or names, an id equal to the ignore index.
     """
     path = Path(path)
     if path.is_dir():
@@ -316,8 +321,10 @@ def read_classes(path: str | Path) -> ClassTable | None:
             if field not in entry:
                 raise DataError(path, f'{where} is missing the field "{field}"')
         cid = _check_int(entry["id"], path, f"{where}.id")
-        if cid < 0:
-            raise DataError(path, f"{where}.id must be >= 0, got {cid}")
+        if not 0 <= cid <= MAX_CLASS_ID:
+            raise DataError(
+                path, f"{where}.id must be in 0..{MAX_CLASS_ID} (masks hold 8- or 16-bit ids), got {cid}"
+            )
         if cid == ignore_index:
             raise DataError(path, f"{where}.id {cid} equals ignore_index {ignore_index}")
         name = entry["name"]

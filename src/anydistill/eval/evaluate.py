@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from anydistill.data.folder import FolderDataset
 from anydistill.data.instances import CocoInstances, FolderInstances, InstanceDataset, ToyWorldInstances
+from anydistill.data.outputs import make_output_folder
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET, ToyWorldDataset
 from anydistill.data.transforms import collate_samples, eval_transforms
 from anydistill.errors import ConfigError, DataError
@@ -106,13 +107,25 @@ def evaluate(
     return metrics
 
 
-def write_metrics_json(out_json: str | Path, checkpoint: str | Path, data: str, metrics: dict[str, float]) -> None:
-    """``{"checkpoint", "data", "metrics"}`` as JSON, written atomically (a temporary file moved into place)."""
+def write_metrics_json(
+    out_json: str | Path, checkpoint: str | Path, data: str, metrics: dict[str, float]
+) -> None:
+    """``{"checkpoint", "data", "metrics"}`` as JSON, written atomically (a temporary file moved into place).
+
+    Raises:
+        DataError: the file or its folder cannot be written (a parent is a file, no permission, ...).
+    """
     out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_json.parent)
     tmp = out_json.with_name(out_json.name + ".tmp")
-    tmp.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2))
-    os.replace(tmp, out_json)
+    try:
+        tmp.write_text(
+            json.dumps({"checkpoint": str(checkpoint), "data": str(data), "metrics": metrics}, indent=2)
+        )
+        os.replace(tmp, out_json)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(out_json, f"cannot write the metrics: {e.strerror or e}") from None
 
 
 def format_table(metrics: dict[str, float]) -> str:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from anydistill.config import LossConfig, OptimConfig, TrainConfig
 from anydistill.data.classes import ClassInfo, class_info
 from anydistill.data.datamodule import SupervisedDataModule
+from anydistill.errors import ConfigError, DataError
 from anydistill.eval.metrics import DepthMetrics, SegmentationMetrics
 from anydistill.loading import model_record
 from anydistill.losses import (
@@ -30,7 +31,7 @@ from anydistill.losses import (
 )
 from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.grid import PredictionGrid
-from anydistill.models import build_model
+from anydistill.models import DepthModel, SegmentationModel, build_model, list_models
 from anydistill.optim import build_optimizer, build_scheduler
 
 
@@ -82,7 +83,7 @@ class SupervisedModule(L.LightningModule):
             if not num_classes:
                 raise ValueError("semantic segmentation needs num_classes")
             kwargs["num_classes"] = num_classes
-        self.model: nn.Module = build_model(model_name, **kwargs)
+        self.model: nn.Module = _build_for_task(task, model_name, kwargs, dict(model_kwargs or {}))
         if task == "depth":
             self.ssi = ScaleShiftInvariantLoss(alignment=loss.ssi_alignment, trim=loss.ssi_trim)
             self.grad = GradientMatchingLoss(scales=loss.gradient_scales)
@@ -169,8 +170,34 @@ class SupervisedModule(L.LightningModule):
         return model_record(self.task, self.model.preprocess_spec(self.eval_size), arch, self.classes)
 
 
+def _build_for_task(task: str, name: str, kwargs: dict[str, Any], user_kwargs: dict[str, Any]) -> nn.Module:
+    """``build_model(name, **kwargs)``, refused in one line when it is not a model of ``task`` (a
+    ``seg_*`` model for depth, a ``sam_*`` one for either) or ``model.kwargs`` does not fit its builder."""
+    kinds = {"depth": (DepthModel, "depth_"), "semantic": (SegmentationModel, "seg_")}
+    kind, prefix = kinds.get(task, (nn.Module, ""))
+    ours = ", ".join(n for n in list_models() if n.startswith(prefix))
+    try:
+        model = build_model(name, **kwargs)
+    except TypeError as exc:  # an argument its builder does not take: a model of another task, a bad kwarg
+        raise ConfigError(
+            f"model.name={name!r} with model.kwargs={user_kwargs}: {exc}; task={task} takes {ours}"
+        ) from None
+    if not isinstance(model, kind):
+        raise ConfigError(f"model.name={name!r} is not a {task} model; task={task} takes {ours}")
+    return model
+
+
 def module_args(cfg: TrainConfig, classes: ClassInfo) -> dict[str, Any]:
-    """The :class:`SupervisedModule` arguments a config describes (shared by the dense methods)."""
+    """The :class:`SupervisedModule` arguments a config describes (shared by the dense methods).
+
+    Raises:
+        DataError: ``task=semantic`` on a folder without ``classes.json`` (the class count is unknown).
+    """
+    if cfg.task == "semantic" and not classes.num_classes:
+        raise DataError(
+            Path(cfg.data.train_root or ".") / "classes.json",
+            'task=semantic needs the class table: {"classes": [{"id": 0, "name": "..."}, ...]}',
+        )
     return dict(
         task=cfg.task,
         model_name=cfg.model.name,

@@ -9,6 +9,7 @@ outlined); ``result.json`` (predicted IoU per mask, prompts, sizes). With ``--au
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from anydistill.data.io import read_image
+from anydistill.data.outputs import make_output_folder
 from anydistill.promptable.amg import AutomaticMaskGenerator
 from anydistill.promptable.amg_output import save_coco_json, save_overlay
 from anydistill.promptable.loading import load_promptable
@@ -25,28 +27,40 @@ from anydistill.viz import default_palette, overlay, save_png
 __all__ = ["SegmentReport", "parse_box", "parse_point", "segment"]
 
 
-def parse_point(text: str) -> tuple[float, float, int]:
-    """``"X,Y"`` (positive click) or ``"X,Y,0"`` (negative) → ``(x, y, label)``."""
-    parts = text.split(",")
+def _numbers(text: str) -> list[float]:
+    """``"1,2.5"`` → ``[1.0, 2.5]``; ``[]`` when a part is not a finite number (``nan``, ``inf``, a word)."""
     try:
-        values = [float(p) for p in parts]
+        values = [float(p) for p in text.split(",")]
     except ValueError:
-        values = []
+        return []
+    return values if all(math.isfinite(v) for v in values) else []
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """``"X,Y"`` (positive click) or ``"X,Y,0"`` (negative) → ``(x, y, label)``.
+
+    Raises:
+        ValueError: not two or three finite numbers, or a label other than 0 and 1 (one line naming
+            ``--point`` and the text).
+    """
+    values = _numbers(text)
     if len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0, 1)):
         raise ValueError(
-            f"--point {text!r}: expected X,Y or X,Y,LABEL with LABEL 1 (positive) or 0 (negative)"
+            f"--point {text!r}: expected X,Y or X,Y,LABEL (finite numbers) with LABEL 1 (positive) or 0 "
+            "(negative)"
         )
     return values[0], values[1], int(values[2]) if len(values) == 3 else 1
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
-    """``"X0,Y0,X1,Y1"`` → a box; x1 > x0 and y1 > y0 required."""
-    try:
-        values = [float(p) for p in text.split(",")]
-    except ValueError:
-        values = []
+    """``"X0,Y0,X1,Y1"`` → a box; x1 > x0 and y1 > y0 required.
+
+    Raises:
+        ValueError: not four finite numbers, or an empty box (one line naming ``--box`` and the text).
+    """
+    values = _numbers(text)
     if len(values) != 4:
-        raise ValueError(f"--box {text!r}: expected X0,Y0,X1,Y1")
+        raise ValueError(f"--box {text!r}: expected X0,Y0,X1,Y1 (finite numbers)")
     x0, y0, x1, y1 = values
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"--box {text!r}: need x1 > x0 and y1 > y0")
@@ -100,7 +114,7 @@ def segment(
     for ambiguous prompts).
 
     Raises:
-        DataError: unreadable image or checkpoint.
+        DataError: unreadable image or checkpoint; an output folder that cannot be created.
         ValueError: no prompt and not ``auto``; a prompt outside the image.
     """
     points = list(points or [])
@@ -113,7 +127,7 @@ def segment(
     if auto:
         generator = AutomaticMaskGenerator(model, **(auto_kwargs or {}))
         records = generator.generate(rgb)
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out)
         report.files.append(
             save_coco_json(records, out / "masks_coco.json", file_name=Path(image).name, size=rgb.shape[:2])
         )
@@ -132,7 +146,7 @@ def segment(
         None if box is None else np.array(box, np.float32),
         multimask_output=multimask or ambiguous,
     )  # (C, H, W) bool, (C,)
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad prompts leave no empty folder behind
+    make_output_folder(out)  # only now: bad prompts leave no empty folder behind
     if not multimask:
         best = int(np.argmax(iou))
         masks, iou = masks[best : best + 1], iou[best : best + 1]

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from anydistill.data.outputs import make_output_folder
 from anydistill.data.toyworld.classes import IGNORE_INDEX, class_table, palette
 from anydistill.data.toyworld.domains import get_domain
 from anydistill.data.toyworld.sample import (
@@ -150,15 +151,17 @@ def write_toyworld(
     Raises:
         ConfigError: ``count`` or ``size`` below 1, ``start``, ``seed`` or ``workers`` below 0, or an
             unknown ``domain``; one line naming the argument.
-        DataError: ``out`` holds other data (another generator, domain, seed or size).
+        DataError: ``out`` holds other data (another generator, domain, seed or size), or is a file or
+            a folder that cannot be created.
     """
     out = Path(out)
     check_toyworld_args(count=count, size=size, seed=seed, start=start, workers=workers)
     name = get_domain(domain).name
     hw = image_size(size)
+    make_output_folder(out)  # a file, or a folder that cannot be created: one line naming it
     ranges = _check_meta(out, name, seed, hw)
     for folder in _FOLDERS:
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        make_output_folder(out / folder)
     indices = range(start, start + count)
     cameras_path = out / "cameras.json"
     cameras = _read_json(cameras_path) if cameras_path.exists() else {}
