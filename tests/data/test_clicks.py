@@ -155,25 +155,97 @@ def test_error_clicks_valid_region_exact_prediction_and_padding() -> None:
     assert labels[2, 0].item() == -1  # nothing to click
 
 
+def _brute_force_distance(region: np.ndarray) -> np.ndarray:
+    """``(H, W)``: for each pixel of the bool ``region``, the Euclidean distance between its centre and the
+    nearest pixel centre that is not in the region, the ring of pixels just outside the image counting
+    as not in the region (the image border is a boundary); 0 off the region. By brute force, no scipy."""
+    h, w = region.shape
+    ring = [(y, x) for y in range(-1, h + 1) for x in range(-1, w + 1) if not (0 <= y < h and 0 <= x < w)]
+    others = np.array(ring + list(zip(*np.nonzero(~region), strict=True)), dtype=np.float64)  # (M, 2)
+    dist = np.zeros((h, w))
+    for y, x in zip(*np.nonzero(region), strict=True):
+        dist[y, x] = np.sqrt(((others - [y, x]) ** 2).sum(1)).min()
+    return dist
+
+
 def _brute_force_click(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
-    """Independent evaluation click: Euclidean distance to the nearest non-region pixel (incl. outside)."""
-    h, w = gt.shape
+    """The RITM click from :func:`_brute_force_distance`: ``(x, y, label)``; FN wins only when strictly
+    deeper than FP; ties go to the first pixel in raster order; ``(0, 0, -1)`` when there is no error."""
     best = []
     for region in (gt & ~pred, pred & ~gt):
-        outside = [
-            (y, x) for y in range(-1, h + 1) for x in range(-1, w + 1) if not (0 <= y < h and 0 <= x < w)
+        dist = _brute_force_distance(region)
+        deepest = [
+            (y, x) for y in range(dist.shape[0]) for x in range(dist.shape[1]) if dist[y, x] == dist.max()
         ]
-        outside += list(zip(*np.nonzero(~region), strict=True))
-        others = np.array(outside, dtype=np.float64)
-        dist = np.zeros((h, w))
-        for y, x in zip(*np.nonzero(region), strict=True):
-            dist[y, x] = np.sqrt(((others - [y, x]) ** 2).sum(1)).min()
-        flat = int(np.argmax(dist))
-        best.append((dist.flat[flat], flat % w, flat // w))
+        y, x = deepest[0]  # raster order: row by row, left to right
+        best.append((dist.max(), x, y))
     (d_fn, x_fn, y_fn), (d_fp, x_fp, y_fp) = best
     if d_fn > d_fp:
         return x_fn, y_fn, 1
     return (x_fp, y_fp, 0) if d_fp > 0 else (0, 0, -1)
+
+
+def _clicks_of(pred: torch.Tensor, gt: torch.Tensor) -> list[tuple[int, int, int]]:
+    coords, labels = evaluation_clicks(pred, gt)
+    return [(int(c[0, 0]), int(c[0, 1]), int(lab[0])) for c, lab in zip(coords, labels, strict=True)]
+
+
+def _border_cases() -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int]]]:
+    """Masks whose one deepest error pixel is known by hand, and where a distance transform that counts
+    the image border as inside the region (no padding) would click a border pixel instead.
+
+    Returns ``(pred, gt, [(x, y, label), ...])``, all on 9 x 12 images.
+    """
+    gt = torch.zeros((5, 9, 12), dtype=torch.bool)
+    pred = torch.zeros_like(gt)
+    expected = []
+    # 0: a 5x5 FN square against the left border (rows 1..5, columns 0..4): its centre (2, 3) is 3 from
+    #    the border ring (x = -1), from row 0 and row 6 and from column 5; every other pixel is nearer.
+    #    With the border inside, (0, 3) reaches 3 as well and wins the raster tie.
+    gt[0, 1:6, 0:5] = True
+    expected.append((2, 3, 1))
+    # 1: a 5x5 FN square in the bottom-right corner (rows 4..8, columns 7..11): centre (9, 6), distance 3.
+    #    With the border inside the corner pixel (11, 8) would be 5 from the region's edge.
+    gt[1, 4:9, 7:12] = True
+    expected.append((9, 6, 1))
+    # 2: FN = the 4 left columns, full height (at most 2 from the border ring or column 4), against an
+    #    interior 5x5 FP square (rows 1..5, columns 6..10, centre (8, 3) at distance 3): the FP centre wins,
+    #    a negative click. With the border inside, the FN strip's column 0 would be 4 deep: a positive
+    #    click at (0, 0) instead.
+    gt[2, :, 0:4] = True
+    pred[2, 1:6, 6:11] = True
+    expected.append((8, 3, 0))
+    # 3: a 5x5 block (rows 2..6, columns 1..5) with a 3-high bar to its right (rows 3..5, columns 6..10):
+    #    the deepest pixel is the block's centre (3, 4) at 3 (from column 0, rows 1 and 7); the bounding
+    #    box's centre and the centroid, (5, 4), are only sqrt(5) from (6, 2). Off the border, as a control.
+    gt[3, 2:7, 1:6] = True
+    gt[3, 3:6, 6:11] = True
+    expected.append((3, 4, 1))
+    # 4: the whole image is FP except a 2x2 FN hole (rows 3..4, columns 4..5; FN depth 1): the deepest FP
+    #    pixel is (8, 5), sqrt(10) from the hole's pixel (5, 4) and 4 from the border ring (its neighbours
+    #    are 3 or less from one of them). With the border inside, the corner (11, 8) would be deepest.
+    pred[4] = True
+    pred[4, 3:5, 4:6] = False
+    gt[4, 3:5, 4:6] = True
+    expected.append((8, 5, 0))
+    return pred, gt, expected
+
+
+def test_brute_force_reference_finds_the_hand_made_answers() -> None:
+    """The reference itself, on the hand-made cases (so that comparing against it below means something)."""
+    pred, gt, expected = _border_cases()
+    for i, exp in enumerate(expected):
+        assert _brute_force_click(pred[i].numpy(), gt[i].numpy()) == exp, i
+        region = (gt[i] & ~pred[i]) if exp[2] == 1 else (pred[i] & ~gt[i])
+        dist = _brute_force_distance(region.numpy())
+        assert (dist == dist.max()).sum() == 1, i  # one deepest pixel: no tie-break involved
+    # The distances of case 0 by hand: row 3 of the square is 1, 2, 3, 2, 1 from the left border.
+    assert _brute_force_distance(gt[0].numpy())[3, :6].tolist() == [1, 2, 3, 2, 1, 0]
+
+
+def test_evaluation_click_is_the_deepest_pixel_not_a_border_pixel() -> None:
+    pred, gt, expected = _border_cases()
+    assert _clicks_of(pred, gt) == expected
 
 
 def test_evaluation_click_on_hand_made_masks() -> None:
@@ -183,22 +255,34 @@ def test_evaluation_click_on_hand_made_masks() -> None:
     gt[1, 0:12, 0:6] = True  # big FP region dominates a thin FN strip
     pred[1, 0:12, 1:12] = True  # FN = column 0 (distance 1), FP = columns 6..11 (distance up to 3)
     gt[2, 2:6, 2:6] = True  # 4x4: the four central pixels tie; raster order picks the top-left one
-    coords, labels = evaluation_clicks(pred, gt)
-    assert coords[0, 0].tolist() == [6.0, 5.0] and labels[0, 0].item() == 1
-    assert labels[1, 0].item() == 0 and coords[1, 0, 0].item() in (8.0, 9.0)
-    assert coords[2, 0].tolist() == [3.0, 3.0] and labels[2, 0].item() == 1
+    # FP columns 6..11 (a 6-wide full-height strip against the right border): columns 8 and 9 are 3 deep
+    # (column 8: from column 5 and from x = 12) on rows 2..9; raster order: (8, 2).
+    assert _clicks_of(pred, gt) == [(6, 5, 1), (8, 2, 0), (3, 3, 1)]
+
+
+def _blobs(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """``(n, h, w)`` unions of 1-3 random rectangles, some against the border: thick regions, so the
+    deepest pixel is several pixels deep and a border pixel differs from an interior one."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w), dtype=bool)
+    for i in range(n):
+        for _ in range(rng.integers(1, 4)):
+            y0, x0 = rng.integers(-2, h - 3), rng.integers(-2, w - 3)
+            y1, x1 = y0 + rng.integers(4, h), x0 + rng.integers(4, w)
+            masks[i, max(y0, 0) : y1, max(x0, 0) : x1] = True
+    return torch.from_numpy(masks)
 
 
 def test_evaluation_click_matches_brute_force_and_is_deterministic() -> None:
-    gt = _random_masks(6, 9, 11, seed=4, p=0.6)
-    pred = _random_masks(6, 9, 11, seed=5, p=0.5)
+    gt = torch.cat([_blobs(12, 13, 17, seed=4), _random_masks(4, 13, 17, seed=4, p=0.6)])
+    pred = torch.cat([_blobs(12, 13, 17, seed=5), _random_masks(4, 13, 17, seed=5, p=0.5)])
     coords, labels = evaluation_clicks(pred, gt)
     again = evaluation_clicks(pred, gt)
     assert torch.equal(coords, again[0]) and torch.equal(labels, again[1])
-    for i in range(6):
-        x, y, lab = _brute_force_click(pred[i].numpy(), gt[i].numpy())
-        assert labels[i, 0].item() == lab
-        assert coords[i, 0].tolist() == [float(x), float(y)]
+    expected = [_brute_force_click(p.numpy(), g.numpy()) for p, g in zip(pred, gt, strict=True)]
+    assert _clicks_of(pred, gt) == expected
+    on_border = sum(x in (0, 16) or y in (0, 12) for x, y, _ in expected)
+    assert on_border < len(expected) // 2  # mostly interior clicks: the check is not all border pixels
 
 
 def test_evaluation_click_skips_clicked_pixels_and_exact_predictions() -> None:

@@ -2,11 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from anydistill.cli import main
 from anydistill.data.toyworld import write_toyworld
+from anydistill.inference import Predictor, load_student
 
 COMMON = ["data.image_size=64", "data.batch_size=4", "data.num_workers=0", "data.val_count=4",
           "trainer.progress_bar=false", "trainer.grid_images=1"]  # fmt: skip
@@ -16,7 +19,9 @@ COMMON = ["data.image_size=64", "data.batch_size=4", "data.num_workers=0", "data
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     write_toyworld(root / "unlabeled", count=12, size=64, domain="wide", seed=5, progress=False)
-    code = main(["train", f"run_dir={root / 'teacher'}", "data.train_count=8", "trainer.max_steps=2", *COMMON])
+    code = main(
+        ["train", f"run_dir={root / 'teacher'}", "data.train_count=8", "trainer.max_steps=2", *COMMON]
+    )
     assert code == 0
     teacher = root / "teacher" / "checkpoints" / "best.ckpt"
     code = main(["pseudo-label", "--teacher", str(teacher), "--images", str(root / "unlabeled" / "images"),
@@ -41,11 +46,26 @@ def test_distill_runs_and_its_student_is_usable(setup, extra, capsys):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     state = torch.load(ckpt, weights_only=False)
     assert not any(k.startswith("frozen.") for k in state["state_dict"])
-    assert "delta1" in json.dumps(json.loads((run / "metrics.json").read_text()))
-    assert main(["evaluate", "--checkpoint", str(ckpt), "--count", "4"]) == 0
-    assert main(["predict", "--checkpoint", str(ckpt), "--images", str(root / "unlabeled" / "images"),
-                 "--out", str(run / "pred")]) == 0  # fmt: skip
-    assert len(list((run / "pred" / "raw").glob("*.npy"))) == 12
+    # metrics.json holds best.ckpt's validation metrics on the 4 validation scenes, which are evaluate's
+    # held-out toyworld:wide scenes: the evaluation path gives the same numbers.
+    val = json.loads((run / "metrics.json").read_text())["val"]
+    assert (
+        main(["evaluate", "--checkpoint", str(ckpt), "--count", "4", "--json", str(run / "eval.json")]) == 0
+    )
+    evaluated = json.loads((run / "eval.json").read_text())["metrics"]
+    for name in ("delta1", "abs_rel"):
+        assert val[f"val/{name}"] == pytest.approx(evaluated[name], rel=1e-5, abs=1e-6), name
+    images = root / "unlabeled" / "images"
+    assert (
+        main(["predict", "--checkpoint", str(ckpt), "--images", str(images), "--out", str(run / "pred")]) == 0
+    )
+    raws = sorted((run / "pred" / "raw").glob("*.npy"))
+    assert [p.stem for p in raws] == sorted(p.stem for p in images.iterdir())
+    # The prediction written for an image is the student's for that image, at the image's size.
+    rgb = np.asarray(Image.open(images / f"{raws[3].stem}.png").convert("RGB"))
+    np.testing.assert_allclose(
+        np.load(raws[3]), Predictor(load_student(ckpt)).predict([rgb])[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_distill_without_cache_is_a_clear_error(capsys):
@@ -62,7 +82,10 @@ def test_semantic_distillation_end_to_end(tmp_path, capsys):
     """A semantic teacher's logits are cached, then a student learns from them with temperature KD."""
     write_toyworld(tmp_path / "unlabeled", count=6, size=64, domain="wide", seed=9, progress=False)
     seg = ["task=semantic", "model.name=seg_tiny", *COMMON]
-    assert main(["train", f"run_dir={tmp_path / 'teacher'}", "data.train_count=8", "trainer.max_steps=2", *seg]) == 0
+    assert (
+        main(["train", f"run_dir={tmp_path / 'teacher'}", "data.train_count=8", "trainer.max_steps=2", *seg])
+        == 0
+    )
     teacher = tmp_path / "teacher" / "checkpoints" / "best.ckpt"
     assert main(["pseudo-label", "--teacher", str(teacher), "--images", str(tmp_path / "unlabeled" / "images"),
                  "--out", str(tmp_path / "cache"), "--num-workers", "0"]) == 0  # fmt: skip
@@ -74,8 +97,13 @@ def test_semantic_distillation_end_to_end(tmp_path, capsys):
                  f"distill.cache={tmp_path / 'cache'}", "distill.kd_temperature=2.0", *seg])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
-    assert "miou" in json.dumps(json.loads((run / "metrics.json").read_text()))
-    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--count", "4"]) == 0
+    val = json.loads((run / "metrics.json").read_text())["val"]
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--count", "4",
+                 "--json", str(out)]) == 0  # fmt: skip
+    evaluated = json.loads(out.read_text())["metrics"]
+    for name in ("miou", "pixel_acc"):  # the validation scenes are evaluate's held-out scenes
+        assert val[f"val/{name}"] == pytest.approx(evaluated[name], rel=1e-5, abs=1e-6), name
     capsys.readouterr()
     # The same cache given to a depth student: one line before the first step, not a KeyError inside it.
     code = main(["distill", f"run_dir={tmp_path / 'depth_student'}", "data.train_count=8", "trainer.max_steps=1",

@@ -75,7 +75,7 @@ def test_train_writes_checkpoint_and_interactive_metrics(trained) -> None:
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["task"] == "promptable" and summary["global_step"] == 2
     assert {"val/miou@1", "val/miou@2", "val/noc@85", "val/noc@90"} <= set(summary["val"])
-    assert 0 <= summary["val"]["val/miou@1"] <= 1
+    # (their values: test_evaluate_runs_the_interactive_protocol finds them again through evaluate)
     assert _global_step(run / "checkpoints" / "last.ckpt") == 2  # not overwritten by the parent process
     assert not list((run / "checkpoints").glob("last-v*.ckpt"))
     model = load_promptable(best)
@@ -111,7 +111,9 @@ def test_promptable_without_a_model_name_trains_the_default_sam_student(tmp_path
 
 def test_promptable_with_a_depth_model_name_is_one_clear_line(tmp_path, capsys) -> None:
     argv = [a for a in PROMPT if not a.startswith("model.name")]
-    assert main(["train", f"run_dir={tmp_path / 'r'}", "trainer.max_steps=1", "model.name=seg_tiny", *argv]) == 2
+    assert (
+        main(["train", f"run_dir={tmp_path / 'r'}", "trainer.max_steps=1", "model.name=seg_tiny", *argv]) == 2
+    )
     assert "model.name='seg_tiny'" in _one_error_line(capsys.readouterr().err)
 
 
@@ -120,18 +122,38 @@ def _ckpt_keys(run) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- evaluate
+def _evaluate_like_validation(checkpoint: Path, out: Path, clicks: int = 2) -> dict[str, float]:
+    """``anydistill evaluate`` on the validation scenes of ``PROMPT`` runs (2 held-out toyworld:wide
+    scenes, at most 2 objects each), ``clicks`` clicks per object; the metrics of its JSON."""
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--count", "2", "--max-instances", "2",
+            "--max-clicks", str(clicks), "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return json.loads(out.read_text())["metrics"]
+
+
+def _assert_same_as_validation(metrics: dict[str, float], run: Path) -> None:
+    """The first two clicks' mIoU and the oracle mIoU of an evaluation equal the run's validation ones
+    (metrics.json: best.ckpt on the same scenes and objects, 2 clicks)."""
+    val = json.loads((run / "metrics.json").read_text())["val"]
+    for name in ("miou@1", "miou@2", "oracle_miou@1", "num_objects"):
+        assert metrics[name] == pytest.approx(val[f"val/{name}"], abs=1e-6), name
+
+
 def test_evaluate_runs_the_interactive_protocol(trained, tmp_path, capsys) -> None:
-    out = tmp_path / "eval.json"
-    code = main(
-        ["evaluate", "--checkpoint", str(trained[1]), "--count", "2", "--max-clicks", "3", "--json", str(out)]
-    )
-    assert code == 0
+    metrics = _evaluate_like_validation(trained[1], tmp_path / "eval.json", clicks=3)
     table = capsys.readouterr().out
-    assert "noc@85" in table and "miou@3" in table
-    metrics = json.loads(out.read_text())["metrics"]
+    assert (
+        f"| noc@85 | {metrics['noc@85']:.4f} |" in table and f"| miou@3 | {metrics['miou@3']:.4f} |" in table
+    )
     assert {"miou@1", "miou@2", "miou@3", "noc@85", "noc@90", "oracle_miou@1"} <= set(metrics)
     assert "miou@4" not in metrics and metrics["images"] == 2
     assert 1 <= metrics["noc@85"] <= 3  # clicks, capped at --max-clicks
+    # Clicks 1 and 2 do not depend on --max-clicks: the same numbers as the training's validation.
+    _assert_same_as_validation(metrics, trained[0])
+    # The oracle keeps the best of the three first-click masks, the protocol the one of highest
+    # predicted IoU: never better than the oracle.
+    assert metrics["oracle_miou@1"] >= metrics["miou@1"] - 1e-6
+    assert metrics["num_objects"] > 0
 
 
 # -------------------------------------------------------------------------------------- segment
@@ -256,7 +278,9 @@ def test_distill_promptable(trained, sam_cache, tmp_path, capsys, extra) -> None
     assert code == 0, capsys.readouterr().err
     assert _global_step(run / "checkpoints" / "last.ckpt") == 2  # not overwritten by the parent process
     assert not list((run / "checkpoints").glob("last-v*.ckpt"))
-    assert "val/miou@1" in json.loads((run / "metrics.json").read_text())["val"]
+    _assert_same_as_validation(
+        _evaluate_like_validation(run / "checkpoints" / "best.ckpt", tmp_path / "e.json"), run
+    )
     with open(next((run / "logs" / "csv").glob("version_*/metrics.csv"))) as f:
         columns = set(next(csv.reader(f)))
     assert "train/embed_mse" in columns

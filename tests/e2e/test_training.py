@@ -52,15 +52,25 @@ def semantic_run(tmp_path_factory):
 def test_run_folder_contents(run_name, request):
     result = request.getfixturevalue(run_name)
     run = result.run_dir
-    for rel in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "val_grid.png"):
+    for rel in (
+        "config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "val_grid.png",
+    ):
         assert (run / rel).is_file(), rel
     assert list((run / "logs" / "csv").glob("version_*/metrics.csv"))
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     # one last.ckpt kept up to date by both checkpoint callbacks (no last-v1.ckpt beside it)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     summary = json.loads((run / "metrics.json").read_text())
-    key = "val/delta1" if "depth" in run_name else "val/miou"
-    assert 0.0 <= summary["val"][key] <= 1.0
+    # The summary holds best.ckpt's metrics on the 4 validation scenes, which are evaluate's held-out
+    # toyworld:wide scenes: the evaluation path must give the same numbers.
+    evaluated = api.evaluate(run / "checkpoints" / "best.ckpt", "toyworld:wide", count=4, progress=False)
+    names = ("delta1", "abs_rel", "rmse") if "depth" in run_name else ("miou", "pixel_acc", "mean_acc")
+    for name in names:
+        assert summary["val"][f"val/{name}"] == pytest.approx(evaluated[name], rel=1e-5, abs=1e-6), name
     grid = np.asarray(Image.open(run / "val_grid.png"))
     assert grid.ndim == 3 and grid.shape[1] > 3 * 64  # three columns of 64-pixel tiles
     # The checkpoint describes its model: builder, pre-processing at the evaluation size, class table.
@@ -68,7 +78,10 @@ def test_run_folder_contents(run_name, request):
     record = ckpt["anydistill_model"]
     assert record["task"] == summary["task"] and record["arch"]["model_name"] == summary["model"]
     assert record["preprocess"]["size"] == 64 and record["preprocess"]["resize"] == "long_side"
-    assert summary["method"] == "supervised" and yaml.safe_load((run / "config.yaml").read_text())["method"] == "supervised"
+    assert (
+        summary["method"] == "supervised"
+        and yaml.safe_load((run / "config.yaml").read_text())["method"] == "supervised"
+    )
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path):
@@ -86,7 +99,9 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     args = [sys.executable, "-m", "anydistill.cli", "train", f"run_dir={run}", *TINY]
     args += ["data.train_count=64", "trainer.max_epochs=3", "trainer.checkpoint_every_n_steps=2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not last.is_file() and time.time() < deadline and proc.poll() is None:
@@ -105,12 +120,19 @@ def test_killed_run_resumes_and_finishes(tmp_path):
 
 def test_evaluate_api_and_cli(depth_run, tmp_path, capsys):
     metrics = api.evaluate(depth_run.best_checkpoint, "toyworld:wide", count=4, progress=False)
-    assert {"abs_rel", "delta1", "rmse"} <= set(metrics)
+    assert {"abs_rel", "delta1", "rmse"} <= set(metrics) and metrics["images"] == 4
     out = tmp_path / "m.json"
-    code = main(["evaluate", "--checkpoint", str(depth_run.best_checkpoint), "--count", "4", "--json", str(out)])
+    code = main(
+        ["evaluate", "--checkpoint", str(depth_run.best_checkpoint), "--count", "4", "--json", str(out)]
+    )
     assert code == 0
-    assert "delta1" in capsys.readouterr().out
-    assert json.loads(out.read_text())["metrics"]["delta1"] == pytest.approx(metrics["delta1"])
+    table = capsys.readouterr().out
+    cli = json.loads(out.read_text())["metrics"]
+    assert cli == pytest.approx(metrics)  # every metric, not only one
+    assert f"| delta1 | {metrics['delta1']:.4f} |" in table  # the printed table shows the same numbers
+    # Other scenes, other numbers: --count and the held-out seed reach the data.
+    more = api.evaluate(depth_run.best_checkpoint, "toyworld:wide", count=6, progress=False)
+    assert more["images"] == 6 and more["abs_rel"] != pytest.approx(metrics["abs_rel"])
 
 
 def write_images(folder: Path) -> None:
@@ -130,6 +152,15 @@ def test_predict_depth_folder_keeps_sizes_and_reports_bad_images(depth_run, tmp_
     assert "broken.png" in report.summary()
     raw = np.load(tmp_path / "out" / "raw" / "sub" / "b.npy")
     assert raw.shape == (90, 40) and raw.dtype == np.float32 and (raw >= 0).all()
+    # What was written is the student's prediction for that very image, at its size (a grey JPEG: RGB).
+    rgb = np.asarray(Image.open(images / "sub" / "b.jpg").convert("RGB"))
+    expected = Predictor(load_student(depth_run.best_checkpoint)).predict([rgb])[0]
+    np.testing.assert_allclose(raw, expected, rtol=1e-4, atol=1e-5)
+    assert raw.std() > 0  # a real map, not a constant
+    # png16: the same map scaled to 0..65535 over its own range.
+    png16 = np.asarray(Image.open(tmp_path / "out" / "png16" / "sub" / "b.png")).astype(np.int64)
+    scaled = np.round((raw - raw.min()) / (raw.max() - raw.min()) * 65535)
+    assert png16.shape == (90, 40) and np.abs(png16 - scaled).max() <= 1
     assert Image.open(tmp_path / "out" / "png16" / "a.png").mode.startswith("I")
     assert np.asarray(Image.open(tmp_path / "out" / "color" / "a.png")).shape == (50, 70, 3)
 
@@ -137,11 +168,28 @@ def test_predict_depth_folder_keeps_sizes_and_reports_bad_images(depth_run, tmp_
 def test_predict_semantic_cli(semantic_run, tmp_path, capsys):
     images = tmp_path / "imgs"
     write_images(images)
-    code = main(["predict", "--checkpoint", str(semantic_run.best_checkpoint), "--images", str(images), "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            str(semantic_run.best_checkpoint),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 0
     mask = Image.open(tmp_path / "o" / "masks" / "a.png")
     assert mask.mode == "P" and mask.size == (70, 50)
-    assert np.asarray(mask).max() < len(load_student(semantic_run.best_checkpoint).classes.names)
+    student = load_student(semantic_run.best_checkpoint)
+    ids = np.asarray(mask)
+    assert ids.max() < len(student.classes.names)
+    # The student's class ids for that image, painted with the class table's colours.
+    expected = Predictor(student).predict([np.asarray(Image.open(images / "a.png").convert("RGB"))])[0]
+    assert np.array_equal(ids, expected)
+    palette = np.asarray(mask.getpalette()[: 3 * len(student.classes.names)]).reshape(-1, 3)
+    assert palette.tolist() == [list(c) for c in student.classes.colors]
     assert "skipped 1" in capsys.readouterr().out
 
 

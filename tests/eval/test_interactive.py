@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from sam_upstream import tiny_patch8_sam
 from torch import Tensor, nn
 
-from anydistill.data.clicks import evaluation_clicks
 from anydistill.data.instances import InstanceDataset, InstanceRecord
 from anydistill.eval.interactive import (
     InteractiveMetrics,
@@ -139,16 +138,32 @@ def test_oracle_model_gives_exact_noc_and_miou(use_prev_mask: bool) -> None:
 
 
 def test_first_click_is_the_deepest_point_and_clicks_are_scaled_to_the_input_frame() -> None:
-    gt_small = _squares(2, 16, side=4)  # ground truth in the original frame (16 x 16)
+    gt_small = _squares(2, 16, side=5)  # ground truth in the original frame (16 x 16)
     gt_input = torch.zeros((2, 32, 32), dtype=torch.bool)  # 2x resized into the input frame (32 x 32)
     gt_input[:, :32, :32] = gt_small.repeat_interleave(2, 1).repeat_interleave(2, 2)
     model = _OracleSam(gt_input, [2, 2], img_size=32)
     result = evaluate_image(model, torch.zeros((3, 32, 32)), (32, 32), gt_small, max_clicks=3)
-    first, labels = evaluation_clicks(torch.zeros_like(gt_small), gt_small)
-    assert torch.equal(result.coords[:, :1], first) and (labels == 1).all()
-    coords_seen, _, _ = model.prompt_encoder.calls[0]
-    assert torch.equal(coords_seen, first * 2)  # apply_coords: x * w_input / w_original
-    assert result.ious[:, 1:].eq(1.0).all()  # IoU measured in the 16 x 16 frame after postprocess
+    # By hand: the squares are rows 2..6 x columns 3..7 and rows 6..10 x columns 8..12; click 1 is each
+    # centre, the one pixel 3 from the square's edge. The oracle still answers an empty mask, so click 2
+    # is the deepest pixel left: the 3x3 ring around the centre is 2 deep, its top-left corner first in
+    # raster order. Then the oracle is exact: no third click (padding).
+    assert result.coords[:, :2].tolist() == [[[5.0, 4.0], [4.0, 3.0]], [[10.0, 8.0], [9.0, 7.0]]]
+    assert result.labels.tolist() == [[1, 1, -1], [1, 1, -1]]
+    coords_seen, labels_seen, _ = model.prompt_encoder.calls[0]
+    assert coords_seen.tolist() == [[[10.0, 8.0]], [[20.0, 16.0]]]  # apply_coords: x * w_input / w_original
+    assert labels_seen.tolist() == [[1], [1]]
+    assert result.ious[:, 0].eq(0.0).all() and result.ious[:, 1:].eq(1.0).all()  # in the 16 x 16 frame
+
+
+def test_clicks_are_scaled_to_a_non_square_input_frame() -> None:
+    """A 12 x 20 ground truth for an input of 24 x 30 (y scaled by 2, x by 1.5): the click (x, y) reaches
+    the prompt encoder as (1.5 x, 2 y), each axis by its own factor."""
+    gt = torch.zeros((1, 12, 20), dtype=torch.bool)
+    gt[0, 3:10, 10:17] = True  # 7x7: centre (13, 6)
+    model = _OracleSam(torch.zeros((1, 32, 32), dtype=torch.bool), [9], img_size=32)
+    result = evaluate_image(model, torch.zeros((3, 32, 32)), (24, 30), gt, max_clicks=1)
+    assert result.coords[0, 0].tolist() == [13.0, 6.0] and result.labels[0, 0].item() == 1
+    assert model.prompt_encoder.calls[0][0].tolist() == [[[19.5, 12.0]]]
 
 
 def test_number_of_clicks_and_summary_on_hand_made_curves() -> None:
@@ -195,9 +210,13 @@ def test_tiny_sam_first_click_iou_matches_numpy_and_encoder_runs_once() -> None:
     assert (result.oracle_iou >= result.ious[:, 0] - 1e-6).all()
     assert calls == {"enc": 1, "dec": 3 * 2}  # one embedding; k decoder calls per chunk of objects
     # Click 1 again by hand: highest predicted IoU among three masks, IoU in numpy.
+    # Click 1 by hand: square i is rows 2+4i..11+4i x columns 3+5i..12+5i; its four central pixels are
+    # 5 from the edge, and raster order picks the top-left one, (7 + 5i, 6 + 4i).
+    first = torch.tensor([[[7.0, 6.0]], [[12.0, 10.0]], [[17.0, 14.0]]])
+    labels = torch.ones((3, 1), dtype=torch.int64)
+    assert torch.equal(result.coords[:, :1], first) and torch.equal(result.labels[:, :1], labels)
     with torch.no_grad():
         emb = embed_images(model, image[None], torch.tensor([[48, 64]]))
-        first, labels = evaluation_clicks(torch.zeros_like(gt), gt)
         low, iou_pred = decode_prompts(
             model, emb, model.prompt_encoder.get_dense_pe(), (first, labels), None, None, True
         )
@@ -298,13 +317,19 @@ def test_evaluate_interactive_in_the_original_frame() -> None:
     dataset = InstanceDataset(records, size=64, min_area=10, sampling="fixed", original_masks=True)
     sample = dataset[0]
     assert sample["original_masks"].shape == (2, 60, 90) and sample["masks"].shape == (2, 64, 64)
-    assert torch.equal(sample["original_masks"].sum(dim=(1, 2)).sort().values, torch.tensor([12 * 24, 22 * 43]))
+    assert torch.equal(
+        sample["original_masks"].sum(dim=(1, 2)).sort().values, torch.tensor([12 * 24, 22 * 43])
+    )
     original = evaluate_interactive(model, dataset, max_clicks=3, frame="original")
     ref = evaluate_image(model, sample["image"], sample["input_size"], sample["original_masks"], max_clicks=3)
     assert original == pytest.approx(summarize_interactive(ref.ious, ref.oracle_iou), abs=1e-6)
-    resized = evaluate_image(model, sample["image"], sample["input_size"], sample["masks"][:, :43, :64], max_clicks=3)
+    resized = evaluate_image(
+        model, sample["image"], sample["input_size"], sample["masks"][:, :43, :64], max_clicks=3
+    )
     assert not torch.equal(resized.coords, ref.coords)  # another frame, other click positions
     with pytest.raises(ValueError, match="original_masks=True"):
-        evaluate_interactive(model, InstanceDataset(records, size=64, min_area=10), max_clicks=1, frame="original")
+        evaluate_interactive(
+            model, InstanceDataset(records, size=64, min_area=10), max_clicks=1, frame="original"
+        )
     with pytest.raises(ValueError, match="frame"):
         evaluate_interactive(model, dataset, max_clicks=1, frame="resized")  # type: ignore[arg-type]
