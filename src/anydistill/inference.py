@@ -4,6 +4,14 @@ Like ``SamPredictor``, :class:`Predictor` is not an ``nn.Module``: it owns resiz
 batching and mapping predictions back to each image's original size (all from the model's stored
 :class:`~anydistill.preprocess.Preprocess`), so the model's ``forward`` stays a pure function of
 normalised tensors. Loading goes through :mod:`anydistill.loading`; nothing here imports Lightning.
+
+Memory is bounded by the model's input size plus the output maps, whatever the photo's size: the image
+is resized down in bands of rows (:func:`~anydistill.data.bands.resize_image_bands`, no full-size float
+copy), the prediction is enlarged back and turned into disparity or class ids one band of output rows
+at a time (:func:`~anydistill.data.transforms.restore_prediction_bands`; class ids are interpolated
+only near class boundaries), and :func:`predict_folder` makes its 16-bit, colour and overlay pictures
+band by band, holding one full-size picture at a time. ``anydistill predict`` on a 12000 x 9000 photo
+peaks at about 1.7 GB (torch and the model included; benchmarks/bench_predict_memory.py).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +29,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from anydistill.data.bands import band_rows, resize_image_bands
 from anydistill.data.io import find_images, read_image
-from anydistill.data.transforms import preprocess_transforms, restore_prediction
+from anydistill.data.sample_ops import Sample
+from anydistill.data.transforms import PadToSize, preprocess_transforms, restore_prediction_bands
 from anydistill.errors import ConfigError, DataError
 from anydistill.loading import LoadedModel, load_model
 from anydistill.viz import colorize_depth, colorize_mask, default_palette, overlay
@@ -68,11 +79,49 @@ class Predictor:
         multiple = self.preprocess.multiple
         if self.image_size % multiple:
             raise ConfigError(f"image_size: must be a multiple of {multiple}, got {self.image_size}")
-        self.transform = preprocess_transforms(self.preprocess)
+        preprocess_transforms(self.preprocess)  # refuses specs the dense students do not use
+        self._pad = PadToSize(self.image_size, self.image_size)
         self.model = self.student.model
         self.device = next(self.model.parameters()).device
 
+    def prepare(self, image: np.ndarray) -> Sample:
+        """uint8 ``(H, W, 3)`` → the model's input sample: ``"image"`` float32 ``(3, S, S)`` in [0, 1]
+        (long side resized to ``S``, padded bottom/right; not normalised), ``"pad"``, ``"orig_size"``.
+
+        Bit for bit what :func:`~anydistill.data.transforms.preprocess_transforms` gives, without its
+        full-size float copy of the image (:func:`~anydistill.data.bands.resize_image_bands`).
+        """
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        x = resize_image_bands(image, self.preprocess.resized_shape(height, width)).clamp_(0.0, 1.0)
+        return self._pad({"image": x, "orig_size": (height, width)})  # image (3, S, S)
+
     @torch.inference_mode()
+    def run(self, samples: list[Sample]) -> torch.Tensor:
+        """Samples from :meth:`prepare` → the model's float32 output ``(B, C, S, S)`` (on its device)."""
+        batch = torch.stack([s["image"] for s in samples]).to(self.device)  # (B, 3, S, S)
+        return self.model(self.preprocess.normalize(batch)).float()
+
+    @torch.inference_mode()
+    def restore(self, pred: torch.Tensor, sample: Sample) -> np.ndarray:
+        """One ``(C, S, S)`` output of :meth:`run` → disparity float32 ``(H, W)`` (clamped at 0) or class ids
+        uint8 ``(H, W)`` at the image's size, filled one band of rows at a time: the full-size ``(C, H, W)``
+        map is never made. Equal to the argmax / values of the whole restored map to float rounding
+        (class ids: except where two classes tie to float rounding)."""
+        height, width = sample["orig_size"]
+        depth = self.student.task == "depth"
+        out = np.empty((height, width), np.float32 if depth else np.uint8)
+        for y0, y1, band in restore_prediction_bands(
+            pred, sample["pad"], sample["orig_size"], argmax=not depth
+        ):
+            if depth:  # band (1, b, W)
+                out[y0:y1] = band[0].clamp_min(0).cpu().numpy()
+            else:  # band (b, W): class ids
+                out[y0:y1] = band.cpu().numpy().astype(np.uint8)
+        return out
+
     def predict(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """``images``: uint8 ``(H, W, 3)`` each → disparity float32 ``(H, W)`` or class ids uint8 ``(H, W)``.
 
@@ -81,16 +130,9 @@ class Predictor:
         """
         out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            samples = [self.transform({"image": img, "id": str(start + i)}) for i, img in enumerate(chunk)]
-            batch = torch.stack([s["image"] for s in samples]).to(self.device)
-            pred = self.model(self.preprocess.normalize(batch)).float()  # (B, C, S, S)
-            for sample, p in zip(samples, pred, strict=True):
-                p = restore_prediction(p, sample["pad"], sample["orig_size"])  # (C, H0, W0)
-                if self.student.task == "depth":
-                    out.append(p[0].clamp_min(0).cpu().numpy().astype(np.float32))
-                else:
-                    out.append(p.argmax(0).cpu().numpy().astype(np.uint8))
+            samples = [self.prepare(img) for img in images[start : start + self.batch_size]]
+            for sample, pred in zip(samples, self.run(samples), strict=True):
+                out.append(self.restore(pred, sample))
         return out
 
 
@@ -125,6 +167,10 @@ def predict_folder(
     Semantic: ``out/masks/<rel>.png`` (class ids, palette PNG) and ``out/overlay/<rel>.png``.
     Unreadable images are skipped and listed in the report, never silently dropped.
 
+    Memory: a batch holds the model inputs (``S x S`` each) and, for the semantic overlays, at most
+    about 64 Mpx of input images (a batch of large photos is cut short); outputs are written one image
+    at a time, one full-size picture at a time.
+
     ``<rel>`` is the image's path relative to ``images`` without its extension (``photos/a.jpg`` →
     ``photos/a``), unless another input has the same one (``a.png`` and ``a.jpg``): those inputs keep their
     extension, ``raw/a.png.npy`` and ``raw/a.jpg.npy`` (see :func:`output_names`). So every input gets
@@ -152,34 +198,118 @@ def predict_folder(
         if student.classes.colors
         else default_palette(max(1, student.classes.num_classes or 256))
     )
+    semantic = student.task == "semantic"
     bar = tqdm(total=len(files), desc="predict", disable=not progress, unit="img")
-    for start in range(0, len(files), batch_size):
-        paths, arrays = [], []
-        for path in files[start : start + batch_size]:
-            try:
-                arrays.append(read_image(path))
-                paths.append(path)
-            except DataError as exc:
-                report.skipped.append((path, exc.problem))
-        for path, img, pred in zip(paths, arrays, predictor.predict(arrays), strict=True):
-            name = names[path.relative_to(base)]
-            if student.task == "depth":
-                _save(out / "raw" / f"{name}.npy", pred)
-                span = max(float(pred.max() - pred.min()), 1e-8)
-                png16 = ((pred - pred.min()) / span * 65535).round().astype(np.uint16)
-                _save_image(Image.fromarray(png16), out / "png16" / f"{name}.png")
-                _save_image(Image.fromarray(colorize_depth(pred)), out / "color" / f"{name}.png")
-                report.written.append(out / "raw" / f"{name}.npy")
-            else:
-                mask = Image.fromarray(pred, mode="P")
-                mask.putpalette(palette[:256].flatten().tolist())
-                _save_image(mask, out / "masks" / f"{name}.png")
-                ov = overlay(img, colorize_mask(pred, palette))
-                _save_image(Image.fromarray(ov), out / "overlay" / f"{name}.png")
-                report.written.append(out / "masks" / f"{name}.png")
-        bar.update(len(files[start : start + batch_size]))
+    # A batch holds the model inputs (small) and, for the overlays, the semantic inputs' images: it ends
+    # at batch_size images or once those images reach _MAX_HELD_PIXELS, so large photos go one by one.
+    pending: list[tuple[Path, np.ndarray | None, Sample]] = []
+    held = 0
+    for i, path in enumerate(files):
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            report.skipped.append((path, exc.problem))
+        else:
+            pending.append((path, image if semantic else None, predictor.prepare(image)))
+            held += image.shape[0] * image.shape[1] if semantic else 0
+            del image  # depth: the full-size image is not needed past prepare
+        if pending and (len(pending) == batch_size or held >= _MAX_HELD_PIXELS or i == len(files) - 1):
+            preds = predictor.run([sample for _, _, sample in pending])  # (B, C, S, S)
+            for (path, image, sample), pred in zip(pending, preds, strict=True):
+                name = names[path.relative_to(base)]
+                # The (H, W) map goes straight in, unnamed here, so the writer can free it part-way.
+                if semantic:
+                    written = _write_semantic(out, name, predictor.restore(pred, sample), image, palette)
+                else:
+                    written = _write_depth(out, name, predictor.restore(pred, sample))
+                report.written.append(written)
+            pending, held, image = [], 0, None
+        bar.update(1)
     bar.close()
     return report
+
+
+#: Input pixels of the images a batch holds for the semantic overlays before it is run (64 Mpx, 192 MB).
+_MAX_HELD_PIXELS = 64_000_000
+#: Pixels of one band of the 16-bit, colour and overlay pictures (their float64 temporaries are ~100 B/px).
+_WRITE_BAND_PIXELS = 1 << 18
+
+
+def _row_bands(height: int, width: int) -> list[tuple[int, int]]:
+    """``(y0, y1)`` row ranges of about :data:`_WRITE_BAND_PIXELS` pixels each, covering ``height`` rows."""
+    rows = band_rows(width, _WRITE_BAND_PIXELS)
+    return [(y0, min(height, y0 + rows)) for y0 in range(0, height, rows)]
+
+
+def _write_depth(out: Path, name: str, disp: np.ndarray) -> Path:
+    """``raw/<name>.npy``, ``png16/<name>.png`` (scaled per image to 0..65535) and ``color/<name>.png``
+    (Turbo over the 2nd–98th percentile) for disparity ``disp`` float32 ``(H, W)``. Returns the ``raw`` path.
+
+    Memory: one full-size map at a time. Once ``raw`` is saved, ``disp`` is partitioned in place for
+    the percentiles and dropped; the pictures are made band by band from the saved file, into one
+    array or image each, freed once saved.
+    """
+    raw = out / "raw" / f"{name}.npy"
+    _save(raw, disp)
+    height, width = disp.shape
+    low = disp.min()
+    span = max(float(disp.max() - low), 1e-8)
+    lo, hi = _percentiles(disp)  # reorders disp
+    del disp  # the caller keeps no reference: the map's memory is freed here
+    png16 = np.empty((height, width), np.uint16)
+    for y0, y1, rows in _saved_rows(raw, _row_bands(height, width)):
+        png16[y0:y1] = ((rows - low) / span * 65535).round()
+    _save_image(Image.fromarray(png16), out / "png16" / f"{name}.png")  # I;16 shares png16's memory
+    del png16
+    color = Image.new("RGB", (width, height))
+    for y0, _, rows in _saved_rows(raw, _row_bands(height, width)):
+        color.paste(Image.fromarray(colorize_depth(rows, lo=lo, hi=hi)), (0, y0))
+    _save_image(color, out / "color" / f"{name}.png")
+    return raw
+
+
+def _percentiles(disp: np.ndarray) -> tuple[float, float]:
+    """The 2nd and 98th percentiles of the finite values of ``disp`` (``(0, 1)`` if none), the range
+    :func:`~anydistill.viz.colorize_depth` picks by itself; ``disp`` is partitioned in place (no copy)
+    when all its values are finite."""
+    finite = all(np.isfinite(disp[y0:y1]).all() for y0, y1 in _row_bands(*disp.shape))
+    values = disp.reshape(-1) if finite else disp[np.isfinite(disp)]
+    if not values.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [2, 98], overwrite_input=True)
+    return lo, hi
+
+
+def _saved_rows(path: Path, bands: list[tuple[int, int]]) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(y0, y1, rows)`` for consecutive ``bands`` of the ``(H, W)`` array that ``np.save`` wrote at
+    ``path``, read from the file (a memory map's pages would count as this process's memory)."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(f)
+        for y0, y1 in bands:
+            yield y0, y1, np.fromfile(f, dtype, count=(y1 - y0) * shape[1]).reshape(y1 - y0, shape[1])
+
+
+def _write_semantic(out: Path, name: str, ids: np.ndarray, image: np.ndarray, palette: np.ndarray) -> Path:
+    """``masks/<name>.png`` (class ids ``(H, W)`` uint8 as a palette PNG) and ``overlay/<name>.png`` (the
+    coloured ids blended over ``image`` uint8 ``(H, W, 3)``). Returns the mask path.
+
+    Memory: the overlay is blended into ``image`` itself, band by band (the caller's image becomes its
+    overlay), and ``ids`` are freed before the picture is made.
+    """
+    mask_path = out / "masks" / f"{name}.png"
+    mask = Image.fromarray(ids, mode="P")  # shares ids' memory
+    mask.putpalette(palette[:256].flatten().tolist())
+    _save_image(mask, mask_path)
+    del mask
+    for y0, y1 in _row_bands(*ids.shape):
+        image[y0:y1] = overlay(image[y0:y1], colorize_mask(ids[y0:y1], palette))  # (b, W, 3)
+    del ids  # the caller keeps no reference: freed here
+    _save_image(Image.fromarray(image), out / "overlay" / f"{name}.png")
+    return mask_path
 
 
 def output_names(rels: list[Path]) -> dict[Path, str]:

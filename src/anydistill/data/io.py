@@ -20,6 +20,7 @@ decodes images through this module's ``_open`` / ``_exif_transpose``.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,9 @@ def _open(path: str | Path) -> Image.Image:
     """Opens and fully decodes ``path`` with PIL, turning every failure into a ``DataError``.
 
     PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone (False), so a truncated file is an
-    error here rather than an image with a grey bottom half.
+    error here rather than an image with a grey bottom half. Pillow's decompression-bomb guard is kept
+    (an image above ``2 * PIL.Image.MAX_IMAGE_PIXELS``, 179 Mpx by default, is refused) but its warning
+    for images above ``MAX_IMAGE_PIXELS`` (89 Mpx: a 12000 x 9000 photo) is silenced.
     """
     path = Path(path)
     try:
@@ -81,6 +84,16 @@ def _open(path: str | Path) -> Image.Image:
         raise DataError(path, "is a folder, not a file")
     if size == 0:
         raise DataError(path, "empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow warns above MAX_IMAGE_PIXELS (89 Mpx): a 12000 x 9000 photo (108 Mpx) is not a bomb.
+        # Only its refusal above 2 * MAX_IMAGE_PIXELS (179 Mpx) counts: a one-line DataError below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = _open_and_load(path)
+    _check_format_matches_extension(path, img.format)
+    return img
+
+
+def _open_and_load(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
     except UnidentifiedImageError as e:
@@ -102,7 +115,6 @@ def _open(path: str | Path) -> Image.Image:
     except (SyntaxError, ValueError, EOFError) as e:
         img.close()
         raise DataError(path, f"not an image or corrupt: {e}") from None
-    _check_format_matches_extension(path, img.format)
     return img
 
 
@@ -163,7 +175,7 @@ def _to_rgb_uint8(img: Image.Image, path: Path) -> np.ndarray:
     """
     mode = img.mode
     if mode == "RGB":
-        arr = np.array(img, dtype=np.uint8)  # a writable copy
+        arr = _rgb_copy(img)  # a writable copy
     elif mode in _SIXTEEN_BIT_MODES or mode == "I":
         raw = np.asarray(img).astype(np.float64)
         raw = np.clip(raw, 0.0, 65535.0)
@@ -189,6 +201,17 @@ def _to_rgb_uint8(img: Image.Image, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _rgb_copy(img: Image.Image) -> np.ndarray:
+    """An RGB image as a writable uint8 ``(H, W, 3)`` array, copied in bands of rows: ``np.array(img)``
+    first makes a full-size ``tobytes`` copy (a 12000 x 9000 photo would be held three times, not two)."""
+    width, height = img.size
+    arr = np.empty((height, width, 3), np.uint8)
+    rows = max(1, (16 << 20) // (3 * width))  # 16 MB bands
+    for y0 in range(0, height, rows):
+        arr[y0 : y0 + rows] = np.asarray(img.crop((0, y0, width, min(height, y0 + rows))))
+    return arr
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Reads an image file as RGB.
 
@@ -200,12 +223,17 @@ def read_image(path: str | Path) -> np.ndarray:
         alpha, palette, CMYK and 16-bit images become RGB).
 
     Raises:
-        DataError: missing, empty, truncated, corrupt or not an image.
+        DataError: missing, empty, truncated, corrupt or not an image; or larger than Pillow's
+            decompression-bomb limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (179 Mpx by default; a
+            16000 x 12000 photo is refused, a 12000 x 9000 one loads without a warning). Raise
+            ``PIL.Image.MAX_IMAGE_PIXELS`` (or set it to None) for trusted larger files.
     """
     path = Path(path)
     img = _open(path)
     try:
         oriented = _exif_transpose(img, path)
+        if oriented is not img:
+            img.close()  # the rotated copy is all that is needed: one decoded image held, not two
         return _to_rgb_uint8(oriented, path)
     finally:
         img.close()

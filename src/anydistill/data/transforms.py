@@ -2,21 +2,23 @@
 
 The transform classes (random resized crop, horizontal flip, resize, pad), the pipelines built from
 them (:func:`train_transforms`, :func:`eval_transforms`, :func:`preprocess_transforms`), the inverse for
-predictions (:func:`restore_prediction`) and batching (:func:`collate_samples`). The sample format, the
-raw -> tensor conversion (:class:`~anydistill.data.sample_ops.ToTensorSample`) and how every target is
-resized, cropped, padded and flipped (with the intrinsics ``K``) are in :mod:`anydistill.data.sample_ops`.
+predictions (:func:`restore_prediction`; :func:`restore_prediction_bands` for large images, one band of
+rows at a time) and batching (:func:`collate_samples`). The sample format, the raw -> tensor
+conversion (:class:`~anydistill.data.sample_ops.ToTensorSample`) and how every target is resized,
+cropped, padded and flipped (with the intrinsics ``K``) are in :mod:`anydistill.data.sample_ops`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
+from anydistill.data.bands import upsample_argmax_bands, upsample_bands
 from anydistill.data.sample_ops import (
     Sample,
     ToTensorSample,
@@ -41,6 +43,7 @@ __all__ = [
     "collate_samples",
     "eval_transforms",
     "restore_prediction",
+    "restore_prediction_bands",
     "train_transforms",
 ]
 
@@ -257,6 +260,47 @@ def restore_prediction(
     return F.resize(
         cropped, [int(orig_size[0]), int(orig_size[1])], interpolation=interpolation, antialias=antialias
     )
+
+
+def restore_prediction_bands(
+    pred: torch.Tensor,
+    pad: Sequence[int],
+    orig_size: Sequence[int],
+    argmax: bool = False,
+    max_elements: int | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """:func:`restore_prediction` (bilinear) one band of output rows at a time, for images far larger
+    than the model's input: the full-size ``(C, H0, W0)`` map is never made.
+
+    When the prediction is enlarged on both axes (an image larger than the model's input), the bands
+    come from :func:`~anydistill.data.bands.upsample_bands`: the same bilinear map as
+    :func:`restore_prediction` (antialiasing does nothing when enlarging) to float rounding. Otherwise
+    (an image smaller than the input: an antialiased shrink) the whole restored map is one band.
+
+    Args:
+        pred: ``(C, H, W)`` prediction at the padded size.
+        pad: the sample's ``(top, left, bottom, right)``.
+        orig_size: the sample's ``(H0, W0)`` before any transform.
+        argmax: yield the channel argmax (class ids) instead of the values, computed by
+            :func:`~anydistill.data.bands.upsample_argmax_bands` (interpolating only near class
+            boundaries; equal to ``band.argmax(0)`` except where two classes tie to float rounding).
+        max_elements: elements of one band ``(C, b, W0)`` (default
+            :data:`~anydistill.data.bands.BAND_ELEMENTS`).
+
+    Yields:
+        ``(y0, y1, band)``: rows ``y0:y1`` of the restored map, as ``(C, y1 - y0, W0)``, or int64
+        ``(y1 - y0, W0)`` class ids with ``argmax``.
+    """
+    top, left, bottom, right = (int(p) for p in pad)
+    h, w = pred.shape[-2:]
+    cropped = pred[..., top : h - bottom, left : w - right]  # (C, h0, w0)
+    out_h, out_w = int(orig_size[0]), int(orig_size[1])
+    if out_h >= cropped.shape[-2] and out_w >= cropped.shape[-1]:
+        upsample = upsample_argmax_bands if argmax else upsample_bands
+        yield from upsample(cropped, (out_h, out_w), max_elements)
+    else:
+        restored = restore_prediction(pred, pad, orig_size)  # (C, H0, W0)
+        yield 0, out_h, restored.argmax(0) if argmax else restored
 
 
 # ------------------------------------------------------------------------------------- collate
