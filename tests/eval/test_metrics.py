@@ -218,3 +218,82 @@ def test_binary_iou() -> None:
     assert binary_iou(pred, gt, empty_value=0.0)[1].tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(TypeError, match="bool"):
         binary_iou(pred.float(), gt)
+
+
+# ---------------------------------------------------------------- edge cases (mutation testing, issue 10)
+
+
+# torchmetrics' own distributed sync, with the gather faked: a second process saw exactly the same batches.
+TWO_RANKS = {
+    "dist_sync_fn": lambda t, group=None: [t, t.clone()],
+    "distributed_available_fn": lambda: True,
+}
+
+
+@pytest.mark.parametrize(
+    ("pred_space", "alignment"), [("disparity", "lstsq"), ("depth", "scale"), ("depth", "none")]
+)
+def test_depth_metrics_module_passes_every_setting(pred_space: str, alignment: str) -> None:
+    depth, valid = _depth_batch(b=3, seed=8)
+    g = torch.Generator().manual_seed(9)
+    pred = torch.rand(depth.shape, generator=g) * 5 + 0.5
+    kwargs = {"pred_space": pred_space, "alignment": alignment, "min_depth": 2.0, "max_depth": 8.0}
+    metric = DepthMetrics(**kwargs)  # type: ignore[arg-type]
+    metric.update(pred, depth, valid)
+    out, ref = metric.compute(), depth_metrics(pred, depth, valid, **kwargs)  # type: ignore[arg-type]
+    for name in DEPTH_METRIC_NAMES:
+        assert out[name].item() == pytest.approx(ref[name].item(), rel=1e-12)
+    unbounded = depth_metrics(pred, depth, valid, pred_space, alignment)  # type: ignore[arg-type]
+    assert unbounded["abs_rel"].item() != pytest.approx(ref["abs_rel"].item(), rel=1e-6)  # the bounds matter
+
+
+def test_depth_metrics_counts_skipped_images_over_batches_and_one_image() -> None:
+    metric = DepthMetrics(pred_space="depth", alignment="none")
+    gt = torch.tensor([[[1.0, 2.0], [4.0, 0.0]]])  # one image, three valid pixels
+    pred = torch.tensor([[[1.1, 2.0], [6.0, 3.0]]])
+    for _ in range(2):
+        metric.update(torch.ones(1, 2, 2), torch.zeros(1, 2, 2))  # an image without valid pixels
+    metric.update(pred, gt)
+    out = metric.compute()
+    assert out["n_skipped"].item() == 2 and out["n_images"].item() == 1
+    assert out["abs_rel"].item() == pytest.approx(0.6 / 3)  # the one image's value, not NaN
+
+
+def test_metric_states_are_summed_across_processes() -> None:
+    depth, valid = _depth_batch(b=3, seed=10)
+    valid[2] = False  # one skipped image per process
+    pred = torch.rand(depth.shape, generator=torch.Generator().manual_seed(11)) + 0.05
+    alone, metric = DepthMetrics(), DepthMetrics(**TWO_RANKS)
+    alone.update(pred, depth, valid)
+    metric.update(pred, depth, valid)
+    single, both = alone.compute(), metric.compute()
+    assert both["n_images"].item() == 2 * single["n_images"].item() == 4
+    assert both["n_skipped"].item() == 2 * single["n_skipped"].item() == 2
+    for name in DEPTH_METRIC_NAMES:  # the same images twice: the same means
+        assert both[name].item() == pytest.approx(single[name].item(), rel=1e-12)
+    seg = SegmentationMetrics(3, **TWO_RANKS)
+    seg.update(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 1, 2]]))
+    out = seg.compute()  # confusion [[1, 0, 0], [0, 1, 1], [0, 0, 1]] on each rank
+    torch.testing.assert_close(out["iou_per_class"], torch.tensor([1.0, 0.5, 0.5], dtype=torch.float64))
+    assert out["pixel_acc"].item() == pytest.approx(3 / 4)
+
+
+def test_segmentation_metrics_edge_counts() -> None:
+    # classes with a single target pixel have a recall (1 or 0), and one counted pixel has an accuracy
+    metric = SegmentationMetrics(3)
+    metric.update(torch.tensor([[0, 0, 1, 0, 1]]), torch.tensor([[0, 0, 1, 2, 255]]))
+    out = metric.compute()
+    assert out["mean_acc"].item() == pytest.approx((1.0 + 1.0 + 0.0) / 3)  # 2/2, 1/1, 0/1
+    one = SegmentationMetrics(3)
+    one.update(torch.tensor([[2, 1]]), torch.tensor([[2, 255]]))
+    assert one.compute()["pixel_acc"].item() == 1.0
+    # everything ignored: NaN, not an exception
+    empty = SegmentationMetrics(3)
+    empty.update(torch.tensor([[0, 1]]), torch.tensor([[255, 255]]))
+    assert all(math.isnan(empty.compute()[k].item()) for k in ("miou", "pixel_acc", "mean_acc"))
+    # a single class is a valid setting; counts are exact integers (int64, not float32 past 2^24)
+    single = SegmentationMetrics(1)
+    single.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
+    assert single.compute()["pixel_acc"].item() == 1.0 and single.confmat.dtype == torch.int64
+    with pytest.raises(ValueError, match="num_classes"):
+        SegmentationMetrics(0)

@@ -10,6 +10,7 @@ from anydistill.losses import (
     GradientMatchingLoss,
     ScaleShiftInvariantLoss,
     align_scale_shift,
+    depth_to_disparity,
     gradient_matching_loss,
     normalize_median_mad,
     ssi_loss,
@@ -295,3 +296,147 @@ def test_align_scale_shift_small_relative_variation_float32() -> None:
     assert scale.item() == pytest.approx(3.0, rel=1e-2)
     constant = torch.full((1, 6, 6), 100.0) + torch.zeros(1, 6, 6)
     assert align_scale_shift(constant, target.float())[0].item() == 1.0
+
+
+def test_depth_to_disparity_hand_computed() -> None:
+    depth = torch.tensor([[[[2.0, 0.5], [0.0, 4.0]]]])  # (1, 1, 2, 2)
+    valid = torch.tensor([[[[True, True], [False, True]]]])
+    expected = torch.tensor([[[[0.5, 2.0], [0.0, 0.25]]]])
+    torch.testing.assert_close(depth_to_disparity(depth, valid), expected)
+
+
+# ---------------------------------------------------------------- edge cases (mutation testing, issue 10)
+
+
+def test_align_scale_shift_images_are_independent() -> None:
+    """Each image's fit (and its constant-prediction test) uses only its own pixels: a neighbour with
+    values 10⁴ times larger changes nothing."""
+    g = torch.Generator().manual_seed(14)
+    pred = torch.empty(2, 6, 6)
+    pred[0] = 1.0 + 0.01 * torch.rand(6, 6, generator=g)
+    pred[1] = 1e4 * (1.0 + torch.rand(6, 6, generator=g))
+    target = 2.0 * pred + 0.5
+    scale, shift = align_scale_shift(pred, target)
+    alone = align_scale_shift(pred[:1], target[:1])
+    assert scale[0].item() == pytest.approx(alone[0].item(), rel=1e-6)
+    assert scale[0].item() == pytest.approx(2.0, rel=1e-3) and shift[0].item() == pytest.approx(0.5, abs=1e-2)
+
+
+def test_align_scale_shift_constant_prediction_with_invalid_pixels() -> None:
+    pred = torch.full((1, 4, 4), 3.0, dtype=torch.float64)
+    target = torch.arange(16.0, dtype=torch.float64).reshape(1, 4, 4)
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    mask[0, 0] = False  # the first row is invalid
+    scale, shift = align_scale_shift(pred, target, mask)
+    assert scale.item() == 1.0 and shift.item() == pytest.approx(target[0, 1:].mean().item() - 3.0)
+    zero = align_scale_shift(torch.zeros(1, 4, 4), target.float())  # all-zero prediction: also constant
+    assert zero[0].item() == 1.0 and zero[1].item() == pytest.approx(7.5)
+
+
+def test_align_scale_shift_constant_up_to_rounding_is_constant() -> None:
+    """float32 values around 100 that differ by a few ulps (std / rms ≈ 1e-7 ≤ 64 eps) are constant."""
+    ulp = torch.finfo(torch.float32).eps * 64  # the spacing of float32 numbers in [64, 128)
+    pred = 100.0 + ulp * torch.tensor([0.0, 4.0, -4.0, 0.0] * 4).reshape(1, 4, 4)
+    target = torch.arange(16.0).reshape(1, 4, 4)
+    scale, shift = align_scale_shift(pred, target)
+    assert scale.item() == 1.0 and shift.item() == pytest.approx(7.5 - pred.double().mean().item(), rel=1e-6)
+
+
+def test_align_scale_shift_two_pixels_are_fitted_exactly() -> None:
+    pred = torch.tensor([[[1.0, 3.0, 9.0]]], dtype=torch.float64)
+    target = torch.tensor([[[5.0, -1.0, 7.0]]], dtype=torch.float64)
+    mask = torch.tensor([[[True, True, False]]])
+    scale, shift = align_scale_shift(pred, target, mask)  # the line through (1, 5) and (3, −1)
+    assert scale.item() == pytest.approx(-3.0) and shift.item() == pytest.approx(8.0)
+
+
+def test_gradient_matching_single_scale_and_default_scales() -> None:
+    pred, target, mask = _sample(b=2, h=9, w=11, seed=15)
+    loss = gradient_matching_loss(pred, target, mask, scales=1, alignment="none")
+    assert loss.item() == pytest.approx(_np_gradient_matching(pred, target, mask, 1, "none"), rel=1e-8)
+    assert GradientMatchingLoss(scales=1, alignment="none")(pred, target, mask).item() == pytest.approx(
+        loss.item(), rel=1e-12
+    )
+    # MiDaS's K = 4 scales by default (20 pixels: the 4th scale, every 8th pixel, still has differences;
+    # a 5th, every 16th, would too)
+    pred, target, mask = _sample(b=2, h=20, w=20, seed=15)
+    four = _np_gradient_matching(pred, target, mask, 4, "lstsq")
+    assert four != pytest.approx(_np_gradient_matching(pred, target, mask, 5, "lstsq"), rel=1e-6)
+    assert gradient_matching_loss(pred, target, mask).item() == pytest.approx(four, rel=1e-8)
+    assert GradientMatchingLoss()(pred, target, mask).item() == pytest.approx(four, rel=1e-8)
+
+
+def test_depth_loss_modules_pass_eps() -> None:
+    """An eps above the maps' mean absolute deviation (≈ 0.25 here) changes the median normalisation."""
+    pred, target, mask = _sample(seed=16)
+    ssi = ssi_loss(pred, target, mask, "median", 0.1, eps=2.0)
+    assert ScaleShiftInvariantLoss("median", 0.1, eps=2.0)(pred, target, mask).item() == pytest.approx(
+        ssi.item(), rel=1e-12
+    )
+    assert ssi.item() != pytest.approx(ssi_loss(pred, target, mask, "median", 0.1).item(), rel=1e-3)
+    grad = gradient_matching_loss(pred, target, mask, alignment="median", eps=2.0)
+    module = GradientMatchingLoss(alignment="median", eps=2.0)
+    assert module(pred, target, mask).item() == pytest.approx(grad.item(), rel=1e-12)
+    assert grad.item() != pytest.approx(
+        gradient_matching_loss(pred, target, mask, alignment="median").item(), rel=1e-3
+    )
+
+
+def test_ssi_loss_half_precision_targets() -> None:
+    """Cached pseudo-labels are float16: a float16 target is computed in float32."""
+    pred, target, mask = (x.float() if x.is_floating_point() else x for x in _sample(seed=17))
+    half = target.half()
+    for alignment in ("median", "lstsq"):
+        ref = ssi_loss(pred, half.float(), mask, alignment)
+        assert ssi_loss(pred, half, mask, alignment).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_ssi_loss_mask_shapes() -> None:
+    pred, target, mask = _sample(seed=18)
+    with pytest.raises(ValueError, match="mask"):
+        ssi_loss(pred, target, torch.cat([mask, mask], dim=1))  # (B, 2, H, W): not silently channel 0
+    # (B, H, W) maps that are one row high: the mask (B, 1, W) is not a (B, 1, H, W) mask
+    row_p, row_t, row_m = pred[:, 0, :1], target[:, 0, :1], mask[:, 0, :1]  # (B, 1, W)
+    expected = ssi_loss(row_p[:, None], row_t[:, None], row_m[:, None])  # the same as (B, 1, 1, W)
+    assert ssi_loss(row_p, row_t, row_m).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_ssi_loss_refuses_trim_one() -> None:
+    pred, target, mask = _sample()
+    for trim in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="trim"):
+            ssi_loss(pred, target, mask, trim=trim)  # trim = 1 would drop every pixel: a loss of 0
+
+
+def test_ssi_loss_counts_images_with_one_valid_pixel_and_trims_to_one_pixel() -> None:
+    pred, target, mask = _sample(b=2, seed=19)
+    one = mask.clone()
+    one[1] = False
+    one[1, 0, 2, 3] = True  # a single valid pixel: loss 0, but the image counts in the batch mean
+    for alignment in ("median", "lstsq"):
+        alone = ssi_loss(pred[:1], target[:1], one[:1], alignment)
+        assert ssi_loss(pred, target, one, alignment).item() == pytest.approx(alone.item() / 2, rel=1e-12)
+    # two valid pixels in opposite orders: normalised [0, 2] vs [2, 0]; trim = 0.5 keeps one ρ = 2
+    p = torch.tensor([[[1.0, 3.0]]], dtype=torch.float64)
+    t = torch.tensor([[[5.0, 4.0]]], dtype=torch.float64)
+    assert ssi_loss(p, t, trim=0.5).item() == pytest.approx(2.0, rel=1e-12)
+
+
+def test_module_defaults() -> None:
+    pred, target, mask = _sample(seed=20)
+    # Depth Anything: median alignment, no trimming, eps 1e-6
+    ref = ssi_loss(pred, target, mask, "median", 0.0, 1e-6)
+    assert ScaleShiftInvariantLoss()(pred, target, mask).item() == pytest.approx(ref.item(), rel=1e-12)
+    # MiDaS gradient matching: lstsq, 4 scales; eps 1e-6 for the median variant (these maps' MAD < 1)
+    ref = gradient_matching_loss(pred, target, mask, 4, "median", 1e-6)
+    assert GradientMatchingLoss(alignment="median")(pred, target, mask).item() == pytest.approx(
+        ref.item(), rel=1e-12
+    )
+
+
+def test_normalize_median_mad_image_without_valid_pixels_is_zero() -> None:
+    pred, _, mask = _sample(b=2, seed=21)
+    mask[1] = False  # the other image of the batch has valid pixels
+    out = normalize_median_mad(pred, mask)
+    assert (out[1] == 0).all()  # "invalid pixels are 0 in the output", not NaN
+    torch.testing.assert_close(out[:1], normalize_median_mad(pred[:1], mask[:1]))

@@ -136,7 +136,7 @@ def test_feature_alignment_module_gradients_reach_student_and_projection_only() 
     assert frozen.grad is None
     with pytest.raises(ValueError, match="student_feat"):
         module(torch.randn(2, 5, 3, 3), frozen)
-    with pytest.raises(ValueError, match="frozen_feat"):
+    with pytest.raises(ValueError, match=r"frozen_feat must be \(B, 7"):  # not a later shape mismatch
         module(student, torch.randn(2, 6, 3, 3))
     with pytest.raises(ValueError, match="same shape"):
         feature_alignment_loss(torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 3))
@@ -231,6 +231,16 @@ def test_kd_edge_cases() -> None:
         kd_loss(s, s, temperature=0.0)
     with pytest.raises(ValueError, match="valid"):
         kd_loss(s, s, valid=torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_kd_with_one_valid_position_is_its_kl() -> None:
+    g = torch.Generator().manual_seed(5)
+    s = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 4, 3, 5, generator=g, dtype=torch.float64)
+    valid = torch.zeros(2, 3, 5, dtype=torch.bool)
+    valid[1, 2, 0] = True
+    expected = _np_kd(s.numpy(), t.numpy(), 3.0, valid.numpy())  # T² · KL at that one position
+    assert kd_loss(s, t, 3.0, valid=valid).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_kd_module_combines_hard_and_soft_terms() -> None:
@@ -384,3 +394,81 @@ def test_cutmix_ssi_module_and_validation() -> None:
         cutmix_ssi_loss(pred, ta, tb[:, :, :5], va, vb, mask)
     with pytest.raises(ValueError, match="trim"):
         cutmix_ssi_loss(pred, ta, tb, va, vb, mask, trim=1.0)
+
+
+# ---------------------------------------------------------------- edge cases (mutation testing, issue 10)
+
+
+def test_feature_alignment_margin_zero_counts_exactly_aligned_pixels() -> None:
+    """α = 0 is the paper's eq. 4: 1 − mean cos over ALL pixels, the exactly aligned ones included."""
+    frozen = torch.zeros(1, 3, 1, 2, dtype=torch.float64)
+    frozen[0, 0] = 1.0
+    student = frozen.clone()
+    student[0, :2, 0, 1] = torch.tensor([0.5, 0.75**0.5], dtype=torch.float64)  # cos = 0.5; pixel 0: cos = 1
+    assert feature_alignment_loss(student, frozen, margin=0.0).item() == pytest.approx(0.25, rel=1e-12)
+
+
+def test_feature_alignment_pooled_features_eps_and_margin_bounds() -> None:
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(4, 6, generator=g, dtype=torch.float64)  # (B, C) pooled embeddings
+    f = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    cos = (s * f).sum(1) / (s.norm(dim=1) * f.norm(dim=1))
+    assert feature_alignment_loss(s, f, margin=0.0).item() == pytest.approx(1 - cos.mean().item(), rel=1e-12)
+    # eps bounds the norms: tiny features with a large eps have cosines near 0
+    small_s, small_f = 1e-3 * s, 1e-3 * f
+    ref = 1 - F.cosine_similarity(small_s, small_f, dim=1, eps=1.0).mean()
+    assert feature_alignment_loss(small_s, small_f, margin=0.0, eps=1.0).item() == pytest.approx(ref.item())
+    assert ref.item() == pytest.approx(1.0, abs=1e-4)
+    for margin in (-0.1, 2.5):
+        with pytest.raises(ValueError, match="margin"):
+            feature_alignment_loss(s, f, margin=margin)
+        with pytest.raises(ValueError, match="margin"):
+            FeatureAlignmentLoss(6, 6, margin=margin)
+    with pytest.raises(ValueError, match=r"\(B, C"):
+        feature_alignment_loss(s[0], f[0])
+
+
+def test_feature_alignment_module_settings() -> None:
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(2, 5, 4, 4, generator=g)
+    f = s + 0.5 * torch.randn(2, 5, 4, 4, generator=g)
+    # Depth Anything's α = 0.15 by default; the module passes its own margin
+    assert FeatureAlignmentLoss(5, 5)(s, f).item() == pytest.approx(feature_alignment_loss(s, f, 0.15).item())
+    for margin in (0.0, 0.5, 2.0):  # both ends of [0, 2] are accepted
+        module = FeatureAlignmentLoss(5, 5, margin=margin)
+        assert module(s, f).item() == pytest.approx(feature_alignment_loss(s, f, margin).item())
+    assert feature_alignment_loss(s, f, 0.0).item() != pytest.approx(feature_alignment_loss(s, f, 0.5).item())
+    FeatureAlignmentLoss(1, 1)  # one-channel features are features too
+    FeatureAlignmentLoss(1, 3)
+    for dims in ((0, 3), (3, 0)):
+        with pytest.raises(ValueError, match="dims"):
+            FeatureAlignmentLoss(*dims)
+
+
+def test_cutmix_ssi_refuses_multi_channel_maps() -> None:
+    pred, ta, tb, va, vb, mask = _depth_batch(b=2, seed=5)
+    two = torch.cat([pred, pred], dim=1)  # (B, 2, H, W)
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        cutmix_ssi_loss(
+            two, torch.cat([ta, ta], 1), torch.cat([tb, tb], 1), None, None, torch.cat([mask, mask], 1)
+        )
+
+
+def test_cutmix_ssi_batch_mean_counts_exactly_the_images_with_counted_pixels() -> None:
+    pred, ta, tb, va, vb, mask = _depth_batch(b=3, seed=6)
+    mask[:] = False
+    mask[:, :, 2:6, 3:8] = True
+    per_image = [
+        cutmix_ssi_loss(
+            pred[i : i + 1], ta[i : i + 1], tb[i : i + 1], va[i : i + 1], vb[i : i + 1], mask[i : i + 1]
+        )
+        for i in range(3)
+    ]
+    # one image alone: its own loss (not halved)
+    assert per_image[0].item() > 0
+    # image 1 with nothing counted does not count; image 2 with one counted pixel (loss 0) does
+    va[1], vb[1] = False, False
+    va[2], vb[2] = False, False
+    va[2, 0, 0, 0] = True
+    out = cutmix_ssi_loss(pred, ta, tb, va, vb, mask)
+    assert out.item() == pytest.approx(per_image[0].item() / 2, rel=1e-12)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anydistill.losses.promptable import SamLoss, mask_ious, sam_loss
+from anydistill.losses.promptable import SamLoss, binary_iou, mask_ious, sam_loss
 
 
 def _focal_np(logits: np.ndarray, target: np.ndarray, valid: np.ndarray, alpha=0.25, gamma=2.0) -> float:
@@ -148,6 +148,22 @@ def test_padding_pixels_do_not_count() -> None:
     assert torch.allclose(a.loss, cropped.loss)
 
 
+def test_a_prompt_with_one_valid_pixel() -> None:
+    """The focal term is a mean over the valid pixels, also when there is only one."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn((2, 3, 5, 4), generator=g, dtype=torch.float64) * 3
+    gt = torch.rand((2, 5, 4), generator=g) > 0.5
+    iou_pred = torch.rand((2, 3), generator=g, dtype=torch.float64)
+    valid = torch.zeros((2, 5, 4), dtype=torch.bool)
+    valid[0, 1, 2] = True
+    valid[1] = True
+    out = sam_loss(logits, gt, iou_pred, valid, reduction="none")
+    ref = _reference(logits.numpy(), gt.numpy(), iou_pred.numpy(), valid.numpy())
+    for b in range(2):
+        assert out.focal[b].item() == pytest.approx(ref[b][2], rel=1e-10)
+        assert out.loss[b].item() == pytest.approx(ref[b][0], rel=1e-6)  # IoUs are float32
+
+
 def test_empty_and_full_ground_truth() -> None:
     empty = torch.zeros((1, 8, 8), dtype=torch.bool)
     full = torch.ones((1, 8, 8), dtype=torch.bool)
@@ -182,3 +198,17 @@ def test_bad_shapes_raise() -> None:
         sam_loss(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4), torch.zeros(2, 1))
     with pytest.raises(ValueError, match="iou_supervision"):
         SamLoss(iou_supervision="best")  # type: ignore[arg-type]
+
+
+def test_binary_iou_of_single_and_stacked_masks() -> None:
+    """Any ``(..., H, W)``: one (H, W) mask pair, or (N, H, W); a union of one pixel divides by one."""
+    pred = torch.zeros(5, 4, dtype=torch.bool)
+    gt = torch.zeros(5, 4, dtype=torch.bool)
+    pred[0, 0] = gt[0, 0] = True  # the same single pixel
+    assert binary_iou(pred, gt).item() == 1.0
+    pred[1:3, 1:3] = True  # 4 more predicted pixels -> 1 / 5
+    assert binary_iou(pred, gt).item() == pytest.approx(1 / 5)
+    stacked = binary_iou(torch.stack([pred, gt, ~gt]), torch.stack([gt, gt, gt]))  # (3,)
+    assert stacked.tolist() == pytest.approx([1 / 5, 1.0, 0.0])
+    with pytest.raises(ValueError, match="H, W"):
+        binary_iou(pred[0], gt[0])

@@ -273,3 +273,93 @@ def test_half_precision_logits_are_computed_in_float32() -> None:
     assert out.item() == pytest.approx(
         dice_loss(b_logits.bfloat16().double(), b_targets, valid).item(), rel=1e-5
     )
+
+
+# ---------------------------------------------------------------- edge cases (mutation testing, issue 10)
+
+
+def test_softmax_dice_with_a_class_absent_from_the_batch() -> None:
+    """The one-hot target has C channels even when the highest class ids appear nowhere."""
+    logits, target = _multiclass(seed=13)
+    target = torch.where(target == 255, target, target.clamp_max(1))  # only classes 0 and 1 (and ignored)
+    p = torch.softmax(logits, dim=1)
+    expected = torch.zeros(B, C, dtype=torch.float64)
+    for b in range(B):
+        keep = target[b] != 255
+        for c in range(C):
+            pc, gc = p[b, c][keep], (target[b][keep] == c).double()
+            expected[b, c] = 1 - (2 * (pc * gc).sum() + 1) / (pc.sum() + gc.sum() + 1)
+    torch.testing.assert_close(softmax_dice_loss(logits, target, reduction="none"), expected)
+
+
+@pytest.mark.parametrize("shape", [(H, W), (B, H, W), (B, 2, 3, H, W)])
+def test_dice_sums_over_the_last_two_dimensions_of_any_shape(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(14)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64)
+    targets = (torch.rand(shape, generator=g) > 0.5).double()
+    p = logits.sigmoid().flatten(-2)  # (..., H*W)
+    g_flat = targets.flatten(-2)
+    expected = 1 - (2 * (p * g_flat).sum(-1) + 1) / (p.sum(-1) + g_flat.sum(-1) + 1)  # (...)
+    torch.testing.assert_close(dice_loss(logits, targets, reduction="none"), expected)
+    with pytest.raises(ValueError, match="H, W"):
+        dice_loss(torch.zeros(W), torch.zeros(W))
+
+
+def test_dice_refuses_a_bad_valid_mask() -> None:
+    logits, targets, valid = _binary(seed=15)
+    with pytest.raises(TypeError, match="bool"):
+        dice_loss(logits, targets, valid.double())
+    with pytest.raises(ValueError, match="valid"):
+        dice_loss(logits, targets, valid[:, :1])  # would broadcast silently
+
+
+def test_sigmoid_focal_casts_targets_to_the_logits_dtype() -> None:
+    logits, targets, valid = _binary(seed=16)
+    ref = sigmoid_focal_loss(logits, targets, valid=valid)
+    for other in (targets.bool(), targets.float()):
+        assert sigmoid_focal_loss(logits, other, valid=valid).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def _softmax_focal_by_autograd(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """−(1 − p_y)^γ log p_y written with plain autograd ops, mean over the non-ignored pixels."""
+    keep = target != 255
+    p = torch.softmax(logits, dim=1).gather(1, target.clamp_max(logits.shape[1] - 1)[:, None])[:, 0]
+    return (-((1 - p) ** gamma) * torch.log(p))[keep].mean()
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 0.5])
+def test_softmax_focal_value_and_gradient_match_plain_autograd(gamma: float) -> None:
+    """γ = 1 included (the focal factor is then 1 − p, not 1); the gradient flows through the factor."""
+    logits, target = _multiclass(seed=17)
+    logits.requires_grad_(True)
+    ref = _softmax_focal_by_autograd(logits, target, gamma)
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    out = softmax_focal_loss(logits, target, gamma=gamma)
+    (grad,) = torch.autograd.grad(out, logits)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_softmax_focal_takes_any_b_c_shape() -> None:
+    """Classes are dim 1 for (B, C) and (B, C, N) logits too (as in ``cross_entropy``)."""
+    g = torch.Generator().manual_seed(18)
+    for shape in ((6, C), (2, C, 7)):
+        logits = torch.randn(shape, generator=g, dtype=torch.float64)
+        target = torch.randint(0, C, shape[:1] + shape[2:], generator=g)
+        ref = F.cross_entropy(logits, target)
+        assert softmax_focal_loss(logits, target, gamma=0.0).item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+def test_mean_over_a_single_counted_pixel_is_its_loss() -> None:
+    logits, target = _multiclass(seed=19)
+    one = torch.full_like(target, 255)
+    one[1, 2, 3] = target[1, 2, 3].clamp_max(C - 1)
+    per_pixel = softmax_focal_loss(logits, one, reduction="none")
+    assert softmax_focal_loss(logits, one).item() == pytest.approx(per_pixel[1, 2, 3].item(), rel=1e-12)
+    b_logits, b_targets, _ = _binary(seed=20)
+    valid = torch.zeros_like(b_targets, dtype=torch.bool)
+    valid[0, 1, 2, 3] = True
+    per_element = sigmoid_focal_loss(b_logits, b_targets, reduction="none")
+    assert sigmoid_focal_loss(b_logits, b_targets, valid=valid).item() == pytest.approx(
+        per_element[0, 1, 2, 3].item(), rel=1e-12
+    )
