@@ -90,6 +90,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument(
+        "--competitor", choices=["python", "yes"], default="python",
+        help="the busy process: a Python busy loop, or `yes > /dev/null` (a loop of write system calls)",
+    )  # fmt: skip
     args = parser.parse_args()
     policies = ["ACTIVE", "PASSIVE"]
     results: dict[str, list[float]] = {}
@@ -97,7 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             for busy in (False, True):
-                competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if busy else None
+                command = [sys.executable, "-c", BUSY_LOOP] if args.competitor == "python" else ["yes"]
+                competitor = subprocess.Popen(command, stdout=subprocess.DEVNULL) if busy else None
                 try:
                     if busy:
                         time.sleep(1.0)
@@ -131,11 +136,19 @@ def main() -> None:
                 "busy_ms": results[f"{kind}|{policy}|busy"],
                 "ratio_of_medians": busy / quiet,
             }
-    header = ["measured", "OMP_WAIT_POLICY", "quiet ms", "busy ms", "busy / quiet", "load average when busy"]
+    header = [
+        f"measured (competitor: {args.competitor})",
+        "OMP_WAIT_POLICY",
+        "quiet ms",
+        "busy ms",
+        "busy / quiet",
+        "load average when busy",
+    ]
     table = markdown_table(header, rows)
     print(table)
     command = "python benchmarks/bench_busy_slowdown.py " + " ".join(sys.argv[1:])
-    path = write_results("busy_slowdown", table, {"rounds": args.rounds, **data}, command.strip())
+    name = "busy_slowdown" + ("" if args.competitor == "python" else f"_{args.competitor}")
+    path = write_results(name, table, {"rounds": args.rounds, **data}, command.strip())
     print(f"wrote {path}")
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from anydistill.errors import AnydistillError, ConfigError
 
 # OpenMP's threads (torch's intra-op pool) spin while they wait for work by default. When another busy
-# process shares the cores, a spinning thread holds the core the descheduled one needs, and a training
-# step on this 2-core machine took 6.3x its quiet time instead of about 2x; sleeping waits ("PASSIVE")
-# bring it to 2.4x and cost nothing on a quiet machine (benchmarks/bench_busy_slowdown.py). libgomp reads
-# the variable once, when torch loads it, so it is set here, before any command imports torch; a value
-# the user set wins.
+# process shares the cores, a spinning thread holds the core the descheduled one needs: beside one busy
+# process a training step on this 2-core machine took 2.4x its quiet time (6.3x in one run), with sleeping
+# waits ("PASSIVE") 1.5-1.6x, at no cost on a quiet machine (benchmarks/bench_busy_slowdown.py). libgomp
+# reads the variable once, when torch loads it, so it is set here, before any command imports torch; a
+# value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
