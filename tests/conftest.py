@@ -1,7 +1,12 @@
+import os
 from pathlib import Path
 
-import pytest
-from tiny_students import save_tiny_depth_student
+# As the anydistill command does (src/anydistill/cli.py): OpenMP threads sleep while they wait, so the suite
+# slows in proportion when other work shares the cores. Set before torch loads (tiny_students imports it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+from tiny_students import save_tiny_depth_student  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -141,11 +141,32 @@ def test_unknown_method_and_wrong_task_are_one_line_errors(tmp_path, capsys):
         get_method("supervised")(load_config(None, ["task=promptable"]))
 
 
-def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path):
+class _FakeClock:
+    """Stands in for the ``time`` module of Lightning's Timer and of ScheduleLength: ``monotonic()`` advances
+    20 ms a call, so a time-budgeted run's length depends on the code, not on how busy the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls = 0
+
+    def monotonic(self) -> float:
+        self.calls += 1
+        self.now += 0.02
+        return self.now
+
+
+def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path, monkeypatch):
     """With ``trainer.max_time_minutes`` the cosine schedule's length is estimated from the step time, so the
     learning rate ends near ``min_lr_ratio · lr`` (before, the schedule's length came from max_epochs and the
     rate stayed at its peak)."""
+    import lightning.pytorch.callbacks.timer as timer_module
+
+    import anydistill.optim_callbacks as optim_callbacks
     from anydistill.training import train
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timer_module, "time", clock)
+    monkeypatch.setattr(optim_callbacks, "time", clock)
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "data.image_size=32", "data.train_count=4000", "data.val_count=2",
                              "data.batch_size=2", "data.num_workers=0", "trainer.max_time_minutes=0.1",
@@ -155,7 +176,7 @@ def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path):
     ckpt = read_checkpoint(result.last_checkpoint)
     steps = ckpt["global_step"]
     last_lr = ckpt["lr_schedulers"][0]["_last_lr"][0]
-    assert steps > 20, steps  # enough steps for the estimate to settle
+    assert clock.calls > 0 and steps > 20, (clock.calls, steps)  # enough steps for the estimate to settle
     assert last_lr < 0.15 * cfg.optim.lr, (steps, last_lr)
     schedule = ckpt["lr_schedulers"][0]["lr_lambdas"][0]  # the WarmupCosine's state, saved by LambdaLR
     assert schedule["cap_warmup"] is False and schedule["total_steps"] <= steps + 5
