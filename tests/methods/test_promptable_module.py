@@ -83,6 +83,7 @@ class _Recorder:
         self.mask_grad: list[bool] = []
         self.multimask: list[bool] = []
         self.decoder_shapes: list[tuple[int, int]] = []  # (image embeddings, prompt sets) per call
+        self.embedding_grad_fns: list[str] = []  # how each call's image embeddings were gathered
         model.prompt_encoder.register_forward_pre_hook(self._prompt, with_kwargs=True)
         model.mask_decoder.register_forward_pre_hook(self._decoder, with_kwargs=True)
 
@@ -95,6 +96,8 @@ class _Recorder:
         self.multimask.append(kwargs["multimask_output"])
         n_img, n_prompt = kwargs["image_embeddings"].shape[0], kwargs["sparse_prompt_embeddings"].shape[0]
         self.decoder_shapes.append((n_img, n_prompt))
+        grad_fn = kwargs["image_embeddings"].grad_fn
+        self.embedding_grad_fns.append(grad_fn.name() if grad_fn is not None else "")
 
 
 @pytest.mark.parametrize("ours", [False, True])
@@ -136,6 +139,17 @@ def _run(model: nn.Module, batch: dict, seed: int, **kwargs) -> tuple[dict, dict
     out["loss"].backward()
     grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in out.items()}, grads
+
+
+def test_per_object_embeddings_are_gathered_with_a_backward_that_adds_in_order() -> None:
+    """Several objects share an image: their embedding gradients are summed into that image's. Advanced
+    indexing (``embeddings[image_index]``) sums them on CPU with atomic float adds (``index_put_`` with
+    ``accumulate``), whose order, and so the gradient's last bits, varied from run to run on a busy
+    machine; ``index_select``'s backward (``index_add_``) adds them in index order."""
+    model = _tiny_sam(ours=True)
+    rec = _Recorder(model)
+    _run(model, _mixed_batch(), 3, num_rounds=2)
+    assert rec.embedding_grad_fns and set(rec.embedding_grad_fns) == {"IndexSelectBackward0"}
 
 
 @pytest.mark.parametrize("multimask_box", [False, True])

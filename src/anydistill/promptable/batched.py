@@ -87,7 +87,11 @@ def decode_embedded(
     if image_index is None or embeddings.shape[0] == 1:
         return decode(embeddings, sparse, dense)
     if decodes_batched(model):
-        return decode(embeddings[image_index], sparse, dense)  # (N, C, h', w'): one per prompt set
+        # index_select, not embeddings[image_index]: the backward of advanced indexing accumulates the
+        # rows that share an image with atomic float adds on CPU (index_put_ accumulate), whose order,
+        # and so the gradient's last bits, changes from run to run on a busy machine; index_select's
+        # backward (index_add_) adds them in index order.
+        return decode(embeddings.index_select(0, image_index), sparse, dense)  # (N, C, h', w')
     rows = [torch.nonzero(image_index == b).flatten() for b in image_index.unique().tolist()]
     if len(rows) == 1:
         return decode(embeddings[image_index[:1]], sparse, dense)
