@@ -1,6 +1,6 @@
 """Students and their parts: a timm backbone adapter, dense heads, task models and named builders."""
 
-from anydistill.models import sam  # noqa: F401  (registers the sam_* builders in MODELS)
+from anydistill.models import cifar_resnet, sam  # noqa: F401  (register resnet*_cifar with timm, sam_* in MODELS)
 from anydistill.models.backbones import TimmBackbone
 from anydistill.models.heads import DPTHead, FPNDecoder
 from anydistill.models.task_models import DepthModel, SegmentationModel
