@@ -19,6 +19,7 @@ from anydistill.eval.evaluate import evaluate
 from anydistill.inference import Predictor, PredictReport, load_student, predict_folder
 from anydistill.training import TrainResult
 from anydistill.training import distill as _distill
+from anydistill.training import pretrain as _pretrain
 from anydistill.training import train as _train
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "load_student",
     "make_toyworld",
     "predict",
+    "pretrain",
     "train",
 ]
 
@@ -70,6 +72,14 @@ def distill(
 ) -> TrainResult:
     """Train a student with the Depth Anything recipe (``distill.cache`` must name a teacher-pass cache)."""
     return _distill(_resolve(config, overrides))
+
+
+def pretrain(
+    config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None
+) -> TrainResult:
+    """Self-supervised pre-training of a backbone on unlabeled images (``method``: simclr, moco, dino,
+    mae); the run folder's ``backbone.pth`` holds its timm weights."""
+    return _pretrain(_resolve(config, overrides))
 
 
 def predict(

@@ -108,6 +108,19 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     print(json.dumps(result.metrics, indent=2))
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from anydistill import api
+
+    overrides = [*([f"method={args.method}"] if args.method else [])]
+    if args.images:
+        overrides += ["data.source=folder", f"data.train_root={args.images}"]
+    result = api.pretrain(args.config, overrides=[*overrides, *args.overrides])
+    print(f"run folder: {result.run_dir}")
+    print(f"best checkpoint: {result.best_checkpoint}")
+    print(f"backbone weights (timm): {result.run_dir / 'backbone.pth'}")
+    print(json.dumps(result.metrics, indent=2))
+
+
 def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     from anydistill.cache.teacher_pass import is_global_zero, run_teacher_pass
     from anydistill.teachers import load_teacher
@@ -141,6 +154,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from anydistill.eval.evaluate import evaluate_promptable, format_table
 
     _check_options(args, 1, "--count", "--size", "--batch-size", "--max-clicks", "--max-instances")
+    if args.protocol:
+        from anydistill.eval.protocols import evaluate_frozen
+
+        if not args.train_data:
+            raise AnydistillError("--protocol needs --train-data: the labeled class folders (the kNN bank)")
+        metrics = evaluate_frozen(
+            str(args.checkpoint), args.train_data, args.data, protocol=args.protocol, image_size=args.size,
+            batch_size=args.batch_size, device=args.device, progress=sys.stderr.isatty(),
+        )  # fmt: skip
+        if args.json:
+            from anydistill.eval.evaluate import write_metrics_json
+
+            write_metrics_json(args.json, args.checkpoint, args.data, metrics)
+        print(format_table(metrics))
+        return
     if args.task == "promptable" or (args.task == "auto" and _is_promptable(args.checkpoint)):
         metrics = evaluate_promptable(
             args.checkpoint, args.data, count=args.count, max_clicks=args.max_clicks,
@@ -308,6 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
     dist.set_defaults(func=_cmd_distill)
 
+    pre = sub.add_parser(
+        "pretrain", help="self-supervised pre-training of a backbone on unlabeled images (no teacher)"
+    )
+    pre.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
+    pre.add_argument(
+        "--method", choices=["simclr", "moco", "dino", "mae"], default=None, help="same as method=..."
+    )
+    pre.add_argument(
+        "--images", type=Path, default=None,
+        help="a folder of unlabeled images (recursive); default: toyworld object crops",
+    )  # fmt: skip
+    pre.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. pretrain.backbone=resnet18")
+    pre.set_defaults(func=_cmd_pretrain)
+
     pl = sub.add_parser(
         "pseudo-label",
         help="run a teacher once over unlabeled images into a resumable pseudo-label cache",
@@ -343,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="promptable: the interactive protocol (NoC@85/90, mIoU per click); auto: from the checkpoint",
     )
+    ev.add_argument(
+        "--protocol", choices=["knn", "linear"], default=None,
+        help="a pre-trained backbone (pretrain checkpoint or timm:<name>@<weights>) on class folders: "
+        "weighted kNN or a linear probe of its frozen features; --data is the test split",
+    )  # fmt: skip
+    ev.add_argument("--train-data", type=Path, default=None, help="--protocol: the labeled train split")
     ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
     ev.add_argument("--max-instances", type=int, default=16, help="promptable: objects per image")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

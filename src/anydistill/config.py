@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from anydistill.errors import ConfigError
 
-TASKS = ("depth", "semantic", "promptable")
+TASKS = ("depth", "semantic", "promptable", "embed")
 #: Lightning's precision names (``Trainer(precision=...)``).
 PRECISIONS = (
     "32-true",
@@ -90,13 +90,16 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up and cosine decay; the (pre-trained) backbone may get a lower lr."""
+    """AdamW (or ``optimizer: sgd``, with Nesterov-free ``momentum``: the self-supervised CIFAR recipes)
+    with linear warm-up and cosine decay; the (pre-trained) backbone may get a lower lr."""
 
     lr: float = 2e-3
     backbone_lr_mult: float = 1.0
     weight_decay: float = 0.01
     warmup_steps: int = 50
     min_lr_ratio: float = 0.01
+    optimizer: str = "adamw"
+    momentum: float = 0.9
 
 
 @dataclass
@@ -212,6 +215,65 @@ class PromptConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Self-supervised pre-training (``anydistill pretrain``, ``task: embed``) of a timm ``backbone``.
+
+    Methods (the config's ``method``; ``simclr`` by default): ``simclr`` (two views, projection MLP ``proj_hidden_dim → proj_dim``, NT-Xent),
+    ``moco`` (v2: momentum key encoder ``momentum``, a FIFO ``queue_size`` of keys, InfoNCE, keys
+    shuffled and both encoders run in ``bn_splits`` BatchNorm groups per device), ``dino``
+    (momentum teacher on a cosine schedule from ``momentum`` to 1, ``n_local_crops`` local views of
+    ``local_size`` px, centring ``center_momentum`` and sharpening ``teacher_temp`` after a warm-up from
+    ``warmup_teacher_temp`` over ``warmup_teacher_temp_epochs``, student ``student_temp``, head to
+    ``dino_out_dim`` prototypes) and ``mae`` (a ViT with ``mask_ratio`` of its patches removed, a
+    ``decoder_depth`` × ``decoder_dim`` decoder, per-patch normalised targets with ``norm_pix``).
+    ``temperature``: of NT-Xent / InfoNCE (null: 0.1 for SimCLR (ImageNet; its CIFAR value is 0.5),
+    0.2 for MoCo v2). View augmentations: ``crop_scale`` (null: the method's: 0.08–1 SimCLR/MoCo,
+    0.4–1 DINO's global crops, 0.2–1 MAE), ``blur_p`` (SimCLR / MoCo; null: 0.5, or 0 for views of
+    32 px or less, SimCLR's CIFAR setting), ``device_augment``: the photometric part batched on the training device.
+
+    Validation: with ``knn_train`` and ``knn_val`` (class-per-folder image sets; with toyworld data the
+    labeled object crops are used), weighted kNN top-1 (DINO's protocol, ``knn_k``, ``knn_temperature``)
+    chooses ``best.ckpt``; otherwise the method's loss on held-out images (``data.val_fraction``).
+    """
+
+    backbone: str = "resnet18_cifar"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    momentum: float | None = None
+    queue_size: int = 4096
+    bn_splits: int = 8
+    dino_out_dim: int = 4096
+    dino_hidden_dim: int = 2048
+    dino_bottleneck_dim: int = 256
+    dino_batch_norm: bool | None = None
+    norm_last_layer: bool = True
+    freeze_last_layer: int = 1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    n_local_crops: int = 6
+    local_size: int | None = None
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix: bool = True
+    crop_scale: list[float] | None = None
+    blur_p: float | None = None
+    device_augment: bool = False
+    knn_train: str | None = None
+    knn_val: str | None = None
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_count: int = 1000
+
+
+@dataclass
 class TrainConfig:
     """Everything ``anydistill train`` / ``distill`` needs.
 
@@ -232,6 +294,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -372,7 +435,40 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad("trainer.gradient_clip_val", "must be positive (or null for no clipping)")
     if cfg.optim.lr <= 0:
         raise bad("optim.lr", "must be positive")
+    if cfg.optim.optimizer not in ("adamw", "sgd"):
+        raise bad("optim.optimizer", f"must be 'adamw' or 'sgd', got {cfg.optim.optimizer!r}")
+    if not 0 <= cfg.optim.momentum < 1:
+        raise bad("optim.momentum", f"must be in [0, 1), got {cfg.optim.momentum}")
+    _validate_pretrain(cfg.pretrain, bad)
     return cfg
+
+
+def _validate_pretrain(p: PretrainConfig, bad: Any) -> None:
+    for key in ("temperature", "teacher_temp", "warmup_teacher_temp", "student_temp", "knn_temperature"):
+        value = getattr(p, key)
+        if value is not None and value <= 0:
+            raise bad(f"pretrain.{key}", f"must be positive, got {value}")
+    for key in ("proj_hidden_dim", "proj_dim", "queue_size", "bn_splits", "dino_out_dim", "dino_hidden_dim",
+                "dino_bottleneck_dim", "decoder_dim", "decoder_heads", "knn_k", "knn_count"):  # fmt: skip
+        if getattr(p, key) < 1:
+            raise bad(f"pretrain.{key}", f"must be >= 1, got {getattr(p, key)}")
+    for key in ("n_local_crops", "decoder_depth", "freeze_last_layer", "warmup_teacher_temp_epochs"):
+        if getattr(p, key) < 0:
+            raise bad(f"pretrain.{key}", f"must be >= 0, got {getattr(p, key)}")
+    if p.momentum is not None and not 0 <= p.momentum <= 1:
+        raise bad("pretrain.momentum", f"must be in [0, 1], got {p.momentum}")
+    if not 0 <= p.center_momentum <= 1:
+        raise bad("pretrain.center_momentum", f"must be in [0, 1], got {p.center_momentum}")
+    if not 0 <= p.mask_ratio < 1:
+        raise bad("pretrain.mask_ratio", f"must be in [0, 1), got {p.mask_ratio}")
+    if p.blur_p is not None and not 0 <= p.blur_p <= 1:
+        raise bad("pretrain.blur_p", f"must be in [0, 1], got {p.blur_p}")
+    for key in ("crop_scale", "local_scale"):
+        scale = getattr(p, key)
+        if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1):
+            raise bad(f"pretrain.{key}", f"must be [min, max] with 0 < min <= max <= 1, got {scale}")
+    if p.local_size is not None and p.local_size < 1:
+        raise bad("pretrain.local_size", f"must be >= 1, got {p.local_size}")
 
 
 def _yaml_problem(exc: Exception) -> str:

@@ -85,12 +85,15 @@ def param_groups(
 
 def build_optimizer(
     module: nn.Module, cfg: OptimConfig, encoder: nn.Module | None = None
-) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` of ``module`` with ``cfg.lr``, ``cfg.weight_decay`` and
+) -> torch.optim.Optimizer:
+    """AdamW (``cfg.optimizer == "adamw"``) or SGD with ``cfg.momentum`` (``"sgd"``: the self-supervised
+    CIFAR recipes) over :func:`param_groups` of ``module`` with ``cfg.lr``, ``cfg.weight_decay`` and
     ``cfg.backbone_lr_mult`` for the parameters of ``encoder``."""
     groups = param_groups(module, cfg.lr, cfg.weight_decay, encoder, cfg.backbone_lr_mult)
     if not groups:
         raise ValueError(f"{type(module).__name__} has no trainable parameters to optimise")
+    if getattr(cfg, "optimizer", "adamw") == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -144,6 +144,12 @@ _NOISE = (
     r"The number of training batches .* is smaller than the logging interval",
     r"Found \d+ module\(s\) in eval mode",  # frozen teachers / encoders, by design
     r"Checkpoint directory .* exists and is not empty",  # a resumed run's own folder
+    # A resumed run reaching its (raised) max_steps before its next validation: the best checkpoint's
+    # callback has no fresh score to compare, keeps the restored best.ckpt, and says so twice.
+    r"`ModelCheckpoint\(monitor=.*\)` could not find the monitored key",
+    # Resuming from a checkpoint saved inside an epoch: the epoch goes on with a freshly shuffled order
+    # (our loaders do not save their position); the step count and schedule resume exactly.
+    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
 
 
@@ -184,6 +190,12 @@ def distill(cfg: TrainConfig) -> TrainResult:
     """``anydistill distill``: the method ``cfg`` names, by default ``distill`` (the Depth Anything recipe
     over a teacher-pass cache) or ``sam_distill`` (MobileSAM encoder distillation) for ``task=promptable``."""
     return run(cfg, "distill")
+
+
+def pretrain(cfg: TrainConfig) -> TrainResult:
+    """``anydistill pretrain``: self-supervised pre-training (``task=embed``) with the method ``cfg`` names,
+    by default ``simclr`` (also ``moco``, ``dino``, ``mae``); the run folder gets ``backbone.pth``."""
+    return run(replace(cfg, task="embed"), "pretrain")
 
 
 def trainer_strategy(cfg: TrainConfig, find_unused_parameters: bool, cuda_devices: int | None = None) -> str:
@@ -299,6 +311,9 @@ def fit(cfg: TrainConfig, method_run: MethodRun) -> TrainResult:
         atomic_copy(ckpt_dir / "last.ckpt", best)
     results = trainer.validate(module, datamodule=datamodule, ckpt_path=str(best), verbose=False)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        for export in method_run.exports:
+            export(best, run_dir)
     summary = {
         "task": cfg.task,
         "method": cfg.method,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -42,6 +43,8 @@ class MethodRun:
         callbacks: method-specific callbacks (e.g. the validation picture of dense students).
         find_unused_parameters: DDP must look for parameters without gradient (a step of the method
             leaves some unused by design).
+        exports: ``fn(best_checkpoint, run_dir)`` called once the run is over (rank 0), e.g. to write the
+            pre-trained backbone's weights beside the checkpoints.
     """
 
     module: L.LightningModule
@@ -50,6 +53,7 @@ class MethodRun:
     mode: str = "max"
     callbacks: list[Callback] = field(default_factory=list)
     find_unused_parameters: bool = False
+    exports: list[Callable[[Path, Path], Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""MoCo v2 (He et al. [0], Chen et al. [1]): a query encoder, a momentum key encoder and a queue of keys.
+
+    q = normalize(g_q(f_q(v¹))),  k = normalize(g_k(f_k(v²))),
+    L = InfoNCE(q, k⁺, queue; τ) = −log exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_j exp(q·queue_j/τ))
+
+(:class:`~anydistill.losses.contrastive.InfoNCELoss`), τ = ``pretrain.temperature`` (0.2, MoCo v2).
+Each step, before the keys are computed, the key encoder (backbone and head) moves towards the query
+encoder, θ_k ← m·θ_k + (1 − m)·θ_q (m = ``pretrain.momentum``, 0.999); no gradient reaches it. The
+batch's keys then enter the FIFO queue (:class:`~anydistill.losses.contrastive.KeyQueue`, ``queue_size``
+keys, the oldest leave first; any size works, divisible by the batch or not); under DDP they are
+gathered from every rank first, as the official ``concat_all_gather``.
+
+Batch statistics must not leak between a query and its key (MoCo §3.3: the model would find a shortcut
+through BatchNorm's batch statistics). MoCo shuffles the keys across GPUs before the key encoder (each
+GPU's BN then sees other images than its queries); here the key batch is shuffled and run through the
+key encoder in ``bn_splits`` groups, and the queries in the same number of groups, so every BN group of
+keys holds other images than the query group of the same positions. With one group per GPU under DDP
+and the shuffle global, this is MoCo's shuffle-BN; on one device with ``bn_splits > 1`` it is the
+"split BN" of MoCo's CIFAR demo. ``bn_splits=1`` on one device lets statistics leak (documented, off
+only by choice); a backbone with GroupNorm/LayerNorm (e.g. a ViT) needs none of this.
+
+- [0] He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
+  https://arxiv.org/abs/1911.05722
+- [1] Chen et al., "Improved Baselines with Momentum Contrastive Learning", 2020,
+  https://arxiv.org/abs/2003.04297 (``moco/builder.py`` in
+  https://github.com/facebookresearch/moco/blob/7397dfe146c7ca6bbb58e9c382498069178ba764/moco/builder.py)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from anydistill.config import TrainConfig
+from anydistill.losses.contrastive import InfoNCELoss, KeyQueue, gather_keys
+from anydistill.methods.base import MethodRun, register_method
+from anydistill.methods.simclr import contrastive_views
+from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, ssl_run
+from anydistill.models.ssl_heads import ProjectionHead
+from anydistill.optim import ema_update
+
+__all__ = ["MoCoModule", "split_forward"]
+
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_MOMENTUM = 0.999
+
+
+def split_forward(module: nn.Module, x: Tensor, splits: int) -> Tensor:
+    """``module`` on ``x`` in ``splits`` consecutive groups (BatchNorm statistics per group), outputs
+    concatenated in order; one call when ``splits <= 1`` or the batch is smaller."""
+    if splits <= 1 or x.shape[0] < splits:
+        return module(x)
+    return torch.cat([module(part) for part in x.chunk(splits)])
+
+
+class MoCoModule(SelfSupervisedModule):
+    """MoCo v2 on ``cfg.pretrain.backbone``; ``ssl_loss(views=[query view, key view])``."""
+
+    def __init__(self, cfg: TrainConfig, knn_monitor: bool = False) -> None:
+        super().__init__(cfg, knn_monitor)
+        p = cfg.pretrain
+        self.encoder = build_encoder(p, cfg.data.image_size)
+        self.projection = ProjectionHead(self.encoder.dim, p.proj_hidden_dim, p.proj_dim, batch_norm=False)
+        self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.key_projection = copy.deepcopy(self.projection).requires_grad_(False)
+        self.queue = KeyQueue(p.proj_dim, p.queue_size)
+        temperature = p.temperature if p.temperature is not None else DEFAULT_TEMPERATURE
+        self.criterion = InfoNCELoss(temperature=temperature)
+        self.momentum = p.momentum if p.momentum is not None else DEFAULT_MOMENTUM
+        self.bn_splits = max(1, p.bn_splits)
+
+    @torch.no_grad()
+    def keys(self, view: Tensor) -> Tensor:
+        """``(B, proj_dim)`` keys of ``view``: shuffled, encoded in ``bn_splits`` groups, un-shuffled.
+
+        Under DDP the shuffle is global (MoCo's ``_batch_shuffle_ddp``): every rank's views are gathered,
+        one permutation (rank 0's, broadcast) deals them out again, each rank encodes its share, and the
+        keys are gathered and put back in order; each rank keeps its own images' keys.
+        """
+        encode = nn.Sequential(self.key_encoder, self.key_projection)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world == 1:
+            order = torch.randperm(view.shape[0], device=view.device)
+            return split_forward(encode, view[order], self.bn_splits)[order.argsort()]
+        every = gather_keys(view)  # (world·B, 3, S, S), rank-major
+        order = torch.randperm(every.shape[0], device=view.device)
+        dist.broadcast(order, src=0)
+        rank, n = dist.get_rank(), view.shape[0]
+        keys = gather_keys(split_forward(encode, every[order.view(world, n)[rank]], self.bn_splits))
+        return keys[order.argsort()].view(world, n, -1)[rank]
+
+    def ssl_loss(self, views: list[Tensor]) -> dict[str, Tensor]:
+        if len(views) != 2:
+            raise ValueError(f"MoCo takes 2 views, got {len(views)}")
+        q = split_forward(nn.Sequential(self.encoder, self.projection), views[0], self.bn_splits)  # (B, d)
+        if self.training:
+            ema_update(self.key_encoder, self.encoder, self.momentum)
+            ema_update(self.key_projection, self.projection, self.momentum)
+        k = self.keys(views[1])  # (B, d), no gradient
+        loss = self.criterion(q, k, self.queue.keys.clone())
+        if self.training:
+            self.queue.enqueue(gather_keys(nn.functional.normalize(k, dim=1)))
+        return {"loss": loss}
+
+    def train(self, mode: bool = True) -> MoCoModule:
+        super().train(mode)
+        # The key encoder's BatchNorm uses batch statistics as the query's does (MoCo runs it in train
+        # mode); its running statistics are copied from the query encoder by ema_update.
+        return self
+
+
+@register_method("moco", tasks=("embed",))
+def build_moco(cfg: TrainConfig) -> MethodRun:
+    """MoCo v2: momentum key encoder, FIFO queue of keys, InfoNCE (self-supervised, no labels)."""
+    return ssl_run(cfg, MoCoModule, contrastive_views)
