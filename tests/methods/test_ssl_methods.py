@@ -264,3 +264,15 @@ def test_a_queue_not_divisible_by_the_batch_trains() -> None:
     for _ in range(3):
         assert torch.isfinite(module.ssl_loss(batch["views"])["loss"])
     assert int(module.queue.ptr) == 24 % 13
+
+
+def test_device_augment_moves_the_photometric_part_to_the_batch() -> None:
+    torch.manual_seed(0)
+    _, run = _run("simclr", "pretrain.device_augment=true")
+    batch = _batch(run)
+    assert batch["views"][0].dtype == torch.uint8  # the loader only crops and flips
+    out = run.module.on_after_batch_transfer(batch, 0)
+    assert out["views"][0].dtype == torch.float32 and out["views"][0].shape == (8, 3, 32, 32)
+    assert abs(float(out["views"][0].mean())) < 3.0  # normalised, not 0..255
+    assert torch.isfinite(run.module.ssl_loss(out["views"])["loss"])
+    assert not any("device_views" in k for k in run.module.state_dict())

@@ -100,9 +100,16 @@ def ssl_run(
     without building the model is checked first (encoder name and patch, data, batch size)."""
     probe, _ = check_encoder(cfg.pretrain, cfg.data.image_size)
     mean, std = probe.pixel_mean, probe.pixel_std
-    datamodule = PretrainDataModule(cfg.data, cfg.pretrain, views(cfg, mean, std), mean, std, min_batch)
+    transform = views(cfg, mean, std)
+    on_device = None
+    if cfg.pretrain.device_augment and hasattr(transform, "crops"):
+        # The loader only crops and flips (uint8); colour jitter, grey, blur, solarisation and
+        # normalisation run on the batch, on the training device (kornia, per-sample parameters).
+        transform, on_device = transform.crops(), transform.batched()
+    datamodule = PretrainDataModule(cfg.data, cfg.pretrain, transform, mean, std, min_batch)
     knn = datamodule.knn_sets is not None
     module = module_cls(cfg, knn_monitor=knn)
+    module.device_views = on_device
     monitor, mode = ("val/knn_top1", "max") if knn else ("val/loss", "min")
     return MethodRun(module, datamodule, monitor, mode, exports=[export_backbone])
 
@@ -131,6 +138,15 @@ class SelfSupervisedModule(L.LightningModule):
         self.knn_monitor = knn_monitor
         self._bank: list[tuple[Tensor, Tensor]] = []
         self._queries: list[tuple[Tensor, Tensor]] = []
+        #: ``pretrain.device_augment``: the views' photometric part, applied to each batch on its device
+        #: (a plain attribute, not a sub-module: it holds no weights and stays out of checkpoints).
+        self.device_views: Any = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.device_views is not None and isinstance(batch, dict) and "views" in batch:
+            views = self.device_views.to(batch["views"][0].device)
+            batch["views"] = views(batch["views"])
+        return batch
 
     # ------------------------------------------------------------------ the method's part
     def ssl_loss(self, views: list[Tensor]) -> dict[str, Tensor]:
