@@ -150,6 +150,8 @@ _NOISE = (
     # Resuming from a checkpoint saved inside an epoch: the epoch goes on with a freshly shuffled order
     # (our loaders do not save their position); the step count and schedule resume exactly.
     r"You're resuming from a checkpoint that ended before the epoch ended",
+    # Our self-supervised modules finish their views on the device in this hook, by design.
+    r"You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a",
 )
 
 
