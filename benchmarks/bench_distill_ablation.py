@@ -11,10 +11,14 @@ row:
     (c) + colour jitter and blur on the student's unlabeled input
     (d) + CutMix (p = 0.5, per-region alignment)
     (e) + feature alignment to a frozen encoder (the teacher's encoder), margin α = 0.15
+    (f) + feature alignment to an encoder pre-trained self-supervised (``--ssl-method``, MoCo by
+        default) on the unlabeled images only, instead of the teacher's encoder (issue 12: the loop
+        closes when no semantic encoder fits the domain)
 
 Each row is averaged over ``--seeds`` seeds. AbsRel and δ1 on the held-out ``wide`` test split.
+``--rows a,e,f`` runs a subset.
 
-    python benchmarks/bench_distill_ablation.py [--quick] [--seeds 2]
+    python benchmarks/bench_distill_ablation.py [--quick] [--seeds 2] [--rows a,b,c,d,e,f]
 """
 
 from __future__ import annotations
@@ -39,7 +43,12 @@ ROWS = {
     "(c) + colour jitter, blur": ["distill.perturb=true", "distill.cutmix=false"],
     "(d) + CutMix": ["distill.perturb=true", "distill.cutmix=true"],
     "(e) + feature alignment": ["distill.perturb=true", "distill.cutmix=true", "distill.feature_align=true"],
-}
+    "(f) + feature alignment, self-supervised encoder": [
+        "distill.perturb=true", "distill.cutmix=true", "distill.feature_align=true"
+    ],
+}  # fmt: skip
+#: The self-supervised encoder of row (f): a timm ResNet-18 pre-trained on the unlabeled images.
+SSL_BACKBONE = "resnet18"
 
 
 def main() -> None:
@@ -50,7 +59,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--teacher-steps", type=int, default=500)
     parser.add_argument("--student-steps", type=int, default=300)
+    parser.add_argument("--rows", default="a,b,c,d,e,f", help="which rows, by letter")
+    parser.add_argument("--ssl-method", default="moco", choices=["simclr", "moco", "dino"])
+    parser.add_argument("--ssl-steps", type=int, default=300, help="self-supervised pre-training steps")
+    parser.add_argument("--ssl-size", type=int, default=64, help="its crop size")
     args = parser.parse_args()
+    letters = set(args.rows.split(","))
+    rows = {row: extra for row, extra in ROWS.items() if row[1] in letters}
     q = args.quick
     n_labeled, n_unlabeled, n_test = (64, 64, 16) if q else (500, 1500, 128)
     teacher_steps, student_steps = (20, 10) if q else (args.teacher_steps, args.student_steps)
@@ -91,16 +106,33 @@ def main() -> None:
     run_teacher_pass(load_teacher(teacher), unlabeled / "images", cache, progress=False)
     pass_seconds = time.perf_counter() - t0
 
+    # 4. Row (f)'s encoder: self-supervised pre-training on the same unlabeled images, no labels.
+    ssl_spec, ssl_seconds = None, 0.0
+    if any(row.startswith("(f)") for row in rows):
+        from anydistill.training import pretrain
+
+        t0 = time.perf_counter()
+        ssl_run = pretrain(load_config(None, [
+            f"method={args.ssl_method}", "data.source=folder", f"data.train_root={unlabeled / 'images'}",
+            f"data.image_size={32 if q else args.ssl_size}", "data.batch_size=32", "data.num_workers=1",
+            f"pretrain.backbone={SSL_BACKBONE}", f"trainer.max_steps={5 if q else args.ssl_steps}",
+            "trainer.max_epochs=1000", "trainer.progress_bar=false", "trainer.val_every_n_epochs=1000",
+            "optim.lr=0.001", f"run_dir={OUT / f'ssl_{args.ssl_method}'}",
+        ]))  # fmt: skip
+        ssl_seconds = time.perf_counter() - t0
+        ssl_spec = f"timm:{SSL_BACKBONE}@{ssl_run.run_dir / 'backbone.pth'}"
+
     results: dict[str, list[dict[str, float]]] = {}
     teacher_metrics = evaluate(teacher, "toyworld:wide", count=n_test, progress=False)
-    for row, extra in ROWS.items():
+    for row, extra in rows.items():
         for seed in range(args.seeds):
             run = [*common, "model.name=depth_tiny", f"seed={seed}", f"trainer.max_steps={student_steps}",
                    f"run_dir={OUT / f'row{row[1]}_seed{seed}'}"]  # fmt: skip
             if extra is None:
                 result = train(load_config(None, run))
             else:
-                run += [f"distill.cache={cache}", f"distill.frozen_encoder={teacher}", *extra]
+                encoder = ssl_spec if row.startswith("(f)") else teacher
+                run += [f"distill.cache={cache}", f"distill.frozen_encoder={encoder}", *extra]
                 result = distill(load_config(None, run))
             metrics = evaluate(result.best_checkpoint, "toyworld:wide", count=n_test, progress=False)
             results.setdefault(row, []).append(metrics)
@@ -111,7 +143,7 @@ def main() -> None:
         spread = statistics.pstdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
-    table_rows = [[row, mean(row, "abs_rel"), mean(row, "delta1")] for row in ROWS]
+    table_rows = [[row, mean(row, "abs_rel"), mean(row, "delta1")] for row in rows]
     table_rows.append(["teacher (depth_small, narrow labels)", f"{teacher_metrics['abs_rel']:.3f}",
                        f"{teacher_metrics['delta1']:.3f}"])  # fmt: skip
     table = markdown_table(["row", "AbsRel ↓ (wide test)", "δ1 ↑ (wide test)"], table_rows)
@@ -120,6 +152,8 @@ def main() -> None:
         "rows": results,
         "teacher": teacher_metrics,
         "teacher_pass_seconds": pass_seconds,
+        "ssl": {"method": args.ssl_method, "steps": args.ssl_steps, "size": args.ssl_size, "encoder": ssl_spec,
+                "seconds": ssl_seconds} if ssl_spec else None,
         "budget": {"labeled": n_labeled, "unlabeled": n_unlabeled, "test": n_test, "size": size,
                    "teacher_steps": teacher_steps, "student_steps": student_steps, "seeds": args.seeds},
         "total_seconds": time.perf_counter() - started,
@@ -127,8 +161,12 @@ def main() -> None:
     command = (
         "python benchmarks/bench_distill_ablation.py" + (" --quick" if q else "") + f" --seeds {args.seeds}"
         + ("" if q else f" --teacher-steps {teacher_steps} --student-steps {student_steps}")
-    )
-    write_results("distill_ablation" + ("_quick" if q else ""), table, data, command)
+        + (f" --rows {args.rows}" if letters != set("abcdef") else "")
+        + (f" --ssl-method {args.ssl_method} --ssl-steps {args.ssl_steps} --ssl-size {args.ssl_size}"
+           if ssl_spec and not q else "")
+    )  # fmt: skip
+    name = "distill_ablation" + ("_ssl" if letters == {"a", "e", "f"} else "") + ("_quick" if q else "")
+    write_results(name, table, data, command)
     (OUT / "results.json").write_text(json.dumps(data, indent=2))
 
 
