@@ -70,7 +70,9 @@ def main() -> None:
     n_labeled, n_unlabeled, n_test = (64, 64, 16) if q else (500, 1500, 128)
     teacher_steps, student_steps = (20, 10) if q else (args.teacher_steps, args.student_steps)
     size = 64 if q else 128
-    OUT.mkdir(parents=True, exist_ok=True)
+    # A quick run has its own folder: a full run must not resume from its tiny checkpoints or cache.
+    out = OUT.with_name(OUT.name + ("_quick" if q else ""))
+    out.mkdir(parents=True, exist_ok=True)
     common = [
         f"data.image_size={size}",
         "data.train_domain=narrow",
@@ -89,11 +91,11 @@ def main() -> None:
     from anydistill.data.toyworld import write_toyworld
 
     unlabeled = write_toyworld(
-        OUT / "unlabeled", count=n_unlabeled, size=size, domain="wide", seed=777, progress=False
+        out / "unlabeled", count=n_unlabeled, size=size, domain="wide", seed=777, progress=False
     )
 
     # 2. The teacher: a bigger model trained on the narrow labeled data only.
-    teacher_cfg = load_config(None, [*common, "model.name=depth_small", f"run_dir={OUT / 'teacher'}",
+    teacher_cfg = load_config(None, [*common, "model.name=depth_small", f"run_dir={out / 'teacher'}",
                                      f"trainer.max_steps={teacher_steps}"])  # fmt: skip
     teacher = train(teacher_cfg).best_checkpoint
 
@@ -101,7 +103,7 @@ def main() -> None:
     from anydistill.cache import run_teacher_pass
     from anydistill.teachers import load_teacher
 
-    cache = OUT / "cache"
+    cache = out / "cache"
     t0 = time.perf_counter()
     run_teacher_pass(load_teacher(teacher), unlabeled / "images", cache, progress=False)
     pass_seconds = time.perf_counter() - t0
@@ -117,7 +119,7 @@ def main() -> None:
             f"data.image_size={32 if q else args.ssl_size}", "data.batch_size=32", "data.num_workers=1",
             f"pretrain.backbone={SSL_BACKBONE}", f"trainer.max_steps={5 if q else args.ssl_steps}",
             "trainer.max_epochs=1000", "trainer.progress_bar=false", "trainer.val_every_n_epochs=1000",
-            "optim.lr=0.001", f"run_dir={OUT / f'ssl_{args.ssl_method}'}",
+            "optim.lr=0.001", f"run_dir={out / f'ssl_{args.ssl_method}'}",
         ]))  # fmt: skip
         ssl_seconds = time.perf_counter() - t0
         ssl_spec = f"timm:{SSL_BACKBONE}@{ssl_run.run_dir / 'backbone.pth'}"
@@ -127,7 +129,7 @@ def main() -> None:
     for row, extra in rows.items():
         for seed in range(args.seeds):
             run = [*common, "model.name=depth_tiny", f"seed={seed}", f"trainer.max_steps={student_steps}",
-                   f"run_dir={OUT / f'row{row[1]}_seed{seed}'}"]  # fmt: skip
+                   f"run_dir={out / f'row{row[1]}_seed{seed}'}"]  # fmt: skip
             if extra is None:
                 result = train(load_config(None, run))
             else:
@@ -167,7 +169,7 @@ def main() -> None:
     )  # fmt: skip
     name = "distill_ablation" + ("_ssl" if letters == {"a", "e", "f"} else "") + ("_quick" if q else "")
     write_results(name, table, data, command)
-    (OUT / "results.json").write_text(json.dumps(data, indent=2))
+    (out / "results.json").write_text(json.dumps(data, indent=2))
 
 
 if __name__ == "__main__":
