@@ -220,7 +220,7 @@ class PretrainConfig:
 
     Methods (the config's ``method``; ``simclr`` by default): ``simclr`` (two views, projection MLP ``proj_hidden_dim → proj_dim``, NT-Xent),
     ``moco`` (v2: momentum key encoder ``momentum``, a FIFO ``queue_size`` of keys, InfoNCE, keys
-    shuffled and both encoders run in ``bn_splits`` BatchNorm groups per device), ``dino``
+    shuffled and both encoders' BatchNorm statistics taken in ``bn_splits`` groups per device), ``dino``
     (momentum teacher on a cosine schedule from ``momentum`` to 1, ``n_local_crops`` local views of
     ``local_size`` px, centring ``center_momentum`` and sharpening ``teacher_temp`` after a warm-up from
     ``warmup_teacher_temp`` over ``warmup_teacher_temp_epochs``, student ``student_temp``, head to

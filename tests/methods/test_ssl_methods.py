@@ -99,10 +99,19 @@ def test_moco_keys_do_not_depend_on_the_shuffle_when_batch_norm_sees_the_whole_b
     torch.manual_seed(2)
     b = module.keys(view)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # shuffled and un-shuffled back in order
-    module.bn_splits = 2
+    _, split = _run("moco", "pretrain.bn_splits=2")
+    split.module.load_state_dict(module.state_dict())  # split BN keeps BatchNorm's state_dict
+    split.module.train()
     torch.manual_seed(1)
-    c = module.keys(view)
-    assert not torch.allclose(a, c, atol=1e-4)  # split BatchNorm: per-group statistics
+    c = split.module.keys(view)
+    torch.manual_seed(2)
+    d = split.module.keys(view)
+    assert not torch.allclose(c, d, atol=1e-4)  # the shuffle decides which images share statistics
+    from anydistill.models.split_bn import SplitBatchNorm2d
+
+    splits = [m for m in split.module.modules() if isinstance(m, SplitBatchNorm2d)]
+    assert splits and all(m.num_splits == 2 for m in splits)
+    assert any(isinstance(m, SplitBatchNorm2d) for m in split.module.key_encoder.modules())
 
 
 # --------------------------------------------------------------------------------------------- DINO

@@ -153,3 +153,40 @@ def test_mae_gradients_reach_encoder_decoder_and_mask_token_and_bad_sizes_are_re
         _tiny_mae(img_size=36)
     with pytest.raises(ValueError, match="plain ViT"):
         MaskedAutoencoder("resnet18", img_size=32)
+
+
+# --------------------------------------------------------------------------------------- split BN
+def test_split_batch_norm_normalises_each_group_and_keeps_batchnorm_state() -> None:
+    from anydistill.models.split_bn import SplitBatchNorm2d, convert_split_bn
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, 3, 3) * 3 + 1
+    bn = SplitBatchNorm2d(4, 3, momentum=0.5)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    y = bn(x)
+    ref = torch.empty_like(x)
+    means, variances = [], []
+    for g in range(3):  # sample i is in group i mod 3
+        xs = x[g::3]
+        m, v = xs.mean((0, 2, 3)), xs.var((0, 2, 3), unbiased=False)
+        ref[g::3] = (xs - m[:, None, None]) / torch.sqrt(v[:, None, None] + 1e-5) * bn.weight[
+            :, None, None
+        ] + bn.bias[:, None, None]
+        means.append(m)
+        variances.append(xs.var((0, 2, 3), unbiased=True))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, 0.5 * torch.stack(means).mean(0))
+    torch.testing.assert_close(bn.running_var, 0.5 + 0.5 * torch.stack(variances).mean(0))
+    plain = nn.BatchNorm2d(4)
+    plain.load_state_dict(bn.state_dict())  # the same buffers and shapes as BatchNorm2d
+    bn.eval(), plain.eval()
+    torch.testing.assert_close(bn(x), plain(x))
+    y.sum().backward()
+    assert bn.weight.grad is not None
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    convert_split_bn(net, 2)
+    assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

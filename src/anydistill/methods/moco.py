@@ -12,12 +12,13 @@ gathered from every rank first, as the official ``concat_all_gather``.
 
 Batch statistics must not leak between a query and its key (MoCo §3.3: the model would find a shortcut
 through BatchNorm's batch statistics). MoCo shuffles the keys across GPUs before the key encoder (each
-GPU's BN then sees other images than its queries); here the key batch is shuffled and run through the
-key encoder in ``bn_splits`` groups, and the queries in the same number of groups, so every BN group of
-keys holds other images than the query group of the same positions. With one group per GPU under DDP
-and the shuffle global, this is MoCo's shuffle-BN; on one device with ``bn_splits > 1`` it is the
-"split BN" of MoCo's CIFAR demo. ``bn_splits=1`` on one device lets statistics leak (documented, off
-only by choice); a backbone with GroupNorm/LayerNorm (e.g. a ViT) needs none of this.
+GPU's BN then sees other images than its queries). Here the key batch is shuffled (globally under DDP,
+as MoCo's ``_batch_shuffle_ddp``), and with ``bn_splits = k > 1`` every BatchNorm2d of both encoders
+computes its statistics in ``k`` groups of the batch
+(:class:`~anydistill.models.split_bn.SplitBatchNorm2d`, MoCo's CIFAR demo's "split BN"), so a key's
+group holds other images than its query's: the one-device form of MoCo's shuffle-BN. ``bn_splits=1``
+on one device lets statistics leak (a choice, not the default); a backbone with GroupNorm/LayerNorm
+(e.g. a ViT) needs none of this.
 
 - [0] He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
   https://arxiv.org/abs/1911.05722
@@ -39,21 +40,14 @@ from anydistill.losses.contrastive import InfoNCELoss, KeyQueue, gather_keys
 from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.simclr import contrastive_views
 from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, ssl_run
+from anydistill.models.split_bn import convert_split_bn
 from anydistill.models.ssl_heads import ProjectionHead
 from anydistill.optim import ema_update
 
-__all__ = ["MoCoModule", "split_forward"]
+__all__ = ["MoCoModule"]
 
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_MOMENTUM = 0.999
-
-
-def split_forward(module: nn.Module, x: Tensor, splits: int) -> Tensor:
-    """``module`` on ``x`` in ``splits`` consecutive groups (BatchNorm statistics per group), outputs
-    concatenated in order; one call when ``splits <= 1`` or the batch is smaller."""
-    if splits <= 1 or x.shape[0] < splits:
-        return module(x)
-    return torch.cat([module(part) for part in x.chunk(splits)])
 
 
 class MoCoModule(SelfSupervisedModule):
@@ -62,7 +56,7 @@ class MoCoModule(SelfSupervisedModule):
     def __init__(self, cfg: TrainConfig, knn_monitor: bool = False) -> None:
         super().__init__(cfg, knn_monitor)
         p = cfg.pretrain
-        self.encoder = build_encoder(p, cfg.data.image_size)
+        self.encoder = convert_split_bn(build_encoder(p, cfg.data.image_size), p.bn_splits)
         self.projection = ProjectionHead(self.encoder.dim, p.proj_hidden_dim, p.proj_dim, batch_norm=False)
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_projection = copy.deepcopy(self.projection).requires_grad_(False)
@@ -70,11 +64,10 @@ class MoCoModule(SelfSupervisedModule):
         temperature = p.temperature if p.temperature is not None else DEFAULT_TEMPERATURE
         self.criterion = InfoNCELoss(temperature=temperature)
         self.momentum = p.momentum if p.momentum is not None else DEFAULT_MOMENTUM
-        self.bn_splits = max(1, p.bn_splits)
 
     @torch.no_grad()
     def keys(self, view: Tensor) -> Tensor:
-        """``(B, proj_dim)`` keys of ``view``: shuffled, encoded in ``bn_splits`` groups, un-shuffled.
+        """``(B, proj_dim)`` keys of ``view``: shuffled, encoded, un-shuffled.
 
         Under DDP the shuffle is global (MoCo's ``_batch_shuffle_ddp``): every rank's views are gathered,
         one permutation (rank 0's, broadcast) deals them out again, each rank encodes its share, and the
@@ -84,18 +77,18 @@ class MoCoModule(SelfSupervisedModule):
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world == 1:
             order = torch.randperm(view.shape[0], device=view.device)
-            return split_forward(encode, view[order], self.bn_splits)[order.argsort()]
+            return encode(view[order])[order.argsort()]
         every = gather_keys(view)  # (world·B, 3, S, S), rank-major
         order = torch.randperm(every.shape[0], device=view.device)
         dist.broadcast(order, src=0)
         rank, n = dist.get_rank(), view.shape[0]
-        keys = gather_keys(split_forward(encode, every[order.view(world, n)[rank]], self.bn_splits))
+        keys = gather_keys(encode(every[order.view(world, n)[rank]]))
         return keys[order.argsort()].view(world, n, -1)[rank]
 
     def ssl_loss(self, views: list[Tensor]) -> dict[str, Tensor]:
         if len(views) != 2:
             raise ValueError(f"MoCo takes 2 views, got {len(views)}")
-        q = split_forward(nn.Sequential(self.encoder, self.projection), views[0], self.bn_splits)  # (B, d)
+        q = self.projection(self.encoder(views[0]))  # (B, d)
         if self.training:
             ema_update(self.key_encoder, self.encoder, self.momentum)
             ema_update(self.key_projection, self.projection, self.momentum)
