@@ -351,6 +351,21 @@ def test_ema_update_matches_formula_on_parameters_and_copies_buffers() -> None:
     assert all(p.grad is None for p in online.parameters())
 
 
+def test_ema_update_can_leave_the_buffers_alone() -> None:
+    """MoCo / DINO: the key encoder / teacher keeps the statistics of its own forward passes."""
+    target, online = _net(0), _net(1)
+    buffers = [b.clone() for b in target.buffers()]
+    expected = [
+        0.5 * t.detach() + 0.5 * o.detach()
+        for t, o in zip(target.parameters(), online.parameters(), strict=True)
+    ]
+    ema_update(target, online, 0.5, copy_buffers=False)
+    for t, b in zip(target.buffers(), buffers, strict=True):
+        assert torch.equal(t, b)
+    for t, e in zip(target.parameters(), expected, strict=True):
+        torch.testing.assert_close(t.detach(), e)
+
+
 def test_ema_update_edges() -> None:
     target, online = _net(0), _net(1)
     before = [p.detach().clone() for p in target.parameters()]

@@ -184,14 +184,17 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996, final: flo
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+def ema_update(target: nn.Module, online: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
     r"""Momentum (exponential moving average) update of a teacher / key encoder, in place:
 
     .. math:: \theta_t \leftarrow m\,\theta_t + (1 - m)\,\theta_o
 
     for every parameter (paired in ``parameters()`` order), computed as
     ``torch._foreach_lerp_(θ_t, θ_o, 1 - m)`` (:math:`\theta_t + (1 - m)(\theta_o - \theta_t)`), one fused
-    kernel per dtype/device. Buffers (e.g. batch-norm running statistics) are copied from ``online``.
+    kernel per dtype/device. Buffers (e.g. batch-norm running statistics) are copied from ``online`` when
+    ``copy_buffers`` (a model EMA, as timm's ``ModelEmaV3``); MoCo and DINO pass ``False``: their key
+    encoder / teacher runs its own forward passes in train mode and keeps the statistics those give (the
+    official code averages the parameters only).
     No autograd graph is recorded. MoCo: ``_momentum_update_key_encoder`` in
     https://github.com/facebookresearch/moco/blob/7397dfe146c7ca6bbb58e9c382498069178ba764/moco/builder.py
     (He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", 2020, Eq. 2);
@@ -218,5 +221,6 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
             raise ValueError(f"parameter shapes differ: {tuple(t.shape)} vs {tuple(o.shape)}")
     if t_params and momentum < 1.0:
         torch._foreach_lerp_(t_params, o_params, 1.0 - momentum)
-    for t, o in zip(t_bufs, o_bufs, strict=True):
-        t.copy_(o)
+    if copy_buffers:
+        for t, o in zip(t_bufs, o_bufs, strict=True):
+            t.copy_(o)

@@ -143,6 +143,18 @@ def test_dino_teacher_gets_no_gradient_follows_the_student_and_its_centre_moves(
         torch.testing.assert_close(t.detach(), 0.5 * t0 + 0.5 * (s + 1.0))
 
 
+def test_dino_teacher_keeps_the_batchnorm_statistics_of_its_own_passes() -> None:
+    torch.manual_seed(0)
+    run = get_method("dino")(load_config(overrides=["method=dino", "task=embed", *SMALL, *TINY_CNN]))
+    module = run.module.train()
+    batch = _batch(run)
+    module.ssl_loss(batch["views"])  # the teacher sees the global views, the student all views
+    module.on_train_batch_end(None, batch, 0)
+    t_bn = [m for m in module.teacher_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    s_bn = [m for m in module.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    assert not torch.allclose(t_bn.running_mean, s_bn.running_mean)  # not copied from the student
+
+
 def test_dino_freezes_the_last_layer_during_the_first_epoch() -> None:
     _, run = _run("dino")
     module = run.module.train()

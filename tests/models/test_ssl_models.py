@@ -140,6 +140,17 @@ def test_mae_predicts_every_patch_and_each_prediction_depends_only_on_kept_patch
     assert not torch.allclose(mae(y, generator=torch.Generator().manual_seed(0))[0][b], pred[b])
 
 
+def test_mae_encoder_position_embedding_is_fixed_sine_cosine() -> None:
+    from timm.layers import build_sincos2d_pos_embed
+
+    mae = _tiny_mae()
+    pos = mae.encoder.model.pos_embed
+    assert not pos.requires_grad and pos.shape == (1, 1 + 16, 48)
+    torch.testing.assert_close(pos[0, 1:], build_sincos2d_pos_embed((4, 4), 48))
+    assert torch.equal(pos[0, 0], torch.zeros(48))  # the class token's
+    assert pos not in {p for p in mae.parameters() if p.requires_grad}
+
+
 def test_mae_gradients_reach_encoder_decoder_and_mask_token_and_bad_sizes_are_refused() -> None:
     mae = _tiny_mae()
     pred, mask = mae(torch.randn(2, 3, 32, 32))

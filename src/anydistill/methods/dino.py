@@ -120,7 +120,7 @@ class DINOModule(SelfSupervisedModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         m = cosine_momentum(self.global_step, self.total_steps(), base=self.base_momentum)
         ema_update(nn.ModuleList([self.teacher_encoder, self.teacher_head]),
-                   nn.ModuleList([self.encoder, self.head]), m)  # fmt: skip
+                   nn.ModuleList([self.encoder, self.head]), m, copy_buffers=False)  # fmt: skip
         if self._trainer is not None:
             self.log("train/teacher_momentum", m, batch_size=batch["views"][0].shape[0])
 

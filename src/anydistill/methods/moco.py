@@ -90,19 +90,14 @@ class MoCoModule(SelfSupervisedModule):
             raise ValueError(f"MoCo takes 2 views, got {len(views)}")
         q = self.projection(self.encoder(views[0]))  # (B, d)
         if self.training:
-            ema_update(self.key_encoder, self.encoder, self.momentum)
-            ema_update(self.key_projection, self.projection, self.momentum)
+            ema_update(self.key_encoder, self.encoder, self.momentum, copy_buffers=False)
+            ema_update(self.key_projection, self.projection, self.momentum, copy_buffers=False)
         k = self.keys(views[1])  # (B, d), no gradient
         loss = self.criterion(q, k, self.queue.keys.clone())
         if self.training:
             self.queue.enqueue(gather_keys(nn.functional.normalize(k, dim=1)))
         return {"loss": loss}
 
-    def train(self, mode: bool = True) -> MoCoModule:
-        super().train(mode)
-        # The key encoder's BatchNorm uses batch statistics as the query's does (MoCo runs it in train
-        # mode); its running statistics are copied from the query encoder by ema_update.
-        return self
 
 
 @register_method("moco", tasks=("embed",))

@@ -5,8 +5,9 @@ Structure (``N`` images, ``L = (S/p)²`` patches of ``p²·3`` pixels, ``r`` = `
 - random masking: per image, a uniformly random subset of ``L_keep = int(L·(1 − r))`` patches is kept
   (argsort of uniform noise, as the official ``random_masking``); ``mask (N, L)`` is 1 on the removed
   patches;
-- encoder: the timm ViT's patch embedding + position embedding (+ class/register tokens), then only the
-  kept tokens through its blocks and final norm → ``(N, P + L_keep, D)``;
+- encoder: the timm ViT's patch embedding + a fixed 2-D sine-cosine position embedding (as MAE; the
+  ViT's own is overwritten and frozen) (+ class/register tokens), then only the kept tokens through its
+  blocks and final norm → ``(N, P + L_keep, D)``;
 - decoder: a linear map to ``decoder_dim``, a learned mask token in every removed position (tokens
   un-shuffled back to image order), fixed 2-D sine-cosine position embedding, ``decoder_depth``
   transformer blocks (timm's ``Block``), LayerNorm and a linear prediction of each patch's pixels →
@@ -103,6 +104,14 @@ class MaskedAutoencoder(nn.Module):
         self.grid = img_size // patch
         self.num_prefix_tokens = int(vit.num_prefix_tokens)
         dim = self.encoder.dim
+        if getattr(vit, "pos_embed", None) is not None:
+            # MAE's encoder position embedding is fixed 2-D sine-cosine (class/register tokens: 0), not
+            # learned: the official code builds it so and sets requires_grad=False.
+            with torch.no_grad():
+                grid_pos = build_sincos2d_pos_embed((self.grid, self.grid), dim)  # (L, D)
+                prefix_len = vit.pos_embed.shape[1] - grid_pos.shape[0]
+                vit.pos_embed.copy_(torch.cat([grid_pos.new_zeros(prefix_len, dim), grid_pos])[None])
+            vit.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         pos = build_sincos2d_pos_embed((self.grid, self.grid), decoder_dim)  # (L, decoder_dim)
