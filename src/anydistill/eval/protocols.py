@@ -34,7 +34,7 @@ from anydistill.eval.features import extract_features, knn_accuracy, linear_prob
 from anydistill.loading import resolve_device
 from anydistill.models.ssl_heads import EmbeddingEncoder
 
-__all__ = ["FrozenEmbedding", "PROTOCOLS", "evaluate_frozen", "load_embedding"]
+__all__ = ["EvalCrops", "FrozenEmbedding", "PROTOCOLS", "evaluate_frozen", "load_embedding"]
 
 PROTOCOLS = ("knn", "linear")
 
@@ -88,8 +88,11 @@ def load_embedding(spec: str | Path, device: str = "cpu") -> FrozenEmbedding:
     return FrozenEmbedding(encoder, encoder.pixel_mean, encoder.pixel_std, size)
 
 
-class _Resized(Dataset):
-    def __init__(self, base: ClassFolderDataset, size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+class EvalCrops(Dataset):
+    """Labeled items (``{"image": uint8 (3, H, W), "label"}``) resized (shorter side) and centre-cropped to
+    ``size``² and normalised: ``{"image": float (3, size, size), "label": int}`` (the kNN / probe input)."""
+
+    def __init__(self, base: Dataset, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.base = base
         self.tf = v2.Compose([
             v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
@@ -97,7 +100,7 @@ class _Resized(Dataset):
         ])  # fmt: skip
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.base[index]
@@ -143,8 +146,8 @@ def evaluate_frozen(
     test = ClassFolderDataset(test_data, classes=train.classes)
     num_classes = len(train.classes)
     args = (batch_size, num_workers, device, progress)
-    train_f, train_y = _features(frozen.encoder, _Resized(train, size, frozen.mean, frozen.std), *args)
-    test_f, test_y = _features(frozen.encoder, _Resized(test, size, frozen.mean, frozen.std), *args)
+    train_f, train_y = _features(frozen.encoder, EvalCrops(train, size, frozen.mean, frozen.std), *args)
+    test_f, test_y = _features(frozen.encoder, EvalCrops(test, size, frozen.mean, frozen.std), *args)
     if protocol == "knn":
         result = knn_accuracy(train_f, train_y, test_f, test_y, num_classes, k=min(k, len(train_f)),
                               temperature=temperature)  # fmt: skip

@@ -33,7 +33,6 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.transforms import v2
 
 from anydistill.checkpoints import read_checkpoint
 from anydistill.config import DataConfig, OptimConfig, PretrainConfig, TrainConfig
@@ -43,6 +42,7 @@ from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
 from anydistill.data.views import collate_views
 from anydistill.errors import ConfigError, DataError
 from anydistill.eval.features import knn_predict, topk_accuracy
+from anydistill.eval.protocols import EvalCrops
 from anydistill.methods.base import MethodRun
 from anydistill.models.ssl_heads import EmbeddingEncoder
 from anydistill.optim import build_optimizer, build_scheduler
@@ -257,24 +257,6 @@ class _Views(Dataset):
         return item
 
 
-class _Eval(Dataset):
-    """Labeled items resized to ``size``² and normalised, for the kNN monitor."""
-
-    def __init__(self, base: Dataset, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.base = base
-        self.tf = v2.Compose([
-            v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ])  # fmt: skip
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.base[index]
-        return {"image": self.tf(item["image"]), "label": int(item["label"])}
-
-
 class PretrainDataModule(L.LightningDataModule):
     """Unlabeled images as views for training; labeled sets (kNN monitor) or held-out views for validation.
 
@@ -340,7 +322,7 @@ class PretrainDataModule(L.LightningDataModule):
         else:
             return None
         size = d.image_size
-        return _Eval(bank, size, self.mean, self.std), _Eval(query, size, self.mean, self.std)
+        return EvalCrops(bank, size, self.mean, self.std), EvalCrops(query, size, self.mean, self.std)
 
     def _loader(self, dataset: Dataset, train: bool, collate: Any) -> DataLoader:
         workers = self.data.num_workers
