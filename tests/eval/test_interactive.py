@@ -333,3 +333,121 @@ def test_evaluate_interactive_in_the_original_frame() -> None:
         )
     with pytest.raises(ValueError, match="frame"):
         evaluate_interactive(model, dataset, max_clicks=1, frame="resized")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- edge cases of the helpers
+
+
+class _ZeroDecoder(nn.Module):
+    """Logits exactly 0 (= SAM's mask threshold) everywhere."""
+
+    def forward(
+        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output
+    ):
+        n, m = sparse_prompt_embeddings.shape[0], 3 if multimask_output else 1
+        return torch.zeros((n, m, 32, 32)), torch.full((n, m), 0.5)
+
+
+def test_a_logit_equal_to_the_threshold_is_background() -> None:
+    """``logits > mask_threshold`` as SamPredictor: logits of exactly 0 predict nothing (IoU 0), not the
+    whole image."""
+    gt = _squares(2, 32)
+    model = _OracleSam(gt, [1, 1], img_size=32)
+    model.mask_decoder = _ZeroDecoder()
+    result = evaluate_image(model, torch.zeros((3, 32, 32)), (32, 32), gt, max_clicks=2)
+    assert result.ious.eq(0.0).all() and result.oracle_iou.eq(0.0).all()
+
+
+def test_model_device_prefers_the_device_attribute_then_parameters_then_buffers() -> None:
+    """On the meta device (no GPU here): where evaluate_image/evaluate_batch put the images and masks."""
+    from anydistill.eval.interactive import _model_device
+
+    meta = torch.device("meta")
+    with_params = nn.Linear(2, 2, device=meta)  # parameters, no buffers
+    assert _model_device(with_params) == meta
+    only_buffers = nn.BatchNorm1d(2, affine=False, device=meta)  # buffers, no parameters
+    assert list(only_buffers.parameters()) == [] and _model_device(only_buffers) == meta
+    assert _model_device(nn.Identity()) == torch.device("cpu")  # nothing to go by
+
+    class Declared(nn.Module):  # no tensors, but a device property (segment_anything's Sam has one)
+        device = meta
+
+    assert _model_device(Declared()) == meta
+    declared_over_params = nn.Linear(2, 2)
+    declared_over_params.device = meta  # type: ignore[assignment]
+    assert _model_device(declared_over_params) == meta
+
+
+def test_summarize_no_object_one_object_and_a_threshold_reached_exactly() -> None:
+    assert summarize_interactive(torch.zeros((0, 3))) == {"num_objects": 0.0}
+    one = summarize_interactive(torch.tensor([[0.5, 1.0]]), torch.tensor([0.75]), thresholds=(0.5, 0.75))
+    assert one == {
+        "num_objects": 1.0,
+        "miou@1": 0.5,
+        "miou@2": 1.0,
+        "noc@50": 1.0,
+        "nof@50": 0.0,
+        "noc@75": 2.0,
+        "nof@75": 0.0,
+        "oracle_miou@1": 0.75,
+    }  # an IoU equal to the threshold reaches it
+    never = summarize_interactive(torch.tensor([[0.5, 0.5], [0.25, 0.75]]), thresholds=(0.75,))
+    assert never["nof@75"] == 1.0 and never["noc@75"] == 2.0 and "oracle_miou@1" not in never
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric InteractiveMetrics was called before")
+def test_interactive_metrics_edge_cases_thresholds_device_and_sync() -> None:
+    empty = InteractiveMetrics()
+    assert empty.compute() == {"num_objects": 0.0}  # nothing evaluated
+    no_objects = InteractiveMetrics()
+    no_objects.update(
+        InteractiveResult(torch.zeros((0, 2)), torch.zeros(0), torch.zeros((0, 2, 2)), torch.zeros(0, 2))
+    )
+    assert no_objects.compute() == {"num_objects": 0.0}
+    result = InteractiveResult(
+        torch.tensor([[0.5]]), torch.tensor([0.75]), torch.zeros((1, 1, 2)), torch.ones(1, 1)
+    )
+    one = InteractiveMetrics(thresholds=(0.5,))
+    one.update(result)  # one object, one click: a single IoU
+    assert one.compute() == {
+        "num_objects": 1.0,
+        "miou@1": 0.5,
+        "noc@50": 1.0,
+        "nof@50": 0.0,
+        "oracle_miou@1": 0.75,
+    }
+    # the states follow the metric's device (the meta device stands in for a GPU)
+    on_meta = InteractiveMetrics().to("meta")
+    on_meta.update(result)
+    assert on_meta.ious[0].device.type == "meta" and on_meta.oracle[0].device.type == "meta"
+    # torchmetrics' own sync with the gather faked: a second process saw the same objects
+    two = InteractiveMetrics(
+        dist_sync_fn=lambda t, group=None: [t, t.clone()], distributed_available_fn=lambda: True
+    )
+    two.update(InteractiveResult(torch.tensor([[0.5, 1.0], [0.25, 0.5]]), torch.tensor([0.5, 1.0]),
+                                 torch.zeros((2, 2, 2)), torch.ones(2, 2)))  # fmt: skip
+    two.update(InteractiveResult(torch.tensor([[1.0, 1.0]]), torch.tensor([1.0]), torch.zeros((1, 2, 2)),
+                                 torch.ones(1, 2)))  # fmt: skip
+    out = two.compute()  # three objects on each process, summarised together
+    assert out["num_objects"] == 6.0 and out["miou@1"] == pytest.approx(1.75 / 3)
+    assert out["miou@2"] == pytest.approx(2.5 / 3) and out["oracle_miou@1"] == pytest.approx(2.5 / 3)
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric InteractiveMetrics was called before")
+@pytest.mark.parametrize("batches", [0, 1, 3])
+def test_interactive_metrics_gather_each_state_once_whatever_the_batches(batches: int) -> None:
+    """Under DDP every process must make the same collectives: one gather per state (ious, oracle),
+    also for a process that evaluated 3 batches or none while the others evaluated 1."""
+    gathered: list[tuple[int, ...]] = []
+
+    def gather(t: Tensor, group=None) -> list[Tensor]:
+        gathered.append(tuple(t.shape))
+        return [t, t.clone()]
+
+    metric = InteractiveMetrics(dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    for _ in range(batches):
+        metric.update(InteractiveResult(torch.tensor([[0.5, 1.0]]), torch.tensor([0.5]), torch.zeros((1, 2, 2)),
+                                        torch.ones(1, 2)))  # fmt: skip
+    out = metric.compute()
+    assert gathered == [(batches, 2), (batches,)] if batches else gathered == [(0,), (0,)]
+    assert out["num_objects"] == 2.0 * batches
