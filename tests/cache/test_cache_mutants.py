@@ -221,7 +221,7 @@ def test_manifest_summary_exact_text() -> None:
 
 
 def test_manifest_round_trip() -> None:
-    manifest = _manifest(max_size=16)
+    manifest = _manifest(max_size=16, dtype="float32")  # the recorded dtype is read back, not assumed
     d = manifest.to_dict()
     assert list(d)[:3] == ["format", "version", "teacher"]
     assert d["teacher"] == {"fingerprint": "0123456789abcdef" * 4, "spec": "t.ckpt", "task": "depth"}
@@ -638,6 +638,9 @@ def test_a_fabric_rank_runs_its_shards_with_its_share_of_the_cores(
     try:
         assert _fabric_entry(other, StandInTeacher(), images, cache, settings) == manifest
         assert torch.get_num_threads() == 1  # at least one thread
+        monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one core assumed
+        assert _fabric_entry(_FakeFabric(0, 1), StandInTeacher(), images, cache, settings).count == 5
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
 
