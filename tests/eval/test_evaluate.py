@@ -343,3 +343,13 @@ def test_format_table() -> None:
         "| metric | value |\n|---|---|\n| miou@1 | 0.5000 |\n| noc@85 | 2.2500 |\n| images | 3.0000 |"
     )
     assert format_table({}) == "| metric | value |\n|---|---|"
+
+
+def test_metrics_json_beside_a_directory_of_its_temporary_name_is_one_line(tmp_path) -> None:
+    from anydistill.errors import DataError
+    from anydistill.eval.evaluate import write_metrics_json
+
+    (tmp_path / "m.json.tmp").mkdir()
+    with pytest.raises(DataError, match="cannot write the metrics"):
+        write_metrics_json(tmp_path / "m.json", "c", "d", {})
+    assert (tmp_path / "m.json.tmp").is_dir()  # the user's directory is left alone

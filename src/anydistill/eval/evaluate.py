@@ -124,7 +124,8 @@ def write_metrics_json(
         )
         os.replace(tmp, out_json)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file():  # ours, half written (a directory of that name is the user's: left alone)
+            tmp.unlink()
         raise DataError(out_json, f"cannot write the metrics: {e.strerror or e}") from None
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from anydistill.checkpoints import MODEL_RECORD_KEY, read_checkpoint
+from anydistill.checkpoints import MODEL_RECORD_KEY, detect_kind, read_checkpoint
 from anydistill.data.classify import ClassFolderDataset
 from anydistill.errors import ConfigError, DataError
 from anydistill.eval.features import extract_features, knn_accuracy, linear_probe
@@ -58,14 +58,11 @@ def load_embedding(spec: str | Path, device: str = "cpu") -> FrozenEmbedding:
     """
     text = str(spec)
     if text.startswith("timm:"):
-        name, _, weights = text[len("timm:") :].partition("@")
-        if not weights:
-            raise DataError(text, "name the weights: timm:<name>@<weights file>, or @random for random ones")
-        path = None if weights == "random" else Path(weights)
-        if path is not None and not path.is_file():
-            raise DataError(path, "weights file not found")
+        kind = detect_kind(text)  # the one parser of timm specs: refuses a spec naming no weights
+        if kind.path is not None and not kind.path.is_file():
+            raise DataError(kind.path, "weights file not found")
         try:
-            encoder = EmbeddingEncoder(name, checkpoint_path=path)
+            encoder = EmbeddingEncoder(str(kind.name), checkpoint_path=kind.path)
         except Exception as exc:  # noqa: BLE001 - timm: unknown name, weights of another model
             raise DataError(text, f"cannot build the timm encoder: {type(exc).__name__}: {exc}") from None
         size = None
