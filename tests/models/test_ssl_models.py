@@ -201,3 +201,14 @@ def test_split_batch_norm_normalises_each_group_and_keeps_batchnorm_state() -> N
     convert_split_bn(net, 2)
     assert isinstance(net[1], SplitBatchNorm2d) and isinstance(net[2][0], SplitBatchNorm2d)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "mobilenetv4_conv_small", "vit_tiny_patch16_224"])
+def test_embedding_encoder_dim_is_the_width_of_its_output(name: str) -> None:
+    # MobileNetV4's head convolution follows the pool (960 -> 1280): a head sized by num_features failed.
+    kwargs = {"img_size": 32, "patch_size": 8} if name.startswith("vit") else {}
+    encoder = EmbeddingEncoder(name, **kwargs).eval()
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, encoder.dim)
+    assert EmbeddingEncoder.probe(name, **kwargs).dim == encoder.dim

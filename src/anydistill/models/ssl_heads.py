@@ -39,7 +39,8 @@ __all__ = ["DINOHead", "EmbeddingEncoder", "ProjectionHead"]
 class EmbeddingEncoder(nn.Module):
     """A timm model as a pooled-embedding encoder: ``x (B, 3, H, W)`` normalised → ``(B, D)``.
 
-    ``D`` = ``num_features`` (512 for ResNet-18, 384 for ViT-S). The wrapped model is ``self.model``
+    ``D`` = timm's ``head_hidden_size`` or ``num_features`` (512 for ResNet-18, 384 for ViT-S, 1280 for
+    MobileNetV4-Conv-Small, whose head convolution follows the pool). The wrapped model is ``self.model``
     (``timm.create_model(name, num_classes=0)``), whose ``state_dict()`` is a timm weights file: what
     :meth:`save_timm_weights` writes for students (``backbone_checkpoint_path``) and frozen encoders
     (``timm:<name>@<file>``) to load.
@@ -58,7 +59,9 @@ class EmbeddingEncoder(nn.Module):
         self.name = name
         self.timm_kwargs = dict(timm_kwargs)
         self.model = timm.create_model(name, num_classes=0, **load, **timm_kwargs)
-        self.dim = int(self.model.num_features)
+        # The pooled output's width: timm's ``head_hidden_size`` where a head layer sits after the pool
+        # (MobileNetV3/V4: 960 features -> conv_head -> 1280), else ``num_features``.
+        self.dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
         self.pixel_mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
         self.pixel_std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
