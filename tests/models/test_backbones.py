@@ -127,3 +127,34 @@ def test_gradients_reach_backbone_parameters() -> None:
     sum(f.square().mean() for f in bb(torch.randn(2, 3, 32, 32))).backward()
     grads = [p.grad for p in bb.model.patch_embed.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_backbone_weights_with_a_missing_parameter_are_refused_and_head_keys_are_quiet(
+    tmp_path, caplog
+) -> None:
+    # timm loads features_only / num_classes=0 models non-strictly and reports missing keys only at INFO:
+    # a file lacking parameters would have left them random without a word.
+    import logging
+
+    from anydistill.models.ssl_heads import EmbeddingEncoder
+
+    full = EmbeddingEncoder("mobilenetv4_conv_small")
+    path = full.save_timm_weights(tmp_path / "mnv4.pth")
+    with caplog.at_level(logging.INFO):
+        backbone = TimmBackbone("mobilenetv4_conv_small", pretrained=True, checkpoint_path=path)
+    assert not [r for r in caplog.records if "keys" in r.getMessage()]  # conv_head etc.: expected, unshown
+    ref = full.model.state_dict()["blocks.0.0.conv.weight"]
+    assert any(torch.equal(v, ref) for v in backbone.state_dict().values())  # the weights were loaded
+    state = torch.load(path)
+    del state["blocks.0.0.conv.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    for build in (
+        lambda: TimmBackbone(
+            "mobilenetv4_conv_small", pretrained=True, checkpoint_path=tmp_path / "partial.pth"
+        ),
+        lambda: EmbeddingEncoder("mobilenetv4_conv_small", checkpoint_path=tmp_path / "partial.pth"),
+    ):
+        with pytest.raises(
+            ValueError, match=r"partial\.pth: these weights do not fit .*blocks\.0\.0\.conv\.weight"
+        ):
+            build()

@@ -14,7 +14,10 @@ Weights come from a local file only (``checkpoint_path``); this module never tou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,65 @@ def _meta_model(name: str, **timm_kwargs: Any) -> nn.Module:
     """A weightless copy of ``name`` on the ``meta`` device: milliseconds to build, even for ViT-L."""
     with torch.device("meta"):
         return timm.create_model(name, pretrained=False, **timm_kwargs)
+
+
+_LOAD_REPORT = re.compile(r"^(Missing|Unexpected) keys \((.*?)\) (?:discovered|found) while loading")
+
+
+@contextmanager
+def checked_timm_weights(name: str, path: str | Path | None) -> Iterator[None]:
+    """Around ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay={"file": path})``: a weights
+    file that leaves parameters of the model unset is an error, not a partial load.
+
+    timm loads a local file with ``strict=False`` whenever the classifier is dropped (``num_classes=0``) or
+    a feature extractor is built (``features_only``), and reports keys the model lacks only at INFO
+    level: weights of another architecture would leave the model mostly random without a visible word.
+    Keys the file has and the model lacks (a classifier or head convolution a feature extractor does not
+    build) are expected and are not shown: timm's warning about them is dropped here; so is a classifier
+    timm's filter drops from the file while the model keeps one (a feature extractor throws it away).
+
+    Raises:
+        ValueError: naming the file, the model and the first missing parameters.
+    """
+    if path is None:
+        yield
+        return
+    logger = logging.getLogger("timm.models._builder")
+    records: list[logging.LogRecord] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = _Collect(level=logging.INFO)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    cfg = timm.models.get_pretrained_cfg(name)
+    heads = getattr(cfg, "classifier", None) or ()
+    heads = tuple(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
+    missing: list[str] = []
+    for record in records:
+        match = _LOAD_REPORT.match(record.getMessage())
+        if match and match.group(1) == "Missing":
+            missing += [
+                k.strip() for k in match.group(2).split(",") if k.strip() and not k.strip().startswith(heads)
+            ]
+        elif not match and record.levelno >= logging.WARNING:
+            logger.log(record.levelno, record.getMessage())  # anything else timm says still shows
+    if missing:
+        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise ValueError(
+            f"{path}: these weights do not fit {name!r}: {len(missing)} of its parameters are not in the "
+            f"file ({shown}); is it a {name} weights file?"
+        )
 
 
 def is_plain_vit(model: nn.Module) -> bool:
@@ -111,7 +173,8 @@ class TimmBackbone(nn.Module):
         self.vit_norm = vit_norm
         if self.is_vit:
             vit_kwargs = {"dynamic_img_size": True, **timm_kwargs}  # any multiple of the patch size
-            model = timm.create_model(name, **load_kwargs, **vit_kwargs)
+            with checked_timm_weights(name, checkpoint_path):
+                model = timm.create_model(name, **load_kwargs, **vit_kwargs)
             depth = len(_feature_info_list(model))
             indices = list(out_indices) if out_indices is not None else default_vit_indices(depth)
             if any(not -depth <= i < depth for i in indices):
@@ -133,9 +196,10 @@ class TimmBackbone(nn.Module):
             indices = (
                 list(out_indices) if out_indices is not None else list(range(max(0, n_stages - 4), n_stages))
             )
-            model = timm.create_model(
-                name, features_only=True, out_indices=tuple(indices), **load_kwargs, **timm_kwargs
-            )
+            with checked_timm_weights(name, checkpoint_path):
+                model = timm.create_model(
+                    name, features_only=True, out_indices=tuple(indices), **load_kwargs, **timm_kwargs
+                )
             self.out_indices = list(model.feature_info.out_indices)
             self.channels = [int(c) for c in model.feature_info.channels()]
             self.reductions = [int(r) for r in model.feature_info.reduction()]

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from anydistill.models.backbones import checked_timm_weights
+
 __all__ = ["DINOHead", "EmbeddingEncoder", "ProjectionHead"]
 
 
@@ -58,7 +60,8 @@ class EmbeddingEncoder(nn.Module):
             load = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(checkpoint_path)}}
         self.name = name
         self.timm_kwargs = dict(timm_kwargs)
-        self.model = timm.create_model(name, num_classes=0, **load, **timm_kwargs)
+        with checked_timm_weights(name, checkpoint_path):
+            self.model = timm.create_model(name, num_classes=0, **load, **timm_kwargs)
         # The pooled output's width: timm's ``head_hidden_size`` where a head layer sits after the pool
         # (MobileNetV3/V4: 960 features -> conv_head -> 1280), else ``num_features``.
         self.dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
