@@ -36,6 +36,17 @@ def test_cifar_resnet_keeps_32px_resolution_in_its_first_stage_and_is_a_timm_mod
     assert encoder.pixel_mean == pytest.approx((0.4914, 0.4822, 0.4465))
 
 
+def test_resnet8_cifar_is_the_small_cifar_student() -> None:
+    import anydistill.models  # noqa: F401
+
+    model = timm.create_model("resnet8_cifar", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 10) and model.forward_features(x).shape == (2, 128, 4, 4)
+    assert model.conv1.out_channels == 16 and model.conv1.stride == (1, 1)
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+    assert 0.31e6 < sum(p.numel() for p in model.parameters()) < 0.32e6
+
+
 # ------------------------------------------------------------------------------------------- heads
 def _copy_linear_bn(ours: nn.Module, theirs: nn.Module) -> None:
     """Load ``theirs``' Linear/BatchNorm weights into ``ours`` in module order (same layer layout)."""

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets as timm models: ``resnet18_cifar`` and ``resnet50_cifar``.
+"""CIFAR-style ResNets as timm models: ``resnet18_cifar``, ``resnet50_cifar`` and the small ``resnet8_cifar``.
 
 The CIFAR variant of He et al. [0] that SimCLR [1] (appendix B.9), MoCo's CIFAR demos and lightly's
 CIFAR-10 benchmarks [2] use: the ImageNet stem (7×7 convolution at stride 2, then a 3×3 max-pool at
@@ -58,11 +58,24 @@ def _cfg() -> dict[str, Any]:
 
 # Read by timm's register_model (a module-level ``default_cfgs``): no weights to download, only the
 # input size and normalisation constants that timm.data and our pre-processing read.
-default_cfgs = generate_default_cfgs({"resnet18_cifar": _cfg(), "resnet50_cifar": _cfg()})
+default_cfgs = generate_default_cfgs(
+    {"resnet8_cifar": _cfg(), "resnet18_cifar": _cfg(), "resnet50_cifar": _cfg()}
+)
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> CifarResNet:
     return build_model_with_cfg(CifarResNet, variant, pretrained, **kwargs)
+
+
+@register_model
+def resnet8_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+    """A small student: one basic block per stage, widths 16, 32, 64, 128 (stem 16), 0.31 M parameters
+    without the classifier, 1/16 of ResNet-18's width (the ResNet-8 of the CIFAR distillation literature,
+    e.g. Tian et al. "Contrastive Representation Distillation", ICLR 2020, is 16-32-64 wide, three stages)."""
+    kwargs = dict(
+        dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16), **kwargs
+    )
+    return _create("resnet8_cifar", pretrained, **kwargs)
 
 
 @register_model
