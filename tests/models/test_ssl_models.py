@@ -42,7 +42,9 @@ def test_resnet8_cifar_is_the_small_cifar_student() -> None:
     model = timm.create_model("resnet8_cifar", num_classes=10)
     x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 10) and model.forward_features(x).shape == (2, 128, 4, 4)
-    assert model.conv1.out_channels == 16 and model.conv1.stride == (1, 1)
+    assert model.conv1.stride == (1, 1) and [
+        getattr(model, f"layer{i}")[0].conv1.out_channels for i in range(1, 5)
+    ] == [16, 32, 64, 128]
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
     assert 0.31e6 < sum(p.numel() for p in model.parameters()) < 0.32e6
 

@@ -69,12 +69,10 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> CifarResNet:
 
 @register_model
 def resnet8_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """A small student: one basic block per stage, widths 16, 32, 64, 128 (stem 16), 0.31 M parameters
+    """A small student: one basic block per stage, widths 16, 32, 64, 128 after timm's plain 64-wide stem, 0.31 M parameters
     without the classifier, 1/16 of ResNet-18's width (the ResNet-8 of the CIFAR distillation literature,
     e.g. Tian et al. "Contrastive Representation Distillation", ICLR 2020, is 16-32-64 wide, three stages)."""
-    kwargs = dict(
-        dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16), **kwargs
-    )
+    kwargs = dict(dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128)), **kwargs)
     return _create("resnet8_cifar", pretrained, **kwargs)
 
 
