@@ -17,8 +17,9 @@ as MoCo's ``_batch_shuffle_ddp``), and with ``bn_splits = k > 1`` every BatchNor
 computes its statistics in ``k`` groups of the batch
 (:class:`~anydistill.models.split_bn.SplitBatchNorm2d`, MoCo's CIFAR demo's "split BN"), so a key's
 group holds other images than its query's: the one-device form of MoCo's shuffle-BN. ``bn_splits=1``
-on one device lets statistics leak (a choice, not the default); a backbone with GroupNorm/LayerNorm
-(e.g. a ViT) needs none of this.
+on one device lets statistics leak (a choice, not the default); a training batch that ``bn_splits`` does
+not divide would silently do the same, so it is refused at start (:func:`check_split_batch`). A backbone
+with GroupNorm/LayerNorm (e.g. a ViT) needs none of this.
 
 - [0] He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
   https://arxiv.org/abs/1911.05722
@@ -36,6 +37,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from anydistill.config import TrainConfig
+from anydistill.errors import ConfigError
 from anydistill.losses.contrastive import InfoNCELoss, KeyQueue, gather_keys
 from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.simclr import contrastive_views
@@ -44,7 +46,7 @@ from anydistill.models.split_bn import convert_split_bn
 from anydistill.models.ssl_heads import ProjectionHead
 from anydistill.optim import ema_update
 
-__all__ = ["MoCoModule"]
+__all__ = ["MoCoModule", "check_split_batch"]
 
 DEFAULT_TEMPERATURE = 0.2
 DEFAULT_MOMENTUM = 0.999
@@ -99,8 +101,32 @@ class MoCoModule(SelfSupervisedModule):
         return {"loss": loss}
 
 
+def check_split_batch(batch_size: int, train_images: int, bn_splits: int, has_batch_norm: bool) -> None:
+    """Refuse a training batch that split BatchNorm cannot split: with ``batch % bn_splits != 0``
+    :class:`~anydistill.models.split_bn.SplitBatchNorm2d` falls back to whole-batch statistics, which a
+    query and its key would then share (the leak split BN is there to stop). The batch is
+    ``batch_size``, or the whole training set when it is smaller (its one batch per epoch).
+
+    Raises:
+        ConfigError: naming ``pretrain.bn_splits`` and the batch, with the ways out.
+    """
+    batch = min(batch_size, train_images)
+    if has_batch_norm and bn_splits > 1 and batch % bn_splits:
+        what = f"data.batch_size={batch_size}" if batch == batch_size else (
+            f"the one batch of all {train_images} training images (data.batch_size={batch_size} is larger)"
+        )  # fmt: skip
+        raise ConfigError(
+            f"pretrain.bn_splits={bn_splits} does not divide {what}: split BatchNorm would fall back to "
+            f"whole-batch statistics, shared by a query and its key; make the batch a multiple of {bn_splits}, "
+            "or set pretrain.bn_splits=1 to accept the leak"
+        )
+
 
 @register_method("moco", tasks=("embed",))
 def build_moco(cfg: TrainConfig) -> MethodRun:
     """MoCo v2: momentum key encoder, FIFO queue of keys, InfoNCE (self-supervised, no labels)."""
-    return ssl_run(cfg, MoCoModule, contrastive_views)
+    run = ssl_run(cfg, MoCoModule, contrastive_views)
+    n = len(run.datamodule.train_set)  # a set smaller than one batch is the one batch of every step
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in run.module.encoder.modules())
+    check_split_batch(cfg.data.batch_size, n, cfg.pretrain.bn_splits, has_bn)
+    return run

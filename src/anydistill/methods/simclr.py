@@ -60,4 +60,4 @@ class SimCLRModule(SelfSupervisedModule):
 @register_method("simclr", verbs=("pretrain",), tasks=("embed",))
 def build_simclr(cfg: TrainConfig) -> MethodRun:
     """SimCLR: two views, projection MLP, NT-Xent (self-supervised, no labels)."""
-    return ssl_run(cfg, SimCLRModule, contrastive_views)
+    return ssl_run(cfg, SimCLRModule, contrastive_views, min_loss_batch=2)  # NT-Xent: 2 images or more

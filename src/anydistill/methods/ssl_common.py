@@ -92,12 +92,15 @@ def build_encoder(p: PretrainConfig, image_size: int) -> EmbeddingEncoder:
 
 
 def ssl_run(
-    cfg: TrainConfig, module_cls: type[SelfSupervisedModule], views: Callable[..., Any], min_batch: int = 2
-) -> MethodRun:
+    cfg: TrainConfig, module_cls: type[SelfSupervisedModule], views: Callable[..., Any], min_batch: int = 2,
+    min_loss_batch: int = 1,
+) -> MethodRun:  # fmt: skip
     """The :class:`~anydistill.methods.base.MethodRun` of a self-supervised method: its module, the
     pre-training data with its views (``views(cfg, mean, std)``), the kNN monitor (``val/knn_top1``, max)
     or the held-out loss (``val/loss``, min), and the backbone export. Everything that can be checked
-    without building the model is checked first (encoder name and patch, data, batch size)."""
+    without building the model is checked first (encoder name and patch, data, batch sizes): ``min_batch``
+    is the smallest training batch the method learns from (per device), ``min_loss_batch`` the smallest
+    batch its loss is defined on in eval mode (SimCLR's NT-Xent: 2)."""
     probe, _ = check_encoder(cfg.pretrain, cfg.data.image_size)
     mean, std = probe.pixel_mean, probe.pixel_std
     transform = views(cfg, mean, std)
@@ -106,7 +109,7 @@ def ssl_run(
         # The loader only crops and flips (uint8); colour jitter, grey, blur, solarisation and
         # normalisation run on the batch, on the training device (kornia, per-sample parameters).
         transform, on_device = transform.crops(), transform.batched()
-    datamodule = PretrainDataModule(cfg.data, cfg.pretrain, transform, mean, std, min_batch)
+    datamodule = PretrainDataModule(cfg.data, cfg.pretrain, transform, mean, std, min_batch, min_loss_batch)
     knn = datamodule.knn_sets is not None
     module = module_cls(cfg, knn_monitor=knn)
     module.device_views = on_device
@@ -266,16 +269,30 @@ class PretrainDataModule(L.LightningDataModule):
         pretrain: the pre-training section (``knn_train``/``knn_val``, ``knn_count``).
         views: the method's view transform (uint8 ``(3, H, W)`` → list of views).
         mean, std: the encoder's normalisation, for the kNN sets.
-        min_batch: the smallest training batch the method can learn from (NT-Xent needs 2).
+        min_batch: the smallest training batch the method can learn from, per device (NT-Xent needs 2,
+            and so does BatchNorm1d in a head).
+        min_loss_batch: the smallest batch the method's loss is defined on (validation on held-out images).
+
+    Batches: training batches are full (``drop_last``) when a device's share of the training images holds
+    one, else that share is the one batch of every epoch, so an epoch is never empty; the last batch of the
+    held-out loss is left out when smaller than ``min_loss_batch``. A device's share is ``⌈N / world⌉``
+    (Lightning's ``DistributedSampler`` pads the shares to one length).
+
+    Raises:
+        DataError: fewer training images than ``min_batch``.
+        ConfigError: a batch (``data.batch_size``, or the whole training set when smaller) under
+            ``min_batch``; fewer held-out images than ``min_loss_batch`` (``data.val_fraction``); under
+            DDP, a device's share of the training images under ``min_batch`` (when the loader is made).
     """
 
     def __init__(
         self, data: DataConfig, pretrain: PretrainConfig, views: Any, mean: tuple[float, ...],
-        std: tuple[float, ...], min_batch: int = 2,
+        std: tuple[float, ...], min_batch: int = 2, min_loss_batch: int = 1,
     ) -> None:  # fmt: skip
         super().__init__()
         self.data, self.pretrain, self.views = data, pretrain, views
         self.mean, self.std = mean, std
+        self.min_batch, self.min_loss_batch = min_batch, min_loss_batch
         unlabeled = self._unlabeled()
         self.knn_sets = self._knn_sets()
         if self.knn_sets is None:
@@ -295,6 +312,14 @@ class PretrainDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.batch_size={data.batch_size}: this method compares the images of a batch with each "
                 f"other and needs at least {min_batch} per batch"
+            )
+        held_out = len(self.val_sets[0]) if self.knn_sets is None and self.val_sets else None  # type: ignore[arg-type]
+        if held_out is not None and held_out < min_loss_batch:
+            raise ConfigError(
+                f"data.val_fraction={data.val_fraction} holds out {held_out} of {len(unlabeled)} images "  # type: ignore[arg-type]
+                f"to validate on, but this method's loss compares the images of a batch and needs at least "
+                f"{min_loss_batch}: hold out more, set data.val_fraction=0 (no validation), or give labeled "
+                "pretrain.knn_train and pretrain.knn_val (kNN validation)"
             )
 
     def _unlabeled(self) -> Dataset:
@@ -324,11 +349,28 @@ class PretrainDataModule(L.LightningDataModule):
         size = d.image_size
         return EvalCrops(bank, size, self.mean, self.std), EvalCrops(query, size, self.mean, self.std)
 
+    def _world(self) -> int:
+        """Processes sharing the data: the attached Trainer's world size, else 1."""
+        trainer = getattr(self, "trainer", None)
+        return max(1, int(trainer.world_size)) if trainer is not None else 1
+
     def _loader(self, dataset: Dataset, train: bool, collate: Any) -> DataLoader:
+        world, batch = self._world(), self.data.batch_size
+        share = math.ceil(len(dataset) / world)  # type: ignore[arg-type]  # this device's images
+        if train:
+            if min(batch, share) < self.min_batch:
+                raise ConfigError(
+                    f"data.batch_size={batch} on {world} devices: each device gets {share} of the "
+                    f"{len(dataset)} training images, fewer than the {self.min_batch} this method needs per "  # type: ignore[arg-type]
+                    "batch; use fewer devices or more images"
+                )
+            drop_last = share >= batch  # full batches; a share smaller than a batch is one batch, never none
+        else:
+            last = share % batch
+            drop_last = self.knn_sets is None and share > batch and 0 < last < self.min_loss_batch
         workers = self.data.num_workers
         return DataLoader(
-            dataset, batch_size=self.data.batch_size, shuffle=train,
-            drop_last=train and len(dataset) >= self.data.batch_size, num_workers=workers,
+            dataset, batch_size=batch, shuffle=train, drop_last=drop_last, num_workers=workers,
             persistent_workers=workers > 0, collate_fn=collate,
         )  # fmt: skip
 
