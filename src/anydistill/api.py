@@ -15,7 +15,14 @@ from anydistill.config import TrainConfig, load_config
 from anydistill.data.toyworld import write_toyworld
 from anydistill.data.toyworld.writer import check_toyworld_args
 from anydistill.demos import run_demo
-from anydistill.eval.evaluate import evaluate
+from anydistill.eval.classify import (
+    ClassPredictions,
+    evaluate_classifier,
+    is_classifier_checkpoint,
+    predict_classes,
+)
+from anydistill.eval.evaluate import evaluate as _evaluate_dense
+from anydistill.eval.protocols import evaluate_protocol
 from anydistill.inference import Predictor, PredictReport, load_student, predict_folder
 from anydistill.training import TrainResult
 from anydistill.training import distill as _distill
@@ -28,6 +35,7 @@ __all__ = [
     "demo",
     "distill",
     "evaluate",
+    "evaluate_backbone",
     "load_config",
     "load_student",
     "make_toyworld",
@@ -82,6 +90,47 @@ def pretrain(
     return _pretrain(_resolve(config, overrides))
 
 
+def evaluate_backbone(
+    checkpoint: str | Path,
+    train_data: str | Path,
+    test_data: str | Path,
+    protocol: str = "knn",
+    image_size: int | None = None,
+    batch_size: int = 256,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, float]:
+    """Top-1/top-5 of a pre-trained backbone (a ``pretrain`` checkpoint or ``timm:<name>@<weights>``) on the
+    class folders ``test_data``, with ``train_data`` as the labeled set: ``protocol`` ``knn`` or ``linear``
+    on its frozen features, or ``finetune`` (the backbone and a new linear head trained ``steps`` steps of
+    ``batch_size`` images; see :func:`anydistill.eval.protocols.evaluate_protocol`)."""
+    return evaluate_protocol(
+        checkpoint, train_data, test_data, protocol=protocol, image_size=image_size, batch_size=batch_size,
+        steps=steps, seed=seed, device=device, progress=progress,
+    )  # fmt: skip
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str = "toyworld:wide",
+    count: int = 256,
+    image_size: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    out_json: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Metrics of a student on ``data`` (``toyworld:<domain>`` or a folder): depth / semantic
+    (:func:`anydistill.eval.evaluate.evaluate`) or, for a classifier, top-1 / top-5 accuracy
+    (:func:`anydistill.eval.classify.evaluate_classifier`)."""
+    fn = evaluate_classifier if is_classifier_checkpoint(checkpoint) else _evaluate_dense
+    return fn(checkpoint, data, count=count, image_size=image_size, batch_size=batch_size, seed=seed,
+              device=device, out_json=out_json, progress=progress)  # fmt: skip
+
+
 def predict(
     checkpoint: str | Path,
     images: str | Path,
@@ -89,8 +138,13 @@ def predict(
     batch_size: int = 8,
     image_size: int | None = None,
     device: str = "cpu",
-) -> PredictReport:
-    """Predict every image under ``images`` into ``out`` (see :func:`anydistill.inference.predict_folder`)."""
+) -> PredictReport | ClassPredictions:
+    """Predict every image under ``images`` into ``out`` (see :func:`anydistill.inference.predict_folder`;
+    a classifier's top-5 classes: :func:`anydistill.eval.classify.predict_classes`)."""
+    if is_classifier_checkpoint(checkpoint):
+        return predict_classes(
+            checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device
+        )
     return predict_folder(checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device)
 
 

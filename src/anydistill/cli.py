@@ -87,6 +87,7 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     overrides = [*([f"task={args.task}"] if args.task else []), *args.overrides]
     if args.teacher:
         overrides.append(f"prompt.teacher={args.teacher}")  # used by task=promptable
+        overrides.append(f"classify.teacher={args.teacher}")  # used by task=classify
     if args.images:
         # The teacher pass first (resumes, or returns at once when the cache is finished), then train.
         from anydistill.cache import run_teacher_pass
@@ -96,6 +97,9 @@ def _cmd_distill(args: argparse.Namespace) -> None:
         if not args.teacher:
             raise AnydistillError("--images needs --teacher: the model that labels them")
         cfg = load_config(args.config, overrides)
+    if args.images and cfg.task == "classify":  # the kd method runs its passes: train images + these
+        overrides.append(f"classify.unlabeled_root={args.images}")
+    elif args.images:
         cache = cfg.distill.cache or str(Path(cfg.run_dir) / "cache")
         manifest = run_teacher_pass(
             load_teacher(args.teacher), args.images, cache, num_workers=cfg.data.num_workers
@@ -125,8 +129,10 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     from anydistill.cache.teacher_pass import is_global_zero, run_teacher_pass
     from anydistill.teachers import load_teacher
 
+    # task=classify: a timm:<name>@<weights> teacher keeps its head (logits) instead of being an encoder
+    classify = {"task": "classify"} if args.task == "classify" else {}
     manifest = run_teacher_pass(
-        partial(load_teacher, str(args.teacher)),  # each process builds its own; the manifest keeps the spec
+        partial(load_teacher, str(args.teacher), **classify),  # each process builds its own
         args.images,
         args.out,
         batch_size=args.batch_size,
@@ -155,13 +161,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     _check_options(args, 1, "--count", "--size", "--batch-size", "--max-clicks", "--max-instances")
     if args.protocol:
-        from anydistill.eval.protocols import evaluate_frozen
-
+        _check_options(args, 1, "--steps")
+        _check_options(args, 0, "--seed")
         if not args.train_data:
             raise AnydistillError("--protocol needs --train-data: the labeled class folders (the kNN bank)")
-        metrics = evaluate_frozen(
+        metrics = api.evaluate_backbone(
             str(args.checkpoint), args.train_data, args.data, protocol=args.protocol, image_size=args.size,
-            batch_size=args.batch_size, device=args.device, progress=sys.stderr.isatty(),
+            batch_size=args.batch_size, steps=args.steps, seed=args.seed, device=args.device,
+            progress=sys.stderr.isatty(),
         )  # fmt: skip
         if args.json:
             from anydistill.eval.evaluate import write_metrics_json
@@ -232,10 +239,16 @@ def _cmd_segment(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from anydistill import api
 
+    if args.promptable and args.pretrain:
+        raise AnydistillError("demo: choose one of --promptable and --pretrain")
     if args.promptable:
         from anydistill.demos import run_promptable_demo
 
         report = run_promptable_demo(args.out, quick=args.quick, baseline=args.baseline)
+    elif args.pretrain:
+        from anydistill.demos import run_pretrain_demo
+
+        report = run_pretrain_demo(args.out, quick=args.quick)
     else:
         report = api.demo(args.out, quick=args.quick)
     print(f"demo report: {report}")
@@ -309,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a depth or semantic student (resumes an interrupted run)")
     train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
     train.add_argument(
-        "--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=..."
+        "--task",
+        choices=["depth", "semantic", "promptable", "classify"],
+        default=None,
+        help="same as task=...",
     )
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. trainer.max_epochs=3")
     train.set_defaults(func=_cmd_train)
@@ -320,18 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dist.add_argument("--config", type=Path, default=None, help="YAML config; distill.cache must be set")
     dist.add_argument(
-        "--task", choices=["depth", "semantic", "promptable"], default=None, help="same as task=..."
+        "--task",
+        choices=["depth", "semantic", "promptable", "classify"],
+        default=None,
+        help="same as task=...",
     )
     dist.add_argument(
         "--teacher",
         default=None,
-        help="the teacher (promptable: the SAM checkpoint whose decoder the student reuses)",
+        help="the teacher (promptable: the SAM checkpoint whose decoder the student reuses; classify: a "
+        "classify checkpoint, timm:<name>@<weights> or a transformers image-classification folder)",
     )
     dist.add_argument(
         "--images",
         type=Path,
         default=None,
-        help="unlabeled images: run the teacher pass into distill.cache (default RUN_DIR/cache) first",
+        help="unlabeled images: run the teacher pass into distill.cache (default RUN_DIR/cache) first "
+        "(classify: same as classify.unlabeled_root=...)",
     )
     dist.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. distill.cutmix=false")
     dist.set_defaults(func=_cmd_distill)
@@ -368,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--num-workers", type=int, default=2, help="image-reading processes")
     pl.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes)")
     pl.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
+    pl.add_argument(
+        "--task", choices=["auto", "classify"], default="auto",
+        help="classify: the teacher is an image classifier (cache its (K,) logits; needed for timm: specs)",
+    )  # fmt: skip
     pl.set_defaults(func=_cmd_pseudo_label)
 
     ev = sub.add_parser("evaluate", help="metrics of a checkpoint on toyworld:<domain> or a folder")
@@ -386,11 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="promptable: the interactive protocol (NoC@85/90, mIoU per click); auto: from the checkpoint",
     )
     ev.add_argument(
-        "--protocol", choices=["knn", "linear"], default=None,
+        "--protocol", choices=["knn", "linear", "finetune"], default=None,
         help="a pre-trained backbone (pretrain checkpoint or timm:<name>@<weights>) on class folders: "
-        "weighted kNN or a linear probe of its frozen features; --data is the test split",
+        "weighted kNN or a linear probe of its frozen features, or full fine-tuning with a new linear head "
+        "(--batch-size images per step); --data is the test split",
     )  # fmt: skip
     ev.add_argument("--train-data", type=Path, default=None, help="--protocol: the labeled train split")
+    ev.add_argument(
+        "--steps", type=int, default=None, help="--protocol finetune: optimiser steps (default 1000)"
+    )
+    ev.add_argument("--seed", type=int, default=0, help="--protocol linear/finetune: the seed")
     ev.add_argument("--max-clicks", type=int, default=20, help="promptable: clicks per object")
     ev.add_argument("--max-instances", type=int, default=16, help="promptable: objects per image")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -438,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         action="store_true",
         help="--promptable: also train the student on the labels directly, for comparison",
+    )
+    demo.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="the no-teacher story instead: self-supervised pre-training on unlabeled images, kNN, a student from it",
     )
     demo.set_defaults(func=_cmd_demo)
 

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from anydistill.errors import ConfigError
 
-TASKS = ("depth", "semantic", "promptable", "embed")
+TASKS = ("depth", "semantic", "promptable", "embed", "classify")
 #: Lightning's precision names (``Trainer(precision=...)``).
 PRECISIONS = (
     "32-true",
@@ -151,6 +151,30 @@ class DistillConfig:
     feature_margin: float = 0.15
     frozen_encoder: str | None = None
     kd_temperature: float = 1.0
+
+
+@dataclass
+class ClassifyConfig:
+    """Image classification (``task: classify``): a timm classifier student (``model.name``: any timm
+    name, e.g. ``resnet18_cifar``; the default ``depth_tiny`` means ``resnet18_cifar``) on class-per-folder
+    images (``data.train_root``/``val_root``) or toyworld object crops.
+
+    ``anydistill train``: cross-entropy with ``loss.label_smoothing``. ``anydistill distill``
+    (Hinton et al. 2015): the ``teacher`` (an anydistill classify checkpoint, ``timm:<name>@<weights>``
+    or a transformers image-classification folder) labels the training images once (its logits are
+    cached under ``distill.cache``, default ``<run_dir>/teacher_cache``, in ``labeled/`` and ``unlabeled/``),
+    and also ``unlabeled_root`` when
+    given; labeled images learn ``alpha · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − alpha) · CE``
+    with ``T = temperature``, unlabeled ones the KD term alone (weight ``distill.unlabeled_weight``,
+    batches ``distill.unlabeled_ratio`` times larger). ``cutmix_p``: probability of CutMix per image
+    (soft targets and labels mixed by area; 0 = off).
+    """
+
+    teacher: str | None = None
+    temperature: float = 4.0
+    alpha: float = 0.9
+    unlabeled_root: str | None = None
+    cutmix_p: float = 0.0
 
 
 @dataclass
@@ -293,6 +317,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -431,6 +456,14 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad("distill.feature_margin", "must be in [0, 2)")
     if d.kd_temperature <= 0:
         raise bad("distill.kd_temperature", "must be positive")
+    c = cfg.classify
+    if c.temperature <= 0:
+        raise bad("classify.temperature", f"must be positive, got {c.temperature}")
+    for key in ("alpha", "cutmix_p"):
+        if not 0 <= getattr(c, key) <= 1:
+            raise bad(f"classify.{key}", f"must be in [0, 1], got {getattr(c, key)}")
+    if not 0 <= cfg.loss.label_smoothing < 1:
+        raise bad("loss.label_smoothing", f"must be in [0, 1), got {cfg.loss.label_smoothing}")
     if cfg.trainer.gradient_clip_val is not None and cfg.trainer.gradient_clip_val <= 0:
         raise bad("trainer.gradient_clip_val", "must be positive (or null for no clipping)")
     if cfg.optim.lr <= 0:

@@ -25,6 +25,7 @@ from anydistill.checkpoints import CONFIG_KEY, MODEL_RECORD_KEY, checkpoint_task
 from anydistill.config import ModelConfig, TrainConfig, config_from_dict
 from anydistill.data.classes import ClassInfo
 from anydistill.errors import AnydistillError, ConfigError, DataError
+from anydistill.models.classifier import build_classifier
 from anydistill.models.sam import DEFAULT_SAM_STUDENT, load_sam_checkpoint
 from anydistill.models.zoo import build_model, list_models
 from anydistill.preprocess import Preprocess
@@ -41,9 +42,9 @@ class LoadedModel:
 
     Attributes:
         model: the network; ``forward`` takes the normalised, padded input ``preprocess`` makes.
-        task: ``"depth"``, ``"semantic"`` or ``"promptable"``.
+        task: ``"depth"``, ``"semantic"``, ``"promptable"`` or ``"classify"``.
         preprocess: how images become its input (stored with the weights).
-        classes: class names / colours / ignore index (semantic; empty otherwise).
+        classes: class names / colours / ignore index (semantic; names only for classify; empty otherwise).
         config: the training config stored in the checkpoint (``None`` for foreign files).
         record: the model record (builder name and arguments) it was rebuilt from.
         path: the file it came from.
@@ -181,6 +182,13 @@ def _sam_file(path: Path, device: str | torch.device) -> LoadedModel:
 
 def _build(path: Path, task: str, arch: dict[str, Any]) -> nn.Module:
     kwargs = dict(arch.get("model_kwargs") or {})
+    if task == "classify":  # a timm classifier: model_name is the timm name
+        for key in ("pretrained", "backbone_checkpoint_path", "checkpoint_path"):  # the weights follow
+            kwargs.pop(key, None)
+        try:
+            return build_classifier(arch["model_name"], int(arch["num_classes"]), **kwargs)
+        except (TypeError, KeyError, AnydistillError) as exc:
+            raise DataError(path, f"checkpoint does not match its model description: {exc}") from None
     if task == "semantic":  # the number of classes is a builder argument of segmentation models only
         kwargs["num_classes"] = arch["num_classes"]
     try:

@@ -119,7 +119,8 @@ def test_sections_and_methods_refuse_duplicates():
 @pytest.mark.parametrize(
     ("verb", "task", "method"),
     [("train", "depth", "supervised"), ("train", "semantic", "supervised"), ("train", "promptable", "promptable"),
-     ("distill", "depth", "distill"), ("distill", "promptable", "sam_distill")],
+     ("distill", "depth", "distill"), ("distill", "promptable", "sam_distill"), ("train", "classify", "classify"),
+     ("distill", "classify", "kd")],
 )  # fmt: skip
 def test_each_verb_and_task_has_its_default_method(verb, task, method):
     assert default_method(verb, task) == method
@@ -129,7 +130,8 @@ def test_methods_command_lists_the_registered_methods(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == sorted(["distill", "promptable", "sam_distill", "supervised",
-                                                          "simclr", "moco", "dino", "mae", "tiny_test_method",
+                                                          "simclr", "moco", "dino", "mae", "classify", "kd",
+                                                          "tiny_test_method",
                                                           "interrupted_test_method"])  # fmt: skip
     assert any(line.startswith("tiny_test_method") and "defined in a test file" in line for line in lines)
 

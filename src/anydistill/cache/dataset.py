@@ -5,7 +5,7 @@ Each sample is a raw sample in the project's convention, with the teacher's outp
     "image"      uint8   (H, W, 3)    read from the image folder (read_image: RGB, EXIF applied)
     "disparity"  float32 (H, W)       the teacher's relative disparity (depth teachers) -- NOT metric
                                       depth: larger = nearer, 0 is a valid value (sky), no invalid mask
-    "logits"     float32 (K, H, W)    the teacher's logits (semantic teachers)
+    "logits"     float32 (K, H, W)    the teacher's logits (semantic teachers); (K,) for classifiers
     "feat"       float32 (C, h, w)    frozen-encoder features at the teacher's feature size (only with
                                       ``features=True`` and a cache made with them)
     "id"         str
@@ -148,7 +148,7 @@ class PseudoLabelDataset(Dataset):
             if name == "disp":
                 sample["disparity"] = _upsample(array[None], hw)[0]  # (H, W)
             elif name == "logits":
-                sample["logits"] = _upsample(array, hw)  # (K, H, W)
+                sample["logits"] = array if array.ndim == 1 else _upsample(array, hw)  # (K,) / (K, H, W)
             else:
                 sample[_OUTPUT_KEY.get(name, name)] = array  # (C, h, w)
         sample["id"] = image_id

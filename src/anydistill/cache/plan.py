@@ -25,7 +25,8 @@ from anydistill.cache.shards import ShardIndex, check_tar, file_sha256
 from anydistill.data.folder import UnlabeledImageFolder
 from anydistill.errors import ConfigError, DataError
 
-_TARGET_FOR_TASK = {"depth": "disp", "semantic": "logits", "segmentation": "logits"}
+#: What each teacher task stores: classifiers' logits are one ``(K,)`` vector per image.
+_TARGET_FOR_TASK = {"depth": "disp", "semantic": "logits", "segmentation": "logits", "classify": "logits"}
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -110,7 +111,7 @@ def _targets(teacher: Any, features: bool) -> list[str]:
     elif task in _TARGET_FOR_TASK:
         targets = [_TARGET_FOR_TASK[task]]
     else:
-        raise ConfigError(f"teacher task must be depth, semantic or features, got {task!r}")
+        raise ConfigError(f"teacher task must be depth, semantic, classify or features, got {task!r}")
     if features:
         if not callable(getattr(teacher, "features", None)) or getattr(teacher, "feature_dim", 0) is None:
             raise ConfigError(f"features were asked for but {type(teacher).__name__} has no feature encoder")

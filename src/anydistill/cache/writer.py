@@ -14,7 +14,8 @@ A failure while writing (an ``OSError``: disk full, permissions) aborts the shar
 ``.tmp`` removed) and propagates; :mod:`anydistill.cache.teacher_pass` turns it into the user's message.
 
 Targets are stored as float16 (values beyond +-65504 are clipped) at the image's own size, or with
-the long side limited to ``max_size`` (antialiased bilinear); features at the teacher's feature size.
+the long side limited to ``max_size`` (antialiased bilinear); features at the teacher's feature size;
+a classifier's logits (``task == "classify"``, ``predict -> (B, K)``) as one ``(K,)`` vector per image.
 On CUDA the teacher runs under float16 autocast unless ``autocast=False``.
 """
 
@@ -110,12 +111,13 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 
 def _to_fp16(x: torch.Tensor, max_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, C, H, W)`` float -> float16 on the CPU, long side limited to ``max_size``; and whether each
-    sample was finite (checked before clipping to the float16 range), bool ``(B,)``."""
+    """``(B, C, H, W)`` (or ``(B, K)`` logits, never resized) float -> float16 on the CPU, long side
+    limited to ``max_size``; and whether each sample was finite (checked before clipping to the float16
+    range), bool ``(B,)``."""
     x = x.float()
     finite = torch.isfinite(x).flatten(1).all(1).cpu()  # (B,)
     h, w = x.shape[-2:]
-    if max_size is not None and max(h, w) > max_size:
+    if x.ndim == 4 and max_size is not None and max(h, w) > max_size:
         scale = max_size / max(h, w)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -141,7 +143,15 @@ class _BatchRunner:
         x = x.to(dtype=torch.float32, memory_format=torch.channels_last).div_(255.0)
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         with _autocast(self.device, self.settings.autocast):
-            if "disp" in self.targets or "logits" in self.targets:
+            if getattr(self.teacher, "task", None) == "classify":
+                pred = self.teacher.predict(x)  # (B, K)
+                if pred.ndim != 2 or pred.shape[0] != x.shape[0]:
+                    raise RuntimeError(
+                        f"teacher.predict returned {tuple(pred.shape)} for input {tuple(x.shape)}; "
+                        "a classify teacher gives (B, K) logits"
+                    )
+                out["logits"] = _to_fp16(pred, None)
+            elif "disp" in self.targets or "logits" in self.targets:
                 pred = self.teacher.predict(x)  # (B, 1, H, W) or (B, K, H, W)
                 if pred.ndim != 4 or pred.shape[0] != x.shape[0] or pred.shape[-2:] != x.shape[-2:]:
                     raise RuntimeError(
@@ -160,7 +170,7 @@ class _BatchRunner:
         for i, rec in enumerate(records):
             arrays = {}
             for name, (batch, _) in out.items():
-                arr = batch[i].numpy()  # (C, h, w)
+                arr = batch[i].numpy()  # (C, h, w), or (K,) for a classifier
                 arrays[name] = arr[0] if name == "disp" else arr  # disparity is stored (H, W)
             row = {k: rec[k] for k in ("id", "source", "sha256", "bytes", "mtime_ns")}
             bad = [name for name, (_, finite) in out.items() if not bool(finite[i])]

@@ -1,6 +1,7 @@
 """Losses, a file per family while it stays small (depth, ...), a file per loss once it grows (focal,
 dice, kd, ...); each a plain function plus an ``nn.Module``."""
 
+from anydistill.losses.classify_kd import ClassificationKDLoss, classification_kd_loss, soft_targets
 from anydistill.losses.clip import CLIPLoss, clip_loss
 from anydistill.losses.contrastive import (
     InfoNCELoss,
@@ -49,9 +50,12 @@ __all__ = [
     "SoftmaxDiceLoss",
     "feature_alignment_loss",
     "kd_loss",
+    "classification_kd_loss",
+    "soft_targets",
     "cutmix_ssi_loss",
     "FeatureAlignmentLoss",
     "KnowledgeDistillationLoss",
+    "ClassificationKDLoss",
     "CutMixScaleShiftInvariantLoss",
     "nt_xent_loss",
     "info_nce_loss",

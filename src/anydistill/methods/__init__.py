@@ -2,12 +2,15 @@
 
 Importing this package registers the built-in methods: ``supervised`` and ``promptable`` (the defaults
 of ``anydistill train``), ``distill`` and ``sam_distill`` (the defaults of ``anydistill distill``),
-and the self-supervised ``simclr`` (the default of ``anydistill pretrain``), ``moco``, ``dino`` and ``mae``.
+the self-supervised ``simclr`` (the default of ``anydistill pretrain``), ``moco``, ``dino`` and ``mae``, and
+for ``task: classify`` ``classify`` (train) and ``kd`` (distill).
 """
 
 from anydistill.methods import (  # noqa: F401  (registration)
+    classify,
     dino,
     distill,
+    kd,
     mae,
     moco,
     promptable,

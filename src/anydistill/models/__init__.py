@@ -2,6 +2,7 @@
 
 from anydistill.models import cifar_resnet, sam  # noqa: F401  (register resnet*_cifar with timm, sam_* in MODELS)
 from anydistill.models.backbones import TimmBackbone
+from anydistill.models.classifier import DEFAULT_CLASSIFY_STUDENT, TimmClassifier, build_classifier
 from anydistill.models.heads import DPTHead, FPNDecoder
 from anydistill.models.task_models import DepthModel, SegmentationModel
 from anydistill.models.zoo import (
@@ -13,6 +14,7 @@ from anydistill.models.zoo import (
 )
 
 __all__ = [
+    "DEFAULT_CLASSIFY_STUDENT",
     "DEFAULT_DEPTH_STUDENT",
     "MODELS",
     "DPTHead",
@@ -20,6 +22,8 @@ __all__ = [
     "FPNDecoder",
     "SegmentationModel",
     "TimmBackbone",
+    "TimmClassifier",
+    "build_classifier",
     "build_model",
     "list_models",
     "load_model_weights",

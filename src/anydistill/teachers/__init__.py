@@ -8,13 +8,23 @@ The Hugging Face adapters import ``transformers`` only when used.
 
 from anydistill.teachers.anydistill_ckpt import AnydistillTeacher
 from anydistill.teachers.base import Teacher, TeacherTask, fit_to_multiple, state_dict_sha256
+from anydistill.teachers.classifiers import (
+    AnydistillClassifierTeacher,
+    ClassifierTeacher,
+    HFClassifierTeacher,
+    TimmClassifierTeacher,
+)
 from anydistill.teachers.encoders import FrozenEncoder, HFDinov2Encoder, TimmEncoder
 from anydistill.teachers.hf_depth_anything import HFDepthAnythingTeacher
 from anydistill.teachers.load import load_teacher
 from anydistill.teachers.sam import SamTeacher
 
 __all__ = [
+    "AnydistillClassifierTeacher",
     "AnydistillTeacher",
+    "ClassifierTeacher",
+    "HFClassifierTeacher",
+    "TimmClassifierTeacher",
     "FrozenEncoder",
     "HFDepthAnythingTeacher",
     "HFDinov2Encoder",

@@ -8,6 +8,8 @@ their transforms. Callers hand it ``images01 (B, 3, H, W)`` float in [0, 1], NOT
 * ``task == "depth"``: ``predict -> (B, 1, H, W)`` relative disparity (inverse depth up to scale and
   shift, larger = nearer), the output of Depth Anything's relative models;
 * ``task == "semantic"``: ``predict -> (B, K, H, W)`` logits;
+* ``task == "classify"``: ``predict -> (B, K)`` logits, one vector per image
+  (:mod:`anydistill.teachers.classifiers`);
 * ``features -> (B, C, h, w)`` patch-feature maps (``C = feature_dim``, ``h ≈ H_work / feature_stride``)
   from teachers that have an encoder to share (``feature_dim is not None``); ``task == "features"``
   teachers (frozen semantic encoders) have only this.
@@ -48,7 +50,7 @@ from anydistill.models.task_models import (
 )
 from anydistill.preprocess import Preprocess, multiple_shape
 
-TeacherTask = Literal["depth", "semantic", "features"]
+TeacherTask = Literal["depth", "semantic", "features", "classify"]
 
 
 def state_dict_sha256(state: Mapping[str, Tensor], config: Mapping[str, Any] | None = None) -> str:
