@@ -246,6 +246,44 @@ def test_labeled_knn_sets_from_folders(tmp_path) -> None:
     assert run.monitor == "val/knn_top1" and len(run.datamodule.val_dataloader()) == 2
 
 
+def test_knn_monitor_gathers_every_rank_bank_and_queries(monkeypatch) -> None:
+    """Under DDP the kNN monitor must vote with every rank's bank and score every rank's queries."""
+    from types import SimpleNamespace
+
+    from anydistill.eval.features import knn_predict
+
+    _, run = _run("simclr")
+    module = run.module
+    g = torch.Generator().manual_seed(0)
+    ranks = [  # per rank: bank (features, labels), queries (features, labels)
+        ((torch.randn(4, 5, generator=g), torch.tensor([0, 1, 0, 1])),
+         (torch.randn(2, 5, generator=g), torch.tensor([1, 0])))
+        for _ in range(2)
+    ]  # fmt: skip
+    logged = {}
+    monkeypatch.setattr(module, "log_dict", lambda d, **kw: logged.update(d))
+    monkeypatch.setattr(module, "log", lambda *a, **kw: None)
+    module._trainer = SimpleNamespace(world_size=2)  # rank 0's view of a 2-process run
+    which = iter(range(4))  # all_gather calls in order: bank f, bank y, query f, query y
+
+    def all_gather(t):
+        i = next(which)
+        part = 0 if i < 2 else 1
+        return torch.stack([ranks[r][part][i % 2] for r in range(2)])  # (W, n, ...)
+
+    monkeypatch.setattr(module, "all_gather", all_gather)
+    module._bank, module._queries = [ranks[0][0]], [ranks[0][1]]
+    module.on_validation_epoch_end()
+    bank_f = torch.cat([ranks[r][0][0] for r in range(2)])
+    bank_y = torch.cat([ranks[r][0][1] for r in range(2)])
+    query_f = torch.cat([ranks[r][1][0] for r in range(2)])
+    query_y = torch.cat([ranks[r][1][1] for r in range(2)])
+    k = min(module.pretrain_cfg.knn_k, 8)
+    pred = knn_predict(bank_f, bank_y, query_f, 2, k=k, temperature=module.pretrain_cfg.knn_temperature)
+    assert logged["val/knn_top1"] == pytest.approx(float((pred.argmax(1) == query_y).float().mean()))
+    assert next(which, None) is None  # all four gathered
+
+
 # ----------------------------------------------------------------------------------- bad settings
 @pytest.mark.parametrize(
     ("method", "extra", "error", "words"),

@@ -179,10 +179,8 @@ class SelfSupervisedModule(L.LightningModule):
         self._bank, self._queries = [], []
         if not bank or not queries:
             return
-        bank_f, bank_y = (self.all_gather(torch.cat(x)).flatten(0, -2 if i == 0 else -1)
-                          for i, x in enumerate(zip(*bank, strict=True)))  # fmt: skip
-        query_f, query_y = (self.all_gather(torch.cat(x)).flatten(0, -2 if i == 0 else -1)
-                            for i, x in enumerate(zip(*queries, strict=True)))  # fmt: skip
+        bank_f, bank_y = self._gather_labeled(bank)
+        query_f, query_y = self._gather_labeled(queries)
         num_classes = int(max(bank_y.max(), query_y.max())) + 1
         scores = knn_predict(  # k at most the bank's size (a small labeled set)
             bank_f, bank_y, query_f, num_classes, k=min(self.pretrain_cfg.knn_k, bank_f.shape[0]),
@@ -191,6 +189,18 @@ class SelfSupervisedModule(L.LightningModule):
         acc = topk_accuracy(scores, query_y, ks=(1, 5) if num_classes >= 5 else (1,))
         self.log_dict({f"val/knn_{k}": float(v) for k, v in acc.items()}, rank_zero_only=True)
         self.log("knn", float(acc["top1"]), prog_bar=True, logger=False, rank_zero_only=True)
+
+    def _gather_labeled(self, pairs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """This rank's ``(features (b, D), labels (b,))`` batches → every rank's, ``(N, D)`` and ``(N,)``.
+
+        Under DDP, ``all_gather`` stacks the ranks' tensors as ``(W, n, ...)`` (the distributed sampler gives
+        every rank the same count ``n``, padding with repeats), flattened to ``(W · n, ...)``; on one device
+        the tensors are this rank's, concatenated."""
+        features = torch.cat([f for f, _ in pairs])  # (n, D)
+        labels = torch.cat([y for _, y in pairs])  # (n,)
+        if self._trainer is None or self.trainer.world_size == 1:
+            return features, labels
+        return self.all_gather(features).flatten(0, 1), self.all_gather(labels).flatten(0, 1)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:
