@@ -8,6 +8,7 @@ stack trace from deep inside torch.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 _WORKER_PREFIX = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.")
@@ -54,3 +55,10 @@ class DataError(AnydistillError):
 
 class ConfigError(AnydistillError):
     """A config file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+def warn(message: str) -> None:
+    """One ``anydistill: warning: ...`` line on stderr: something the user should know that is not an error
+    (a file set aside, a run whose result looks broken), printed as it is, never a Python warning that a
+    filter could hide or a stack of framework lines around it."""
+    print(f"anydistill: warning: {message}", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ from anydistill.checkpoint_io import AtomicCheckpointIO, atomic_copy, remove_sta
 from anydistill.checkpoints import CONFIG_KEY, MODEL_RECORD_KEY, read_checkpoint
 from anydistill.config import TrainConfig, save_config
 from anydistill.data.outputs import make_output_folder
-from anydistill.errors import ConfigError, DataError
+from anydistill.errors import ConfigError, DataError, warn
 from anydistill.methods import MethodRun, default_method, get_method
 from anydistill.optim_callbacks import ScheduleLength
 
@@ -94,10 +94,6 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def _warn(message: str) -> None:
-    print(f"anydistill: warning: {message}", file=sys.stderr, flush=True)
-
-
 def _find_resume(ckpt_dir: Path) -> Path | None:
     """The checkpoint a (re)started run resumes from: ``last.ckpt``, else ``best.ckpt``, else ``None``.
 
@@ -125,7 +121,7 @@ def _find_resume(ckpt_dir: Path) -> Path | None:
             then = f"starting from scratch ({best.name} is unreadable too)"
         else:
             then = "starting from scratch"
-        _warn(f"{path} is unreadable ({problem}); set aside as {aside.name}, {then}")
+        warn(f"{path} is unreadable ({problem}); set aside as {aside.name}, {then}")
     return resume
 
 

@@ -177,6 +177,54 @@ def test_a_step_gives_a_finite_loss_with_gradients_in_the_backbone(method: str) 
     assert grads and sum(g.abs().sum() for g in grads) > 0
 
 
+# ------------------------------------------------------------------------------------ collapse
+def test_embedding_spread_is_one_for_spread_directions_and_zero_for_a_collapse() -> None:
+    from anydistill.methods.ssl_common import embedding_spread
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(4096, 64, generator=g) * 7 + 0.0  # isotropic: directions uniform on the sphere
+    assert float(embedding_spread(h)) == pytest.approx(1.0, abs=0.02)
+    same = torch.randn(1, 64, generator=g).expand(32, 64) * torch.rand(32, 1, generator=g)  # one direction
+    assert float(embedding_spread(same)) == pytest.approx(0.0, abs=1e-5)
+    x = torch.randn(16, 8, generator=g)  # the formula, written out
+    u = x / x.norm(dim=1, keepdim=True)
+    expected = ((u - u.mean(0)) ** 2).sum(0).div(15).sqrt().mean() * 8**0.5
+    assert float(embedding_spread(x)) == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "dino"])
+def test_each_step_reports_the_spread_of_the_backbone_embedding(method: str) -> None:
+    from anydistill.methods.ssl_common import embedding_spread
+
+    torch.manual_seed(0)
+    _, run = _run(method)
+    module = run.module.train()
+    views = _batch(run)["views"]
+    out = module.ssl_loss(views)
+    n = views[0].shape[0]
+    with torch.no_grad():  # the same pass as the method's (train mode: BatchNorm on the batch it sees)
+        batch = views[0] if method == "moco" else torch.cat(views[:2])
+        reference = float(embedding_spread(module.encoder(batch)[:n]))
+    assert float(out["embedding_spread"]) == pytest.approx(reference, rel=1e-5) and reference > 0.05
+
+
+def test_a_collapsed_run_ends_with_a_warning(capsys) -> None:
+    from types import SimpleNamespace
+
+    _, run = _run("simclr")
+    module = run.module
+    module._trainer = SimpleNamespace(is_global_zero=True)
+    module.last_spread = 0.3
+    module.on_train_end()
+    assert capsys.readouterr().err == ""
+    module.last_spread = 0.001
+    module.on_train_end()
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("anydistill: warning: the embedding collapsed (spread 0.001") and err.count("\n") == 1
+    )
+
+
 # ------------------------------------------------------------------------------------ the command
 def _images(root, count: int = 12, classes: tuple[str, ...] = ("a", "b")):
     rng = np.random.default_rng(0)

@@ -36,7 +36,13 @@ from anydistill.data.views import DINOViews
 from anydistill.errors import ConfigError
 from anydistill.losses.dino import DINOLoss
 from anydistill.methods.base import MethodRun, register_method
-from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, check_encoder, ssl_run
+from anydistill.methods.ssl_common import (
+    SelfSupervisedModule,
+    build_encoder,
+    check_encoder,
+    embedding_spread,
+    ssl_run,
+)
 from anydistill.models.ssl_heads import DINOHead, EmbeddingEncoder
 from anydistill.optim import cosine_momentum, ema_update
 
@@ -108,11 +114,12 @@ class DINOModule(SelfSupervisedModule):
         n = views[0].shape[0]
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_encoder(torch.cat(views[:2]))).chunk(2)  # 2 × (B, K)
-        student = list(self.head(self.encoder(torch.cat(views[:2]))).chunk(2))
+        h = self.encoder(torch.cat(views[:2]))  # (2B, D)
+        student = list(self.head(h).chunk(2))
         if len(views) > 2:  # the local crops, another resolution: one more pass
             student += list(self.head(self.encoder(torch.cat(views[2:]))).split(n))
         loss = self.criterion(student, list(teacher), epoch=self.current_epoch if self._trainer else 0)
-        return {"loss": loss}
+        return {"loss": loss, "embedding_spread": embedding_spread(h[:n])}
 
     def on_after_backward(self) -> None:
         self.head.cancel_last_layer_gradients(self.current_epoch)

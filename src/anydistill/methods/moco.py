@@ -41,7 +41,7 @@ from anydistill.errors import ConfigError
 from anydistill.losses.contrastive import InfoNCELoss, KeyQueue, gather_keys
 from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.simclr import contrastive_views
-from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, ssl_run
+from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, embedding_spread, ssl_run
 from anydistill.models.split_bn import convert_split_bn
 from anydistill.models.ssl_heads import ProjectionHead
 from anydistill.optim import ema_update
@@ -90,7 +90,8 @@ class MoCoModule(SelfSupervisedModule):
     def ssl_loss(self, views: list[Tensor]) -> dict[str, Tensor]:
         if len(views) != 2:
             raise ValueError(f"MoCo takes 2 views, got {len(views)}")
-        q = self.projection(self.encoder(views[0]))  # (B, d)
+        h = self.encoder(views[0])  # (B, D)
+        q = self.projection(h)  # (B, d)
         if self.training:
             ema_update(self.key_encoder, self.encoder, self.momentum, copy_buffers=False)
             ema_update(self.key_projection, self.projection, self.momentum, copy_buffers=False)
@@ -98,7 +99,7 @@ class MoCoModule(SelfSupervisedModule):
         loss = self.criterion(q, k, self.queue.keys.clone())
         if self.training:
             self.queue.enqueue(gather_keys(nn.functional.normalize(k, dim=1)))
-        return {"loss": loss}
+        return {"loss": loss, "embedding_spread": embedding_spread(h)}
 
 
 def check_split_batch(batch_size: int, train_images: int, bn_splits: int, has_batch_norm: bool) -> None:

@@ -21,7 +21,7 @@ from anydistill.config import TrainConfig
 from anydistill.data.views import SimCLRViews
 from anydistill.losses.contrastive import NTXentLoss
 from anydistill.methods.base import MethodRun, register_method
-from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, ssl_run
+from anydistill.methods.ssl_common import SelfSupervisedModule, build_encoder, embedding_spread, ssl_run
 from anydistill.models.ssl_heads import ProjectionHead
 
 __all__ = ["SimCLRModule", "contrastive_views"]
@@ -53,8 +53,9 @@ class SimCLRModule(SelfSupervisedModule):
         if len(views) != 2:
             raise ValueError(f"SimCLR takes 2 views, got {len(views)}")
         n = views[0].shape[0]
-        z = self.projection(self.encoder(torch.cat(views)))  # (2N, proj_dim): one pass, BN over both views
-        return {"loss": self.criterion(z[:n], z[n:])}
+        h = self.encoder(torch.cat(views))  # (2N, D): one pass, BN over both views
+        z = self.projection(h)  # (2N, proj_dim)
+        return {"loss": self.criterion(z[:n], z[n:]), "embedding_spread": embedding_spread(h[:n])}
 
 
 @register_method("simclr", verbs=("pretrain",), tasks=("embed",))

@@ -40,7 +40,7 @@ from anydistill.data.classify import ClassFolderDataset, ToyWorldObjects, Unlabe
 from anydistill.data.datamodule import split_indices
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
 from anydistill.data.views import collate_views
-from anydistill.errors import ConfigError, DataError
+from anydistill.errors import ConfigError, DataError, warn
 from anydistill.eval.features import knn_predict, topk_accuracy
 from anydistill.eval.protocols import EvalCrops
 from anydistill.methods.base import MethodRun
@@ -117,6 +117,20 @@ def ssl_run(
     return MethodRun(module, datamodule, monitor, mode, exports=[export_backbone])
 
 
+#: Below this :func:`embedding_spread` at the end of a run, the embedding has collapsed: a warning says so.
+COLLAPSED_SPREAD = 0.05
+
+
+def embedding_spread(h: Tensor) -> Tensor:
+    """How spread out a batch of embeddings is: ``sqrt(D) · mean_d std_b(ĥ_{b,d})`` with ``ĥ = h / ‖h‖``,
+    ``h (B, D)`` → a detached scalar: about 1 for directions spread uniformly on the sphere, 0 when every
+    image maps to the same direction (the collapse self-supervised training can fall into; lightly's
+    ``std_of_l2_normalized``, the collapse criterion of SimSiam, Chen & He 2021, §4.1)."""
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(h.detach().float(), dim=1)  # (B, D)
+        return z.std(dim=0).mean() * z.shape[1] ** 0.5
+
+
 class SelfSupervisedModule(L.LightningModule):
     """Base of the self-supervised LightningModules: subclasses set ``self.encoder`` (the backbone
     whose embedding is evaluated and exported) and implement :meth:`ssl_loss`.
@@ -160,9 +174,22 @@ class SelfSupervisedModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         out = self.ssl_loss(batch["views"])
         n = batch["views"][0].shape[0]
+        if "embedding_spread" in out:
+            self.last_spread = float(out["embedding_spread"])
         self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, batch_size=n)
         self.log("loss", out["loss"].detach(), prog_bar=True, logger=False, batch_size=n)
         return out["loss"]
+
+    def on_train_end(self) -> None:
+        """Say so when the embedding has collapsed (:func:`embedding_spread` of the last training batch)."""
+        spread = getattr(self, "last_spread", None)
+        if spread is not None and spread < COLLAPSED_SPREAD and self.trainer.is_global_zero:
+            warn(
+                f"the embedding collapsed (spread {spread:.3f} of 1 at the last step: every image maps to "
+                "nearly the same direction), so the backbone is no better than random; lower optim.lr, or "
+                "use the method's usual optimizer (SimCLR / MoCo: optim.optimizer=sgd optim.lr=0.06, "
+                "optim.weight_decay=5e-4), or train longer with a warm-up"
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self.knn_monitor:
