@@ -118,6 +118,30 @@ def make_views(method: str, batch: int) -> list[torch.Tensor]:
     return [torch.randn(batch, 3, s, s, generator=g) for s in sizes]
 
 
+def ours_overrides(method: str) -> list[str]:
+    """Our config overrides for ``method``: the backbone and head sizes both sides share, SGD as lightly's
+    CIFAR benchmark (``method`` ``moco`` / ``moco_split8`` differ in ``bn_splits``)."""
+    cnn = [f"pretrain.backbone={CNN}"]
+    opt = ["optim.optimizer=sgd", f"optim.lr={LR}", f"optim.momentum={MOMENTUM}",
+           f"optim.weight_decay={WEIGHT_DECAY}"]  # fmt: skip
+    if method == "simclr":
+        return [*cnn, *opt, f"pretrain.proj_hidden_dim={PROJ_HIDDEN}", f"pretrain.proj_dim={PROJ_DIM}",
+                "pretrain.temperature=0.5"]  # fmt: skip
+    if method.startswith("moco"):
+        return [*cnn, *opt, f"pretrain.proj_hidden_dim={PROJ_HIDDEN}", f"pretrain.proj_dim={PROJ_DIM}",
+                f"pretrain.queue_size={QUEUE}", "pretrain.temperature=0.2",
+                f"pretrain.bn_splits={8 if method == 'moco_split8' else 1}"]  # fmt: skip
+    if method == "dino":
+        return [*cnn, *opt, f"pretrain.dino_hidden_dim={DINO_HIDDEN}",
+                f"pretrain.dino_bottleneck_dim={DINO_BOTTLENECK}", f"pretrain.dino_out_dim={DINO_OUT}",
+                "pretrain.dino_batch_norm=true", "pretrain.freeze_last_layer=0",
+                f"pretrain.n_local_crops={N_LOCAL}", f"pretrain.local_size={LOCAL_SIZE}"]  # fmt: skip
+    return [f"pretrain.backbone={VIT}", *opt, *(f"pretrain.backbone_kwargs.{k}={v}" for k, v in VIT_KWARGS.items()
+            if k != "img_size"), f"pretrain.decoder_dim={MAE_DECODER_DIM}",
+            f"pretrain.decoder_depth={MAE_DECODER_DEPTH}", f"pretrain.decoder_heads={MAE_DECODER_HEADS}",
+            f"pretrain.mask_ratio={MASK_RATIO}", "pretrain.norm_pix=false"]  # fmt: skip
+
+
 def build_ours(method: str):
     """Our module for ``method``; returns ``step(views) -> loss`` and the module."""
     from anydistill.config import load_config
@@ -125,27 +149,9 @@ def build_ours(method: str):
     from anydistill.optim import build_optimizer
 
     common_ov = ["task=embed", "data.source=toyworld", "data.image_size=32", "data.num_workers=0",
-                 "data.train_count=16", "data.val_count=8", "pretrain.knn_count=16",
-                 "optim.optimizer=sgd", f"optim.lr={LR}", f"optim.momentum={MOMENTUM}",
-                 f"optim.weight_decay={WEIGHT_DECAY}"]  # fmt: skip
-    cnn = [f"pretrain.backbone={CNN}"]
+                 "data.train_count=16", "data.val_count=8", "pretrain.knn_count=16"]  # fmt: skip
     name = "moco" if method.startswith("moco") else method
-    if method == "simclr":
-        ov = [*cnn, f"pretrain.proj_hidden_dim={PROJ_HIDDEN}", f"pretrain.proj_dim={PROJ_DIM}",
-              "pretrain.temperature=0.5"]  # fmt: skip
-    elif method.startswith("moco"):
-        ov = [*cnn, f"pretrain.proj_hidden_dim={PROJ_HIDDEN}", f"pretrain.proj_dim={PROJ_DIM}",
-              f"pretrain.queue_size={QUEUE}", "pretrain.temperature=0.2",
-              f"pretrain.bn_splits={8 if method == 'moco_split8' else 1}"]  # fmt: skip
-    elif method == "dino":
-        ov = [*cnn, f"pretrain.dino_hidden_dim={DINO_HIDDEN}", f"pretrain.dino_bottleneck_dim={DINO_BOTTLENECK}",
-              f"pretrain.dino_out_dim={DINO_OUT}", "pretrain.dino_batch_norm=true", "pretrain.freeze_last_layer=0",
-              f"pretrain.n_local_crops={N_LOCAL}", f"pretrain.local_size={LOCAL_SIZE}"]  # fmt: skip
-    else:
-        ov = [f"pretrain.backbone={VIT}", *(f"pretrain.backbone_kwargs.{k}={v}" for k, v in VIT_KWARGS.items()
-              if k != "img_size"), f"pretrain.decoder_dim={MAE_DECODER_DIM}",
-              f"pretrain.decoder_depth={MAE_DECODER_DEPTH}", f"pretrain.decoder_heads={MAE_DECODER_HEADS}",
-              f"pretrain.mask_ratio={MASK_RATIO}", "pretrain.norm_pix=false"]  # fmt: skip
+    ov = ours_overrides(method)
     cfg = load_config(overrides=[f"method={name}", *common_ov, *ov])
     module = get_method(name)(cfg).module
     module.train()
@@ -192,8 +198,14 @@ def _split_bn(module: torch.nn.Module, splits: int) -> torch.nn.Module:
     return module
 
 
-def build_lightly(method: str):
-    """lightly's ``method`` as its examples build it; returns ``step(views) -> loss`` and the model."""
+def build_lightly(method: str, knobs: dict | None = None, make_optimizer=None):
+    """lightly's ``method`` as its examples build it; returns ``step(views) -> loss`` and the model.
+
+    ``knobs`` (read at every step; the caller may change them between steps): ``momentum`` of the MoCo key
+    encoder / DINO teacher (default 0.999 / 0.996, the speed run's constants) and ``epoch`` (DINO's loss
+    and last-layer freezing; default 0). ``make_optimizer(params)`` replaces SGD (``LR``, ``MOMENTUM``,
+    ``WEIGHT_DECAY``); the optimizer is ``step.optimizer``, the knobs ``step.knobs``.
+    """
     import copy
 
     from lightly.loss import DINOLoss, NTXentLoss
@@ -205,6 +217,8 @@ def build_lightly(method: str):
     )
     from torch import nn
 
+    knobs = {"epoch": 0} if knobs is None else knobs
+    knobs.setdefault("epoch", 0)
     model = nn.Module()
     if method == "simclr":
         model.backbone = _cnn_backbone()
@@ -227,9 +241,10 @@ def build_lightly(method: str):
         utils.deactivate_requires_grad(model.backbone_momentum)
         utils.deactivate_requires_grad(model.projection_head_momentum)
         criterion = NTXentLoss(temperature=0.2, memory_bank_size=(QUEUE, PROJ_DIM))
-        m = 0.999
+        knobs.setdefault("momentum", 0.999)
 
         def loss_fn(views):
+            m = knobs["momentum"]
             utils.update_momentum(model.backbone, model.backbone_momentum, m=m)
             utils.update_momentum(model.projection_head, model.projection_head_momentum, m=m)
             x_query, x_key = views
@@ -251,16 +266,17 @@ def build_lightly(method: str):
         utils.deactivate_requires_grad(model.teacher_backbone)
         utils.deactivate_requires_grad(model.teacher_head)
         criterion = DINOLoss(output_dim=DINO_OUT, warmup_teacher_temp_epochs=5)
-        m = 0.996
+        knobs.setdefault("momentum", 0.996)
 
         def loss_fn(views):
+            m = knobs["momentum"]
             utils.update_momentum(model.student_backbone, model.teacher_backbone, m=m)
             utils.update_momentum(model.student_head, model.teacher_head, m=m)
             teacher_out = [
                 model.teacher_head(model.teacher_backbone(v).flatten(start_dim=1)) for v in views[:2]
             ]
             student_out = [model.student_head(model.student_backbone(v).flatten(start_dim=1)) for v in views]
-            return criterion(teacher_out, student_out, epoch=0)
+            return criterion(teacher_out, student_out, epoch=knobs["epoch"])
 
     elif method == "mae":
         import timm
@@ -300,18 +316,24 @@ def build_lightly(method: str):
         raise ValueError(method)
 
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    if make_optimizer is None:
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    else:
+        opt = make_optimizer(model.parameters())
     student_head = getattr(model, "student_head", None)
 
     def step(views: list[torch.Tensor]) -> torch.Tensor:
         loss = loss_fn(views)
         loss.backward()
         if student_head is not None:
-            student_head.cancel_last_layer_gradients(current_epoch=0)  # none cancelled: freeze_last_layer=0
+            student_head.cancel_last_layer_gradients(
+                current_epoch=knobs["epoch"]
+            )  # freeze_last_layer=0: none
         opt.step()
         opt.zero_grad()
         return loss.detach()
 
+    step.optimizer, step.knobs = opt, knobs
     return step, model
 
 

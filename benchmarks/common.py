@@ -46,3 +46,28 @@ def write_results(name: str, table: str, data: dict, command: str) -> Path:
         json.dumps({"machine": machine(), "command": command, **data}, indent=2)
     )
     return md
+
+
+def cached_result(path: Path, spec: dict, settings: tuple[str, ...], compute) -> dict:
+    """The result stored at ``path`` when it was made with the same ``settings`` keys of ``spec``; else
+    ``compute()``, stored there atomically (a long benchmark stopped part-way goes on where it was)."""
+    if path.exists():
+        done = json.loads(path.read_text())
+        if all(done.get(k) == spec.get(k) for k in settings):
+            return done
+    result = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def mean_sd(values: list[float]) -> str:
+    """``mean ± sample standard deviation`` (3 decimals), ``x (1 seed)`` for one value, ``–`` for none."""
+    import statistics
+
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
