@@ -225,3 +225,33 @@ def test_embedding_encoder_dim_is_the_width_of_its_output(name: str) -> None:
         out = encoder(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, encoder.dim)
     assert EmbeddingEncoder.probe(name, **kwargs).dim == encoder.dim
+
+
+def test_split_batch_norm_keeps_the_activation_of_timm_batch_norm_act_layers() -> None:
+    # MobileNetV4's 46 BatchNormAct2d layers carry its ReLUs: replacing them by plain split BN made the
+    # network linear, and MoCo collapsed on it.
+    import copy
+
+    from timm.layers import BatchNormAct2d
+
+    from anydistill.models.split_bn import SplitBatchNorm2d, SplitBatchNormAct2d, convert_split_bn
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv4_conv_small", num_classes=0).eval()
+    split = convert_split_bn(copy.deepcopy(model), 4).eval()
+    assert not any(isinstance(m, BatchNormAct2d) for m in split.modules())
+    assert sum(isinstance(m, SplitBatchNormAct2d) for m in split.modules()) == 46
+    assert split.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(8, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), model(x))  # eval: the same layers, activations included
+    layer = SplitBatchNormAct2d(3, 2, nn.Identity(), nn.ReLU()).train()
+    assert (layer(torch.randn(4, 3, 2, 2)) >= 0).all()  # the activation runs in training too
+
+    class Custom(nn.BatchNorm2d):  # a forward of its own: refused, not silently replaced
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    with pytest.raises(ValueError, match="'1', a Custom whose forward .*pretrain.bn_splits=1"):
+        convert_split_bn(nn.Sequential(nn.Conv2d(3, 3, 1), Custom(3)), 2)
+    assert isinstance(convert_split_bn(nn.Sequential(nn.BatchNorm2d(3)), 2)[0], SplitBatchNorm2d)

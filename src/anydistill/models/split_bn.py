@@ -10,6 +10,11 @@ average of the groups' statistics, and kept as ordinary ``(C,)`` buffers (unlike
 and loads like its plain twin. In eval mode, or when ``N`` is not divisible by ``k``, it is plain
 BatchNorm2d.
 
+timm's ``BatchNormAct2d`` (BatchNorm, then dropout and the activation, in one layer: MobileNetV3/V4,
+EfficientNet, RegNet ...) becomes a :class:`SplitBatchNormAct2d` that keeps its dropout and activation;
+any other subclass of ``BatchNorm2d`` with a forward of its own is refused rather than replaced by a
+layer that would do less.
+
 Written here: a dozen lines over ``F.batch_norm``; torch has no grouped batch norm.
 """
 
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SplitBatchNorm2d", "convert_split_bn"]
+__all__ = ["SplitBatchNorm2d", "SplitBatchNormAct2d", "convert_split_bn"]
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -53,6 +58,28 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
 
+class SplitBatchNormAct2d(SplitBatchNorm2d):
+    """:class:`SplitBatchNorm2d`, then the ``drop`` and ``act`` modules of the timm ``BatchNormAct2d`` it
+    replaces (same ``state_dict`` keys: the activation and dropout have no parameters)."""
+
+    def __init__(self, num_features: int, num_splits: int, drop: nn.Module, act: nn.Module, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(num_features, num_splits, **kwargs)
+        self.drop = drop
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def _is_batch_norm_act(layer: nn.Module) -> bool:
+    """timm's ``BatchNormAct2d`` (and subclasses that keep its forward): BatchNorm, ``drop``, ``act``."""
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return False
+    return isinstance(layer, BatchNormAct2d) and type(layer).forward is BatchNormAct2d.forward
+
+
 def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
     """Replace every ``BatchNorm2d`` of ``module`` (in place) by a :class:`SplitBatchNorm2d` with the same
     parameters and buffers; returns ``module``. ``num_splits <= 1`` leaves it unchanged."""
@@ -60,10 +87,19 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
         return module
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d) and not isinstance(child, SplitBatchNorm2d):
-            split = SplitBatchNorm2d(
-                child.num_features, num_splits, eps=child.eps, momentum=child.momentum, affine=child.affine,
-                track_running_stats=child.track_running_stats,
-            )  # fmt: skip
+            kwargs = dict(eps=child.eps, momentum=child.momentum, affine=child.affine,
+                          track_running_stats=child.track_running_stats)  # fmt: skip
+            if _is_batch_norm_act(child):
+                split: SplitBatchNorm2d = SplitBatchNormAct2d(
+                    child.num_features, num_splits, child.drop, child.act, **kwargs
+                )
+            elif type(child).forward is nn.BatchNorm2d.forward:
+                split = SplitBatchNorm2d(child.num_features, num_splits, **kwargs)
+            else:
+                raise ValueError(
+                    f"split BatchNorm cannot stand in for {name!r}, a {type(child).__name__} whose forward does "
+                    "more than BatchNorm2d's; set pretrain.bn_splits=1"
+                )
             split.load_state_dict(child.state_dict())
             split.to(device=child.weight.device if child.weight is not None else None)
             split.train(child.training)
