@@ -88,6 +88,12 @@ def _refused(argv: list[str], run_dir, capsys) -> str:
             ["data.batch_size=64", "pretrain.bn_splits=3", "data.val_fraction=0.34"],
             ["pretrain.bn_splits=3", "all 4 training images"],
         ),
+        # ... and groups of one image (BatchNorm cannot normalise one value: MobileNetV4's pooled head)
+        (
+            "moco",
+            ["data.batch_size=4", "pretrain.bn_splits=4", "data.val_fraction=0.34"],
+            ["pretrain.bn_splits=4", "groups of 1", "at least 8"],
+        ),
         # (5) a ViT patch that does not divide the crop: global crops (MAE, DINO) and DINO's local crops
         (
             "mae",

@@ -106,7 +106,8 @@ def check_split_batch(batch_size: int, train_images: int, bn_splits: int, has_ba
     """Refuse a training batch that split BatchNorm cannot split: with ``batch % bn_splits != 0``
     :class:`~anydistill.models.split_bn.SplitBatchNorm2d` falls back to whole-batch statistics, which a
     query and its key would then share (the leak split BN is there to stop). The batch is
-    ``batch_size``, or the whole training set when it is smaller (its one batch per epoch).
+    ``batch_size``, or the whole training set when it is smaller (its one batch per epoch). A group of
+    one image is refused too: BatchNorm cannot normalise one value per channel (a pooled head's).
 
     Raises:
         ConfigError: naming ``pretrain.bn_splits`` and the batch, with the ways out.
@@ -120,6 +121,12 @@ def check_split_batch(batch_size: int, train_images: int, bn_splits: int, has_ba
             f"pretrain.bn_splits={bn_splits} does not divide {what}: split BatchNorm would fall back to "
             f"whole-batch statistics, shared by a query and its key; make the batch a multiple of {bn_splits}, "
             "or set pretrain.bn_splits=1 to accept the leak"
+        )
+    if has_batch_norm and bn_splits > 1 and batch // bn_splits < 2:
+        raise ConfigError(
+            f"pretrain.bn_splits={bn_splits} splits a batch of {batch} into groups of {batch // bn_splits} "
+            "image: BatchNorm needs at least 2 per group (a pooled head, e.g. MobileNetV4's, has one value per "
+            f"image); use a batch of at least {2 * bn_splits} or fewer splits"
         )
 
 
