@@ -163,11 +163,13 @@ class _Named:
         self.num_classes, self.class_names = n, names
 
 
-def test_teacher_class_order():
+def test_teacher_class_order(capsys):
     classes = ["cat", "dog", "horse"]
     assert teacher_class_order(_Named(3), classes, "t") is None  # no names: index order
     assert teacher_class_order(_Named(3, classes), classes, "t") is None
     assert teacher_class_order(_Named(3, ["horse", "cat", "dog"]), classes, "t") == [1, 2, 0]
+    assert capsys.readouterr().err == ""
     assert teacher_class_order(_Named(3, ["x", "y", "z"]), classes, "t") is None  # warned, index order
+    assert capsys.readouterr().err.startswith("anydistill: warning: classify.teacher: t names its classes")
     with pytest.raises(ConfigError, match="my_teacher predicts 4 classes"):
         teacher_class_order(_Named(4), classes, "my_teacher")

@@ -25,7 +25,6 @@ refused before anything runs.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,10 @@ from anydistill.cache import open_cache, run_teacher_pass
 from anydistill.config import TrainConfig
 from anydistill.data.classify import ToyWorldObjects, UnlabeledImages
 from anydistill.data.classify_sets import classify_sets, classify_train_transform, write_class_folders
-from anydistill.errors import ConfigError, DataError
+from anydistill.errors import ConfigError, DataError, warn
 from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.classify import ClassifyDataModule, classify_model_name, classify_module
 from anydistill.teachers import load_teacher
-
-log = logging.getLogger(__name__)
 
 __all__ = ["WithTeacherLogits", "build_kd", "cached_logits", "teacher_class_order"]
 
@@ -69,8 +66,9 @@ class WithTeacherLogits(Dataset):
                 where, f"holds teacher logits for none of the {len(ids)} images (another folder?)"
             )
         if len(keep) < len(ids):
-            log.warning("%s: %d of %d images have no teacher logits (unreadable?): left out",
-                        where, len(ids) - len(keep), len(ids))  # fmt: skip
+            warn(
+                f"{where}: {len(ids) - len(keep)} of {len(ids)} images have no teacher logits (unreadable?): left out"
+            )
         self.base = base if len(keep) == len(ids) else Subset(base, keep)
         self.table, self.logits = table, logits
 
@@ -134,8 +132,8 @@ def teacher_class_order(teacher: Any, classes: list[str], spec: str) -> list[int
         return None
     if sorted(names) == sorted(classes):
         return [list(names).index(c) for c in classes]
-    log.warning("classify.teacher: %s names its classes %s, not the student's %s; assuming the same order",
-                spec, list(names)[:5], classes[:5])  # fmt: skip
+    warn(f"classify.teacher: {spec} names its classes {list(names)[:5]}, not the student's {classes[:5]}; "
+         "assuming the same order")  # fmt: skip
     return None
 
 

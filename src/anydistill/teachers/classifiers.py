@@ -22,7 +22,6 @@ permutation of them, and otherwise assumes index ``i`` = the student's class ``i
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from anydistill.checkpoints import read_state_dict
-from anydistill.errors import DataError
+from anydistill.errors import DataError, warn
 from anydistill.loading import load_model
 from anydistill.models.classifier import classifier_key
 from anydistill.preprocess import Preprocess
 from anydistill.teachers.base import Teacher, check_images
 from anydistill.teachers.hf_utils import from_pretrained, read_config, require_transformers, stable_config
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "AnydistillClassifierTeacher",
@@ -244,9 +241,7 @@ def _hf_preprocess(folder: Path, config: dict[str, Any], multiple: int, image_si
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         size = image_size or config.get("image_size")
-        log.warning(
-            "%s has no preprocessor_config.json; ImageNet mean/std at %s px", folder, size or "its own"
-        )
+        warn(f"{folder} has no preprocessor_config.json; ImageNet mean/std at {size or 'its own'} px")
         if not size:
             return _own_size(multiple, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         return _fixed_size(int(size), multiple, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
