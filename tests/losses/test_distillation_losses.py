@@ -249,7 +249,7 @@ def test_kd_module_combines_hard_and_soft_terms() -> None:
     t = torch.randn(6, 5, generator=g)
     y = torch.randint(0, 5, (6,), generator=g)
     module = KnowledgeDistillationLoss(temperature=3.0, alpha=0.3)
-    expected = 0.3 * F.cross_entropy(s, y) + 0.7 * 9.0 * F.kl_div(
+    expected = 0.7 * F.cross_entropy(s, y) + 0.3 * 9.0 * F.kl_div(
         F.log_softmax(s / 3, 1), F.softmax(t / 3, 1), reduction="batchmean"
     )
     torch.testing.assert_close(module(s, t, y), expected)
@@ -259,7 +259,7 @@ def test_kd_module_combines_hard_and_soft_terms() -> None:
     t = torch.randn(2, 4, 3, 3, generator=g)
     y = torch.randint(0, 4, (2, 3, 3), generator=g)
     y[0, 0] = 255
-    expected = 0.3 * F.cross_entropy(s, y, ignore_index=255) + 0.7 * kd_loss(s, t, 3.0)
+    expected = 0.7 * F.cross_entropy(s, y, ignore_index=255) + 0.3 * kd_loss(s, t, 3.0)
     torch.testing.assert_close(module(s, t, y), expected)
 
 

@@ -118,7 +118,7 @@ def test_kd_module_passes_valid_teacher_probs_and_ignore_index() -> None:
     )
     y = torch.randint(0, 4, (2, 3, 3), generator=g)
     y[0, 0] = -1  # ignored by this module's ignore_index, not by the default 255
-    expected = 0.25 * F.cross_entropy(s, y, ignore_index=-1) + 0.75 * kd_loss(s, t, 2.0)
+    expected = 0.75 * F.cross_entropy(s, y, ignore_index=-1) + 0.25 * kd_loss(s, t, 2.0)
     torch.testing.assert_close(module(s, t, y), expected)
 
 

@@ -85,7 +85,10 @@ def kd_loss(
 
 
 class KnowledgeDistillationLoss(nn.Module):
-    """Hinton et al. [1] distillation: ``α · CE(z_s, y) + (1 − α) · T² · KL(p_t ‖ p_s)``.
+    """Hinton et al. [1] distillation: ``α · T² · KL(p_t ‖ p_s) + (1 − α) · CE(z_s, y)``.
+
+    ``α`` weights the soft term, as ``classify.alpha`` and
+    :class:`~anydistill.losses.classify_kd.ClassificationKDLoss` (Hinton: most weight on the soft targets).
 
     The hard-label cross-entropy (temperature 1, pixels/samples equal to ``ignore_index`` skipped) is
     added only when ``labels`` are given; otherwise the loss is :func:`kd_loss` alone.
@@ -95,7 +98,7 @@ class KnowledgeDistillationLoss(nn.Module):
 
     Args:
         temperature: ``T`` of the soft targets.
-        alpha: weight ``α`` in ``[0, 1]`` of the hard-label term.
+        alpha: weight ``α`` in ``[0, 1]`` of the soft (distillation) term; ``1 − α`` goes to the labels.
         ignore_index: label id that the cross-entropy skips.
     """
 
@@ -124,7 +127,7 @@ class KnowledgeDistillationLoss(nn.Module):
         if labels is None:
             return soft
         hard = cross_entropy(_upcast(student_logits), labels, ignore_index=self.ignore_index)
-        return self.alpha * hard + (1.0 - self.alpha) * soft
+        return self.alpha * soft + (1.0 - self.alpha) * hard
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, alpha={self.alpha}, ignore_index={self.ignore_index}"
