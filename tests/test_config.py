@@ -181,11 +181,12 @@ def test_every_shipped_config_loads_and_names_a_method(path: Path):
     from anydistill.training import resolve_method
 
     cfg = load_config(path)
-    verb = "distill" if path.stem.startswith("distill") else "train"
+    verb = next((v for v in ("distill", "pretrain") if path.stem.startswith(v)), "train")
     resolved = resolve_method(cfg, verb)
     method = get_method(resolved.method)
     assert method.tasks is None or cfg.task in method.tasks
-    assert cfg.method is None  # the files name no method: the verb's default, as before
+    # the files name no method (the verb's default), except pre-training ones, which name theirs
+    assert (cfg.method is None) != (verb == "pretrain")
 
 
 @pytest.mark.parametrize(
