@@ -241,3 +241,29 @@ def test_a_vit_crop_must_be_a_multiple_of_its_patch(colours, capsys) -> None:
         assert "patch size 16" in err and "use 16" in err
     # a timm ViT runs at any multiple of its patch (its position embeddings interpolated), not just 160
     assert main([*base, "--protocol", "knn", "--size", "32"]) == 0
+
+
+def test_an_earlier_best_holdout_score_is_the_model_handed_back(colours, weights, monkeypatch) -> None:
+    """When the first hold-out evaluation is the best, its weights (not the last step's) are returned and
+    scored on the test split (a missing reload of the best weights passed the test above: its best step
+    was the last)."""
+    from anydistill.eval import finetune as ft
+
+    real, calls = ft._logits, []
+
+    def scripted(model, loader, device):
+        scores, labels = real(model, loader, device)
+        calls.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if len(calls) <= QUICK.evals:  # the hold-out evaluations: only the first is right
+            right = torch.nn.functional.one_hot(labels, scores.shape[1]).float()
+            scores = right * 10 if len(calls) == 1 else (1 - right) * 10
+        return scores, labels
+
+    monkeypatch.setattr(ft, "_logits", scripted)
+    train, test = colours
+    result = finetune_backbone(f"timm:test_resnet@{weights}", train, test, QUICK, image_size=SIZE)
+    assert result.metrics["best_step"] == 10 and len(calls) == QUICK.evals + 1
+    first, scored = calls[0], calls[-1]  # the state at step 10, the state the test split saw
+    assert all(torch.equal(first[k], scored[k]) for k in first)
+    assert all(torch.equal(first[k], v) for k, v in result.model.state_dict().items())
+    assert not all(torch.equal(first[k], calls[-2][k]) for k in first)  # the last step's differed

@@ -98,6 +98,27 @@ def test_transformers_teacher_matches_the_model_on_its_processors_input(tmp_path
     assert teacher.predict(torch.rand(1, 3, 48, 40)).shape == (1, 3)
 
 
+@pytest.mark.parametrize(
+    ("processor", "words"),
+    [
+        ("DeiTImageProcessor", "centre crop"),  # resize 40, crop 32 (DeiT's 256 / 224): crashed at predict
+        ("ConvNextImageProcessor", "crop_pct"),  # microsoft/resnet-50's processor: logits silently off
+        ("MobileViTImageProcessor", "BGR"),
+    ],
+)
+def test_transformers_processors_with_steps_we_do_not_reproduce_are_refused(tmp_path, processor, words):
+    transformers = pytest.importorskip("transformers")
+    _save_vit(tmp_path / "vit", processor=False)
+    kwargs = {
+        "DeiTImageProcessor": dict(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32}),
+        "ConvNextImageProcessor": dict(size={"shortest_edge": 32}, crop_pct=0.875),
+        "MobileViTImageProcessor": dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    }[processor]
+    getattr(transformers, processor)(**kwargs).save_pretrained(tmp_path / "vit")
+    with pytest.raises(DataError, match=f"preprocessor_config.json: {processor} uses .*{words}"):
+        load_teacher(tmp_path / "vit")
+
+
 def test_transformers_resnet_classifier_without_processor(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=4)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from anydistill.config import DataConfig, ModelConfig, PretrainConfig, TrainConfig
 from anydistill.data.classify import ToyWorldObjects
@@ -75,6 +78,14 @@ def write_objects(root: Path, count: int, size: int, seed: int) -> Path:
     objects = ToyWorldObjects("wide", size, count, seed=seed)
     describe = {"toyworld_objects": "wide", "count": count, "size": size, "seed": seed}
     return write_class_folders(objects, objects.classes, root, describe)
+
+
+def _seeded(fn: Any, *args: Any, seed: int = 0, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with torch's CPU generator seeded (the random-initialisation baseline is the
+    same in every run, whatever ran before it), the caller's generator state restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn(*args, **kwargs)
 
 
 def _pretrain_config(out: Path, budget: PretrainDemoBudget) -> TrainConfig:
@@ -140,7 +151,7 @@ def run_pretrain_demo(out: Path, quick: bool = False, budget: PretrainDemoBudget
         args = dict(train_data=objects / "bank", test_data=objects / "test", image_size=budget.object_size)
         knn = {
             "pre-trained (MoCo v2)": evaluate_frozen(pre.best_checkpoint, **args),
-            "random initialisation": evaluate_frozen(f"timm:{BACKBONE}@random", **args),
+            "random initialisation": _seeded(evaluate_frozen, f"timm:{BACKBONE}@random", **args),
         }
 
     with steps.step("students", f"training the depth student twice, {budget.student_steps} steps each"):

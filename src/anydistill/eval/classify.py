@@ -83,7 +83,7 @@ def evaluate_classifier(
     out_json: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """``{"top1", "top5" (K >= 5), "loss" (mean cross-entropy), "images"}`` of a classifier on ``data``.
+    """``{"top1", "top5" (K > 5: with 5 classes it is always 1), "loss" (mean cross-entropy), "images"}`` of a classifier on ``data``.
 
     Raises:
         ConfigError: ``count``, ``image_size`` or ``batch_size`` below 1, ``seed`` below 0.
@@ -105,7 +105,7 @@ def evaluate_classifier(
         logits.append(loaded.model(spec.normalize(image)).float().cpu())  # (B, K)
         labels.append(batch["label"])
     scores, targets = torch.cat(logits), torch.cat(labels)  # (M, K), (M,)
-    ks = (1, 5) if scores.shape[1] >= 5 else (1,)
+    ks = (1, 5) if scores.shape[1] > 5 else (1,)
     metrics = {k: float(v) for k, v in topk_accuracy(scores, targets, ks).items()}
     metrics["loss"] = float(F.cross_entropy(scores, targets))
     metrics["images"] = float(len(targets))

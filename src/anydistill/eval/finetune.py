@@ -122,6 +122,12 @@ class FinetuneSettings:
                 raise ConfigError(f"{name}: must be {allowed}, got {getattr(self, name)!r}")
 
 
+def seeded_devices() -> list[int]:
+    """Every CUDA device: ``torch.manual_seed`` seeds them all, so :func:`torch.random.fork_rng` must restore
+    them all to leave the caller's random state as it was (not only the device in use)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
 def holdout_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Stratified ``(fit, holdout)`` indices of ``labels``: of each class of ``n_c`` images,
     ``min(n_c − 1, max(1, round(fraction · n_c)))`` drawn at random (a generator seeded with ``seed``) are
@@ -232,7 +238,7 @@ def _logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple
 
 
 def _ranks(num_classes: int) -> tuple[int, ...]:
-    return (1, 5) if num_classes >= 5 else (1,)
+    return (1, 5) if num_classes > 5 else (1,)  # with 5 classes top-5 is always 1
 
 
 def finetune(
@@ -277,8 +283,7 @@ def finetune(
         raise ValueError(f"need >= 2 fit images and non-empty hold-out and test sets, got {n_fit}, "
                          f"{len(holdout)}, {len(test)}")  # type: ignore[arg-type]  # fmt: skip
     dev = torch.device(device)
-    fork = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork):
+    with torch.random.fork_rng(devices=seeded_devices()):
         torch.manual_seed(s.seed)
         model = FinetuneClassifier(encoder, dim, num_classes).to(dev).requires_grad_(True)
         batch_size = min(s.batch_size, n_fit)

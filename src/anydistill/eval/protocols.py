@@ -37,7 +37,14 @@ from anydistill.checkpoints import MODEL_RECORD_KEY, detect_kind, read_checkpoin
 from anydistill.data.classify import ClassFolderDataset
 from anydistill.errors import ConfigError, DataError
 from anydistill.eval.features import extract_features, knn_accuracy, linear_probe
-from anydistill.eval.finetune import FinetuneResult, FinetuneSettings, TrainCrops, finetune, holdout_split
+from anydistill.eval.finetune import (
+    FinetuneResult,
+    FinetuneSettings,
+    TrainCrops,
+    finetune,
+    holdout_split,
+    seeded_devices,
+)
 from anydistill.loading import resolve_device
 from anydistill.models.ssl_heads import EmbeddingEncoder
 
@@ -236,8 +243,8 @@ def finetune_backbone(
     s = settings or FinetuneSettings()
     s.check()
     _check_positive(image_size=image_size)
-    dev = resolve_device(device)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+    resolve_device(device)  # a bad device name fails here, before anything is loaded
+    with torch.random.fork_rng(devices=seeded_devices()):
         torch.manual_seed(s.seed)  # a timm:<name>@random backbone's initialisation too; restored after
         frozen = load_embedding(spec, device)
     size = _image_size(frozen, image_size)

@@ -10,7 +10,7 @@ One training step of :class:`ClassifyModule` (``B`` labeled images, ``B_u`` unla
 
 1. soft targets ``q = softmax(z_t / T)`` from the cached teacher logits ``z_t (B, K)``, labels as
    one-hot ``y (B, K)``;
-2. CutMix with probability ``classify.cutmix_p`` per image (partner: the next image of the batch): the
+2. CutMix with probability ``classify.cutmix_p`` per image (partner: the previous image of the batch, ``roll(1)``): the
    pasted box's area fraction ``λ`` mixes ``q`` and ``y`` as it mixes the pixels;
 3. labeled and unlabeled images go through the student in one batch ``(B + B_u, 3, S, S)`` → ``(B + B_u, K)``;
 4. ``L = [α · T² · KL(q ‖ p_T) + (1 − α) · CE(z, ỹ)]_labeled + w_u · [T² · KL(q ‖ p_T)]_unlabeled``
@@ -115,7 +115,7 @@ class ClassifyModule(L.LightningModule):
         self.unlabeled_weight = unlabeled_weight
         self.cutmix = CutMix(p=cutmix_p, area=CUTMIX_AREA) if cutmix_p > 0 else None
         self.val_top1 = MulticlassAccuracy(num_classes=self.num_classes, top_k=1, average="micro")
-        self.top5 = self.num_classes >= 5
+        self.top5 = self.num_classes > 5  # with 5 classes top-5 is always 1
         self.val_top5 = MulticlassAccuracy(
             num_classes=self.num_classes, top_k=min(5, self.num_classes), average="micro"
         )

@@ -36,6 +36,7 @@ from anydistill.cache import open_cache, run_teacher_pass
 from anydistill.config import TrainConfig
 from anydistill.data.classify import ToyWorldObjects, UnlabeledImages
 from anydistill.data.classify_sets import classify_sets, classify_train_transform, write_class_folders
+from anydistill.data.folder_index import LABEL_DIRS
 from anydistill.errors import ConfigError, DataError, warn
 from anydistill.methods.base import MethodRun, register_method
 from anydistill.methods.classify import ClassifyDataModule, classify_model_name, classify_module
@@ -159,10 +160,20 @@ def build_kd(cfg: TrainConfig) -> MethodRun:
     folder = _toyworld_train_folder(cfg) if cfg.data.source == "toyworld" else None
     sets = classify_sets(cfg.data, train_root=folder)
     assert sets.train_root is not None
-    if (sets.train_root / "images").is_dir():
+    # The teacher pass reads a folder as the user folder format: "images/" is the image folder, and label
+    # folders ("depth/", "semantic/", "instances/") are skipped, so a class of one of those names would be
+    # misread. (An unlabeled folder may be in that format: then its images/ is what is read.)
+    root, clash = (
+        sets.train_root,
+        [n for n in ("images", *LABEL_DIRS.values()) if (sets.train_root / n).is_dir()],
+    )
+    unlabeled = Path(c.unlabeled_root) if c.unlabeled_root else None
+    if not clash and unlabeled is not None and not (unlabeled / "images").is_dir():
+        root, clash = unlabeled, [n for n in LABEL_DIRS.values() if (unlabeled / n).is_dir()]
+    if clash:
         raise ConfigError(
-            f"data.train_root: {sets.train_root} has a class folder named 'images', which the teacher pass "
-            "reads as the whole image folder; rename it"
+            f"{root} has a class folder named {clash[0]!r}, which the teacher pass reads as part of the user "
+            "folder format (images/, depth/, semantic/, instances/); rename it"
         )
     teacher = load_teacher(c.teacher, task="classify")
     order = teacher_class_order(teacher, sets.classes, c.teacher)

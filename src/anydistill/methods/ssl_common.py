@@ -213,7 +213,7 @@ class SelfSupervisedModule(L.LightningModule):
             bank_f, bank_y, query_f, num_classes, k=min(self.pretrain_cfg.knn_k, bank_f.shape[0]),
             temperature=self.pretrain_cfg.knn_temperature,
         )  # fmt: skip
-        acc = topk_accuracy(scores, query_y, ks=(1, 5) if num_classes >= 5 else (1,))
+        acc = topk_accuracy(scores, query_y, ks=(1, 5) if num_classes > 5 else (1,))
         self.log_dict({f"val/knn_{k}": float(v) for k, v in acc.items()}, rank_zero_only=True)
         self.log("knn", float(acc["top1"]), prog_bar=True, logger=False, rank_zero_only=True)
 

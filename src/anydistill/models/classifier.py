@@ -39,6 +39,18 @@ def classifier_key(model: nn.Module) -> str:
     return str(key[0] if isinstance(key, list | tuple) else key)
 
 
+def _create(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """``timm.create_model``; a patch model (ViT, DeiT, ...) given no ``img_size`` is built with
+    ``dynamic_img_size`` (position embeddings interpolated), so it runs at the data's size (e.g. 32² CIFAR
+    images, not its 224²) instead of failing at the first step."""
+    if "img_size" not in kwargs and "dynamic_img_size" not in kwargs:
+        try:
+            return timm.create_model(name, num_classes=num_classes, dynamic_img_size=True, **kwargs)
+        except TypeError:  # a model without the option (CNNs): built as it is
+            pass
+    return timm.create_model(name, num_classes=num_classes, **kwargs)
+
+
 class TimmClassifier(nn.Module):
     """A timm classifier with its normalisation: ``x (B, 3, S, S)`` normalised → logits ``(B, K)``.
 
@@ -74,7 +86,7 @@ class TimmClassifier(nn.Module):
         self.num_classes = num_classes
         self.timm_kwargs = dict(backbone_kwargs or {})
         try:
-            self.model: nn.Module = timm.create_model(backbone, num_classes=num_classes, **self.timm_kwargs)
+            self.model: nn.Module = _create(backbone, num_classes, self.timm_kwargs)
         except (RuntimeError, TypeError) as exc:  # timm: "Unknown model (...)", a bad keyword
             raise ConfigError(f"model.name={backbone!r}: {str(exc).splitlines()[0]}") from None
         cfg = getattr(self.model, "pretrained_cfg", None) or {}

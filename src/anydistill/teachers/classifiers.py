@@ -12,7 +12,9 @@ Three adapters, each owning its pre-processing (a :class:`~anydistill.preprocess
   (``AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)``), with its image
   processor's size, resample filter and normalisation (``preprocessor_config.json``; without one, the
   config's ``image_size`` and ImageNet's statistics). A ``{"shortest_edge": S}`` processor resizes to
-  ``S x S`` here (no centre crop), exact for square images.
+  ``S x S`` here, exact for square images. Processors with steps this adapter does not reproduce (a
+  centre crop to another size than the resize, ConvNeXt's ``crop_pct``, MobileViT's BGR order) are
+  refused with a message, not run without them.
 
 Class order: logit ``i`` is the teacher's class ``i``. ``class_names`` holds the teacher's own names when it
 has them (the checkpoint's class table, the config's ``id2label`` unless it is the generic ``LABEL_i``),
@@ -251,6 +253,21 @@ def _hf_preprocess(folder: Path, config: dict[str, Any], multiple: int, image_si
     except Exception as exc:  # noqa: BLE001 - a broken user file
         raise DataError(path, f"cannot be read: {exc}") from None
     size = dict(getattr(proc, "size", None) or {})
+    # Steps this adapter does not reproduce: refused by name rather than run without them (wrong logits).
+    crop = dict(getattr(proc, "crop_size", None) or {})
+    unsupported = []
+    if getattr(proc, "do_center_crop", False) and crop and crop != size:
+        unsupported.append(f"a centre crop to {crop} after resizing to {size}")
+    crop_pct = getattr(proc, "crop_pct", None)
+    if crop_pct not in (None, 1.0) and size.get("shortest_edge", 384) < 384:  # ConvNeXt's processor
+        unsupported.append(f"crop_pct {crop_pct}")
+    if getattr(proc, "do_flip_channel_order", False):
+        unsupported.append("BGR channel order (do_flip_channel_order)")
+    if unsupported:
+        raise DataError(
+            path, f"{type(proc).__name__} uses {' and '.join(unsupported)}, which the classify teacher does "
+            "not reproduce yet; export the model's processor as a plain resize (size = crop size) to use it",
+        )  # fmt: skip
     if image_size:
         side = int(image_size)
     elif size.get("height") and size.get("width"):
