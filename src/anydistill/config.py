@@ -167,7 +167,10 @@ class ClassifyConfig:
     given; labeled images learn ``alpha · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T)) + (1 − alpha) · CE``
     with ``T = temperature``, unlabeled ones the KD term alone (weight ``distill.unlabeled_weight``,
     batches ``distill.unlabeled_ratio`` times larger). ``cutmix_p``: probability of CutMix per image
-    (soft targets and labels mixed by area; 0 = off).
+    (soft targets and labels mixed by area; 0 = off). ``teacher_image_size``: the side the teacher sees
+    (null: its own choice: a ``timm:`` teacher each image's own size, right for one trained at the data's
+    size; a transformers teacher its processor's; an anydistill checkpoint its recorded size). Set it for
+    a ``timm:`` teacher fine-tuned at another size, e.g. 224 for an ImageNet-size model on CIFAR.
     """
 
     teacher: str | None = None
@@ -175,6 +178,7 @@ class ClassifyConfig:
     alpha: float = 0.9
     unlabeled_root: str | None = None
     cutmix_p: float = 0.0
+    teacher_image_size: int | None = None
 
 
 @dataclass
@@ -459,6 +463,8 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
     c = cfg.classify
     if c.temperature <= 0:
         raise bad("classify.temperature", f"must be positive, got {c.temperature}")
+    if c.teacher_image_size is not None and c.teacher_image_size < 1:
+        raise bad("classify.teacher_image_size", f"must be >= 1 (or null), got {c.teacher_image_size}")
     for key in ("alpha", "cutmix_p"):
         if not 0 <= getattr(c, key) <= 1:
             raise bad(f"classify.{key}", f"must be in [0, 1], got {getattr(c, key)}")

@@ -297,3 +297,25 @@ def test_a_class_named_like_a_folder_of_the_user_format_is_one_line(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"class folder named {name!r}" in err and str(train) in err
+
+
+def test_teacher_image_size_reaches_the_teacher(folders, tmp_path, monkeypatch):
+    import anydistill.methods.kd as kd
+
+    with pytest.raises(ConfigError, match="classify.teacher_image_size"):
+        load_config(overrides=["classify.teacher_image_size=0"])
+    seen = []
+
+    def spy(spec, **kwargs):
+        seen.append(kwargs)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(kd, "load_teacher", spy)
+    for extra in ([], ["classify.teacher_image_size=224"]):
+        cfg = load_config(overrides=["task=classify", "method=kd", "classify.teacher=timm:resnet8_cifar@random",
+                                     f"run_dir={tmp_path}", "data.source=folder",
+                                     f"data.train_root={folders / 'train'}", f"data.val_root={folders / 'val'}",
+                                     *extra, *COMMON])  # fmt: skip
+        with pytest.raises(ConfigError, match="stop here"):
+            kd.build_kd(cfg)
+    assert seen == [{"task": "classify"}, {"task": "classify", "image_size": 224}]

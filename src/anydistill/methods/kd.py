@@ -175,7 +175,8 @@ def build_kd(cfg: TrainConfig) -> MethodRun:
             f"{root} has a class folder named {clash[0]!r}, which the teacher pass reads as part of the user "
             "folder format (images/, depth/, semantic/, instances/); rename it"
         )
-    teacher = load_teacher(c.teacher, task="classify")
+    size = {"image_size": c.teacher_image_size} if c.teacher_image_size else {}
+    teacher = load_teacher(c.teacher, task="classify", **size)
     order = teacher_class_order(teacher, sets.classes, c.teacher)
     teacher.spec = c.teacher  # recorded in the caches' manifests
     cache_root = Path(cfg.distill.cache or Path(cfg.run_dir) / "teacher_cache")
