@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from anydistill.data.classify_sets import SMALL_IMAGE  # the one threshold: classify training uses it too
 from anydistill.errors import ConfigError
 from anydistill.eval.features import topk_accuracy
 from anydistill.optim import WarmupCosine, param_groups
@@ -55,9 +56,6 @@ __all__ = [
     "finetune",
     "holdout_split",
 ]
-
-#: Crops of at most this side are augmented CIFAR's way (pad and crop); larger ones Inception's way.
-SMALL_IMAGE = 64
 
 
 @dataclass(frozen=True)
