@@ -18,8 +18,7 @@ import torch.nn.functional as TF
 from PIL import Image
 from tiny_students import save_tiny_depth_student
 
-import anydistill.inference as inference
-from anydistill.data import bands
+from anydistill.data import bands, prediction_files
 from anydistill.data.classes import ClassInfo
 from anydistill.data.io import read_image
 from anydistill.data.transforms import preprocess_transforms, restore_prediction, restore_prediction_bands
@@ -56,7 +55,7 @@ def semantic_ckpt(tmp_path_factory) -> Path:
 def tiny_bands(monkeypatch):
     """Bands of a few rows everywhere (resize, restore, output pictures), so every path uses many."""
     monkeypatch.setattr(bands, "BAND_ELEMENTS", 900)  # 1 row of the 700-wide images, 5 of the 52-wide one
-    monkeypatch.setattr(inference, "_WRITE_BAND_PIXELS", 700 * 7)
+    monkeypatch.setattr(prediction_files, "WRITE_BAND_PIXELS", 700 * 7)
 
 
 def _photo(height: int, width: int, seed: int) -> np.ndarray:

@@ -33,12 +33,12 @@ and rounded (clamped) there; otherwise it is resized on ``input_range`` as float
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
-
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from anydistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 RESIZE_MODES = ("long_side", "lower_bound", "long_side_multiple", "nearest_multiple", "fixed", "none")
 PAD_MODES = ("square", "multiple", "none")
@@ -217,6 +217,8 @@ class Preprocess:
     # --------------------------------------------------------------------------------- tensor ops
     def _interpolate(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """``(B, C, H, W)`` → ``(B, C, *size)`` with this spec's filter; the input itself at its size."""
+        import torch.nn.functional as F  # torch where tensors are: the spec itself imports without it (runtime/)
+
         size = (int(size[0]), int(size[1]))
         if tuple(x.shape[-2:]) == size:
             return x
@@ -266,6 +268,8 @@ class Preprocess:
         """``(..., h, w)`` → zero-padded at the bottom/right to :meth:`input_shape` (``(..., H_in, W_in)``;
         after normalisation, as segment-anything; any dtype, masks too). ``x`` itself when no padding
         is needed."""
+        import torch.nn.functional as F  # torch where tensors are: the spec itself imports without it (runtime/)
+
         h, w = x.shape[-2:]
         th, tw = self._padded_shape(h, w)
         return F.pad(x, (0, tw - w, 0, th - h)) if (th, tw) != (h, w) else x

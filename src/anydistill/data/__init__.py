@@ -1,43 +1,44 @@
-"""Datasets, readers and joint transforms (toyworld lives in ``anydistill.data.toyworld``)."""
+"""Datasets, readers and joint transforms (toyworld lives in ``anydistill.data.toyworld``).
 
-from anydistill.data.folder import FolderDataset, SkippedSample, UnlabeledImageFolder
-from anydistill.data.io import read_image
-from anydistill.data.labels import ClassEntry, ClassTable, read_classes, read_depth, read_mask
-from anydistill.data.sample_ops import ToTensorSample
-from anydistill.data.transforms import (
-    Compose,
-    PadToMultiple,
-    PadToSize,
-    RandomHorizontalFlip,
-    RandomResizedCrop,
-    Resize,
-    ResizeToMultiple,
-    collate_samples,
-    eval_transforms,
-    restore_prediction,
-    train_transforms,
-)
+The names below are loaded on first use (PEP 562), not when the package is imported: the readers
+(:mod:`anydistill.data.io`) and the prediction files (:mod:`anydistill.data.prediction_files`) need no
+torch, and the onnxruntime path (:mod:`anydistill.runtime`) imports them where torch is not installed.
+"""
 
-__all__ = [
-    "ClassEntry",
-    "ClassTable",
-    "Compose",
-    "FolderDataset",
-    "PadToMultiple",
-    "PadToSize",
-    "RandomHorizontalFlip",
-    "RandomResizedCrop",
-    "Resize",
-    "ResizeToMultiple",
-    "SkippedSample",
-    "ToTensorSample",
-    "UnlabeledImageFolder",
-    "collate_samples",
-    "eval_transforms",
-    "read_classes",
-    "read_depth",
-    "read_image",
-    "read_mask",
-    "restore_prediction",
-    "train_transforms",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name → the submodule that defines it.
+_EXPORTS = {
+    "FolderDataset": "folder",
+    "SkippedSample": "folder",
+    "UnlabeledImageFolder": "folder",
+    "read_image": "io",
+    "ClassEntry": "labels",
+    "ClassTable": "labels",
+    "read_classes": "labels",
+    "read_depth": "labels",
+    "read_mask": "labels",
+    "ToTensorSample": "sample_ops",
+    "Compose": "transforms",
+    "PadToMultiple": "transforms",
+    "PadToSize": "transforms",
+    "RandomHorizontalFlip": "transforms",
+    "RandomResizedCrop": "transforms",
+    "Resize": "transforms",
+    "ResizeToMultiple": "transforms",
+    "collate_samples": "transforms",
+    "eval_transforms": "transforms",
+    "restore_prediction": "transforms",
+    "train_transforms": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'anydistill.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"anydistill.data.{_EXPORTS[name]}"), name)
