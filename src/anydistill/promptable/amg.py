@@ -36,6 +36,7 @@ first column as upstream), ``predicted_iou``, ``point_coords`` (``[[x, y]]`` ima
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 from torchvision.ops.boxes import box_area
 
 from anydistill.promptable.amg_candidates import _Candidates, _nms
+from anydistill.promptable.batched import embed_rgb_images
 from anydistill.promptable.mask_utils import (
     _pycocotools_mask,
     batched_mask_to_box,
@@ -208,18 +210,47 @@ class AutomaticMaskGenerator:
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Mask records for an RGB image ``(H, W, 3)`` uint8, ordered as upstream (by NMS score)."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} {image.dtype}"
-            )
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise ValueError(f"image is empty: shape {image.shape}")
+        return self.generate_batch([image], batch_size=1)[0]
 
-        data = self._generate_masks(image)
+    @torch.no_grad()
+    def generate_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[list[dict[str, Any]]]:
+        """:meth:`generate` for several images: the same records for each, with the image encoder run on
+        ``batch_size`` crops at once (the crops of all the images: with ``crop_n_layers=0``, the images
+        themselves). Batching needs a predictor with ``set_embedding`` (ours); another (segment-anything's)
+        embeds one crop at a time. Memory: one embedding per crop of ``images`` is held."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        images = [_check_image(image) for image in images]
+        jobs = [  # (image, crop box, layer) for every non-empty crop
+            (i, box, layer)
+            for i, image in enumerate(images)
+            for box, layer in zip(
+                *generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio),
+                strict=True,
+            )
+            if box[2] > box[0]
+            and box[3] > box[1]  # an empty crop of a tiny image (upstream would crash on it)
+        ]
+        embedded: list[tuple[Tensor, tuple[int, int]] | None] = [None] * len(jobs)
+        model = getattr(self.predictor, "model", None)
+        if hasattr(self.predictor, "set_embedding") and model is not None and len(jobs) > 1:
+            for start in range(0, len(jobs), batch_size):
+                crops = [_crop(images[i], box) for i, box, _ in jobs[start : start + batch_size]]
+                features, sizes = embed_rgb_images(model, crops)  # (b, C, h', w')
+                for k, size in enumerate(sizes):
+                    embedded[start + k] = (features[k : k + 1], size)
+        out = []
+        for i, image in enumerate(images):
+            mine = [(box, layer, embedded[j]) for j, (owner, box, layer) in enumerate(jobs) if owner == i]
+            for j, (owner, _, _) in enumerate(jobs):
+                if owner == i:
+                    embedded[j] = None  # the image's embeddings are not needed past it
+            out.append(self._records(self._generate_masks(image, mine)))
+        return out
+
+    def _records(self, data: _Candidates) -> list[dict[str, Any]]:
         if self.min_mask_region_area > 0:
             data = self._remove_small_regions(data, max(self.box_nms_thresh, self.crop_nms_thresh))
-
         if self.output_mode == "binary_mask":
             masks = decode_rle(data.rles)  # (N, H, W) bool
             segmentations: list[Any] = list(masks)
@@ -242,28 +273,33 @@ class AutomaticMaskGenerator:
             for i in range(len(data))
         ]
 
-    def _generate_masks(self, image: np.ndarray) -> _Candidates:
+    def _generate_masks(
+        self, image: np.ndarray, crops: list[tuple[list[int], int, tuple[Tensor, tuple[int, int]] | None]]
+    ) -> _Candidates:
+        """Candidates of every crop ``(box, layer, (embedding, input size) or None: embed it here)``."""
         orig_size = (image.shape[0], image.shape[1])
-        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        parts = []
-        for crop_box, layer in zip(crop_boxes, layer_idxs, strict=True):
-            if crop_box[2] <= crop_box[0] or crop_box[3] <= crop_box[1]:
-                continue  # empty crop of a tiny image (upstream would crash on it)
-            parts.append(self._process_crop(image, crop_box, layer, orig_size))
+        parts = [self._process_crop(image, box, layer, orig_size, emb) for box, layer, emb in crops]
         data = _Candidates.cat(parts)
-        if len(crop_boxes) > 1 and len(data) > 0:
+        if self.crop_n_layers > 0 and len(data) > 0:
             # Duplicates across crops: prefer masks from smaller crops (score 1 / crop area).
             scores = 1 / box_area(data.crop_boxes)
             data = data.select(_nms(data.boxes, scores, self.crop_nms_thresh))
         return data
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], layer: int, orig_size: tuple[int, int]
+        self,
+        image: np.ndarray,
+        crop_box: list[int],
+        layer: int,
+        orig_size: tuple[int, int],
+        embedded: tuple[Tensor, tuple[int, int]] | None = None,
     ) -> _Candidates:
-        x0, y0, x1, y1 = crop_box
-        crop = image[y0:y1, x0:x1, :]
+        crop = _crop(image, crop_box)
         crop_size = (crop.shape[0], crop.shape[1])
-        self.predictor.set_image(crop)
+        if embedded is None:
+            self.predictor.set_image(crop)
+        else:
+            self.predictor.set_embedding(embedded[0], crop_size, embedded[1])  # type: ignore[attr-defined]
 
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]  # (P, 2) crop px, (x, y)
         parts = [
@@ -292,18 +328,7 @@ class AutomaticMaskGenerator:
             self.predictor.transform.apply_coords(points, crop_size), device=device
         )  # (P, 2)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)  # (P,) all foreground
-        logits, iou_preds, _ = self.predictor.predict_torch(
-            coords[:, None, :], labels[:, None], multimask_output=True, return_logits=True
-        )  # (P, 3, h, w), (P, 3)
-        m = logits.shape[1]
-        logits = logits.flatten(0, 1)  # (P*3, h, w)
-        iou_preds = iou_preds.flatten(0, 1)  # (P*3,)
-        pts = torch.as_tensor(points).repeat_interleave(m, dim=0)  # (P*3, 2), each point once per mask
-
-        keep = torch.ones(len(iou_preds), dtype=torch.bool, device=iou_preds.device)
-        if self.pred_iou_thresh > 0.0:
-            keep &= iou_preds > self.pred_iou_thresh
-        logits, iou_preds, pts = logits[keep], iou_preds[keep], pts[keep.cpu()]
+        logits, iou_preds, pts = self._decode(coords[:, None, :], labels[:, None], points)
 
         stability = calculate_stability_score(logits, self.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
@@ -337,6 +362,45 @@ class AutomaticMaskGenerator:
             crop_boxes=torch.tensor([crop_box], dtype=torch.int64).expand(len(rles), 4),
         )
 
+    def _decode(self, coords: Tensor, labels: Tensor, points: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """Decode P single-point prompts (``coords (P, 1, 2)`` input frame) into 3 masks each and keep
+        those whose predicted IoU passes ``pred_iou_thresh``.
+
+        Returns ``logits (K, H, W)`` at the crop's size, ``iou_preds (K,)`` and their points ``(K, 2)``
+        (crop px). Only the kept masks are upscaled to the crop's size: the same logits as
+        ``predict_torch(..., return_logits=True)`` filtered afterwards (as upstream does), without
+        upscaling ``3 P`` full-size maps of which the filter may drop most.
+        """
+        p = self.predictor
+        model = getattr(p, "model", None)
+        keep_fn = self._iou_keep
+        if model is None or getattr(p, "features", None) is None:  # another predictor: its own path
+            logits, iou, _ = p.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+            keep = keep_fn(iou.flatten(0, 1))  # (P*3,)
+            pts = torch.as_tensor(points).repeat_interleave(iou.shape[1], dim=0)[keep.cpu()]
+            return logits.flatten(0, 1)[keep], iou.flatten(0, 1)[keep], pts
+        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou = model.mask_decoder(
+            image_embeddings=p.features,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )  # (P, 3, h', w'), (P, 3)
+        m = iou.shape[1]
+        iou = iou.flatten(0, 1)  # (P*3,)
+        keep = keep_fn(iou)
+        pts = torch.as_tensor(points).repeat_interleave(m, dim=0)[keep.cpu()]  # (K, 2), a point per mask
+        low_res = low_res.flatten(0, 1)[keep]  # (K, h', w')
+        logits = model.postprocess_masks(low_res[:, None], p.input_size, p.original_size)[:, 0]  # (K, H, W)
+        return logits, iou[keep], pts
+
+    def _iou_keep(self, iou_preds: Tensor) -> Tensor:
+        """``(N,)`` bool: predicted IoU ``> pred_iou_thresh`` (all, when the threshold is 0)."""
+        if self.pred_iou_thresh > 0.0:
+            return iou_preds > self.pred_iou_thresh
+        return torch.ones(len(iou_preds), dtype=torch.bool, device=iou_preds.device)
+
     def _remove_small_regions(self, data: _Candidates, nms_thresh: float) -> _Candidates:
         """Fill small holes, drop small islands, then NMS preferring unchanged masks (score 1 vs 0)."""
         if len(data) == 0:
@@ -361,6 +425,20 @@ class AutomaticMaskGenerator:
             crop_boxes=data.crop_boxes,
         )
         return data.select(_nms(data.boxes, torch.tensor(unchanged), nms_thresh))
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got shape {image.shape} {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return image
+
+
+def _crop(image: np.ndarray, crop_box: list[int]) -> np.ndarray:
+    x0, y0, x1, y1 = crop_box
+    return image[y0:y1, x0:x1, :]
 
 
 def _predictor_device(predictor: Any) -> torch.device:

@@ -1,7 +1,8 @@
 """Writers for the mask records of :class:`~anydistill.promptable.amg.AutomaticMaskGenerator`.
 
 - :func:`masks_to_coco_json` / :func:`save_coco_json`: a COCO-style dict / JSON file (compressed RLE).
-- :func:`save_overlay`: the image with every mask blended in its own colour, as a PNG.
+- :func:`overlay_masks` / :func:`save_overlay`: the image with every mask blended in its own colour
+  (as an array / a PNG).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from anydistill.promptable.mask_utils import decode_rle, encode_rle
 from anydistill.viz import default_palette, overlay, save_png
 
-__all__ = ["masks_to_coco_json", "save_coco_json", "save_overlay"]
+__all__ = ["masks_to_coco_json", "overlay_masks", "save_coco_json", "save_overlay"]
 
 
 def _rle_of(segmentation: np.ndarray | dict[str, Any]) -> dict[str, Any]:
@@ -101,10 +102,15 @@ def save_coco_json(records: list[dict[str, Any]], path: str | Path, **kwargs: An
 def save_overlay(
     image: np.ndarray, records: list[dict[str, Any]], path: str | Path, alpha: float = 0.5
 ) -> Path:
-    """Write the RGB image ``(H, W, 3)`` uint8 with each mask blended in its own palette colour as a PNG.
+    """Write :func:`overlay_masks` (the image with each mask blended in its own colour) as a PNG."""
+    return save_png(overlay_masks(image, records, alpha), path)
+
+
+def overlay_masks(image: np.ndarray, records: list[dict[str, Any]], alpha: float = 0.5) -> np.ndarray:
+    """The RGB image ``(H, W, 3)`` uint8 with each record's mask blended in its own palette colour.
 
     Larger masks are painted first so smaller ones stay visible on top; pixels under no mask keep
-    the image's colour.
+    the image's colour. Records need ``segmentation`` (bool array or RLE) and ``area``.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -122,4 +128,4 @@ def save_overlay(
     palette = default_palette(256)[1:]
     colors = palette[(ids - 1) % len(palette)]  # (H, W, 3)
     blended = np.where((ids > 0)[..., None], overlay(image.astype(np.uint8), colors, alpha), image)
-    return save_png(blended.astype(np.uint8), path)
+    return blended.astype(np.uint8)

@@ -11,10 +11,22 @@ one ``(1, C, h, w)`` embedding for all its prompts, once per image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["decode_embedded", "decode_prompts", "decodes_batched", "embed_images", "prepare_images"]
+from anydistill.promptable.transforms import ResizeLongestSide
+
+__all__ = [
+    "decode_embedded",
+    "decode_prompts",
+    "decodes_batched",
+    "embed_images",
+    "embed_rgb_images",
+    "prepare_images",
+]
 
 
 def prepare_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
@@ -39,6 +51,33 @@ def prepare_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Ten
 def embed_images(model: nn.Module, images: Tensor, input_sizes: Tensor) -> Tensor:
     """Image embeddings ``(B, C, h', w')`` of :func:`prepare_images`'s output (one encoder pass)."""
     return model.image_encoder(prepare_images(model, images, input_sizes))
+
+
+@torch.no_grad()
+def embed_rgb_images(model: nn.Module, images: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Embeddings of numpy RGB images of any sizes in one image-encoder pass, each exactly as
+    :meth:`~anydistill.promptable.SamPredictor.set_image` would embed it alone (same PIL resize of the
+    long side to ``img_size``, same normalisation and bottom/right padding; only the batch differs).
+
+    Args:
+        images: ``B`` arrays ``(H_b, W_b, 3)`` uint8, RGB.
+
+    Returns:
+        ``(B, C, S/16, S/16)`` embeddings and the ``B`` resized input sizes ``(h, w)`` (before padding).
+    """
+    s = int(model.image_encoder.img_size)
+    transform = ResizeLongestSide(s)
+    batch = torch.zeros(len(images), 3, s, s, dtype=torch.uint8)  # (B, 3, S, S), valid top-left
+    sizes: list[tuple[int, int]] = []
+    for b, image in enumerate(images):
+        if getattr(model, "image_format", "RGB") != "RGB":
+            image = image[..., ::-1]
+        resized = transform.apply_image(image)  # (h, w, 3) uint8
+        h, w = resized.shape[:2]
+        batch[b, :, :h, :w] = torch.from_numpy(resized).permute(2, 0, 1)  # (3, h, w)
+        sizes.append((h, w))
+    device = next(model.parameters()).device
+    return embed_images(model, batch.to(device), torch.tensor(sizes)), sizes
 
 
 def decodes_batched(model: nn.Module) -> bool:

@@ -141,6 +141,26 @@ class SamPredictor:
         self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
         self.is_image_set = True
 
+    def set_embedding(
+        self, features: Tensor, original_size: tuple[int, int], input_size: tuple[int, int]
+    ) -> None:
+        """Take an embedding computed elsewhere (e.g. one row of
+        :func:`~anydistill.promptable.batched.embed_rgb_images`'s batch) as the current image's: what
+        :meth:`set_image` would leave, without running the image encoder.
+
+        Args:
+            features: ``(1, C, S/16, S/16)``.
+            original_size: ``(H, W)`` of the image; input_size: ``(h, w)``, its resized size before padding.
+        """
+        grid = tuple(self.model.prompt_encoder.image_embedding_size)
+        if features.ndim != 4 or features.shape[0] != 1 or tuple(features.shape[-2:]) != grid:
+            raise ValueError(f"features must be (1, C, {grid[0]}, {grid[1]}), got {tuple(features.shape)}")
+        self.reset_image()
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.features = features.to(self.device)
+        self.is_image_set = True
+
     def get_image_embedding(self) -> Tensor:
         """The current image's embedding ``(1, C, S/16, S/16)`` (1, 256, 64, 64 for SAM)."""
         if not self.is_image_set or self.features is None:

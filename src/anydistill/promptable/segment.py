@@ -24,7 +24,7 @@ from anydistill.promptable.loading import load_promptable
 from anydistill.promptable.predictor import SamPredictor
 from anydistill.viz import default_palette, overlay, save_png
 
-__all__ = ["SegmentReport", "parse_box", "parse_point", "segment"]
+__all__ = ["SegmentReport", "draw_prompts", "parse_box", "parse_point", "segment"]
 
 
 def _numbers(text: str) -> list[float]:
@@ -79,8 +79,8 @@ class SegmentReport:
         return f"{len(self.scores)} mask(s), predicted IoU {scores}{more}; wrote {', '.join(p.name for p in self.files)}"
 
 
-def _draw_prompts(image: np.ndarray, points: list[tuple[float, float, int]], box: tuple | None) -> np.ndarray:
-    """Clicks as 5×5 squares (green positive, red negative) and the box outline, in place on a copy."""
+def draw_prompts(image: np.ndarray, points: list[tuple[float, float, int]], box: tuple | None) -> np.ndarray:
+    """Clicks as small squares (green positive, red negative) and the box outline, in place on a copy."""
     out = image.copy()
     h, w = out.shape[:2]
     r = max(2, round(max(h, w) / 200))
@@ -157,7 +157,7 @@ def segment(
         report.files.append(save_png(m.astype(np.uint8) * 255, out / name))
         tint[m] = palette[k]
     shown = np.where(masks.any(0)[..., None], overlay(rgb, tint, 0.55), rgb)
-    report.files.append(save_png(_draw_prompts(shown, points, box), out / "overlay.png"))
+    report.files.append(save_png(draw_prompts(shown, points, box), out / "overlay.png"))
     report.scores = [float(s) for s in iou]
     result = {
         "image": str(image),
