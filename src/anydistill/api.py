@@ -5,6 +5,7 @@
 >>> result = api.train("configs/depth_toyworld.yaml", overrides=["trainer.max_epochs=2"])
 >>> api.evaluate(result.best_checkpoint, "toyworld:wide")
 >>> api.predict(result.best_checkpoint, "my_images/", "predictions/")
+>>> api.export_model(result.best_checkpoint, "exported/")  # ONNX graphs + export.json, checked
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from anydistill.eval.classify import (
 )
 from anydistill.eval.evaluate import evaluate as _evaluate_dense
 from anydistill.eval.protocols import evaluate_protocol
+from anydistill.export import ExportResult, export_model
 from anydistill.inference import Predictor, PredictReport, load_student, predict_folder
 from anydistill.training import TrainResult
 from anydistill.training import distill as _distill
@@ -30,12 +32,14 @@ from anydistill.training import pretrain as _pretrain
 from anydistill.training import train as _train
 
 __all__ = [
+    "ExportResult",
     "Predictor",
     "TrainConfig",
     "demo",
     "distill",
     "evaluate",
     "evaluate_backbone",
+    "export_model",
     "load_config",
     "load_student",
     "make_toyworld",

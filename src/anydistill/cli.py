@@ -16,6 +16,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from anydistill.errors import AnydistillError, ConfigError
 
@@ -197,10 +198,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"metrics written to {args.json}")
 
 
+def _runtime(args: argparse.Namespace) -> str:
+    """``torch`` or ``onnx``: ``--runtime auto`` picks onnx for an export folder (``export.json`` in it)."""
+    exported = args.checkpoint.is_dir() and (args.checkpoint / "export.json").is_file()
+    if args.runtime == "auto":
+        return "onnx" if exported else "torch"
+    if args.runtime == "onnx" and not exported:
+        raise ConfigError(
+            f"--runtime onnx: {args.checkpoint} is not an export folder (anydistill export writes one)"
+        )
+    if args.runtime == "torch" and args.checkpoint.is_dir():
+        raise ConfigError(f"--runtime torch: {args.checkpoint} is a folder; give a checkpoint file")
+    return args.runtime
+
+
 def _cmd_predict(args: argparse.Namespace) -> None:
+    _check_options(args, 1, "--batch-size", "--size", "--threads")
+    if _runtime(args) == "onnx":
+        # The deployment path: onnxruntime, numpy and Pillow only; torch is not imported (nor needed).
+        from anydistill.runtime.dense import predict_folder_onnx
+
+        if args.size is not None:
+            raise ConfigError("--size: an exported graph has a fixed input size; export again with --size")
+        report = predict_folder_onnx(
+            args.checkpoint, args.images, args.out, batch_size=args.batch_size, threads=args.threads or 0
+        )
+        print(report.summary())
+        print(f"outputs in {args.out}")
+        return
     from anydistill import api
 
-    _check_options(args, 1, "--batch-size", "--size")
     report = api.predict(
         args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size
     )
@@ -208,16 +235,42 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     print(f"outputs in {args.out}")
 
 
-def _cmd_segment(args: argparse.Namespace) -> None:
-    from anydistill.promptable.segment import parse_box, parse_point, segment
+def _cmd_export(args: argparse.Namespace) -> None:
+    from anydistill.export import export_model
 
-    _check_options(args, 1, "--points-per-side")
+    _check_options(args, 1, "--size")
+    precision = "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
+    result = export_model(
+        args.checkpoint, args.out, format=args.format, dynamic=args.dynamic, opset=args.opset,
+        precision=precision, size=args.size,
+        decoder_masks="best" if args.return_single_mask else args.decoder_masks,
+    )  # fmt: skip
+    print(result.summary())
+
+
+def _cmd_segment(args: argparse.Namespace) -> None:
+    from anydistill.promptable.prompt_results import parse_box, parse_point
+
+    _check_options(args, 1, "--points-per-side", "--points-per-batch", "--batch-size", "--threads")
+    if _runtime(args) == "onnx":
+        _segment_onnx(args, parse_point, parse_box)
+        return
+    from anydistill.promptable.segment import segment
+
+    auto = None
+    if args.auto:
+        auto = {"points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch}
+        auto.update(pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_thresh)
+    if args.images is not None:
+        _segment_folder(args, auto)
+        return
+    if args.prompts is not None:
+        raise ConfigError("--prompts FILE goes with --images DIR; for one --image give --point/--box")
     try:
         points = [parse_point(p) for p in args.point]
         box = parse_box(args.box) if args.box else None
     except ValueError as exc:
         raise AnydistillError(str(exc)) from None
-    auto = {"points_per_side": args.points_per_side} if args.auto else None
     try:
         report = segment(
             args.checkpoint,
@@ -234,6 +287,64 @@ def _cmd_segment(args: argparse.Namespace) -> None:
         raise AnydistillError(str(exc)) from None
     print(report.summary())
     print(f"outputs in {args.out}")
+
+
+def _segment_onnx(args: argparse.Namespace, parse_point: Any, parse_box: Any) -> None:
+    """``segment --runtime onnx``: one image, clicks and a box, on onnxruntime; torch is not imported."""
+    from anydistill.runtime.segment import segment_onnx
+
+    if args.images is not None or args.auto:
+        raise ConfigError(
+            "--runtime onnx segments one --image from --point/--box; --images and --auto need torch"
+        )
+    try:
+        points = [parse_point(p) for p in args.point]
+        box = parse_box(args.box) if args.box else None
+        report = segment_onnx(
+            args.checkpoint, args.image, args.out, points, box, args.multimask, args.threads or 0
+        )
+    except ValueError as exc:
+        raise AnydistillError(str(exc)) from None
+    print(report.summary())
+    print(f"outputs in {args.out}")
+
+
+def _segment_folder(args: argparse.Namespace, auto: dict | None) -> None:
+    from anydistill.promptable.segment_folder import segment_folder
+
+    if args.point or args.box:
+        raise ConfigError(
+            "--point/--box are for one --image; for --images DIR put the prompts in --prompts FILE"
+        )
+    try:
+        report = segment_folder(
+            args.checkpoint,
+            args.images,
+            args.out,
+            prompts=args.prompts,
+            auto=args.auto,
+            coco_prompt=args.coco_prompt,
+            batch_size=args.batch_size,
+            overlays=args.overlays,
+            auto_kwargs=auto,
+            device=args.device,
+        )
+    except ValueError as exc:  # a bad --auto setting (AutomaticMaskGenerator's checks): one line
+        raise AnydistillError(str(exc)) from None
+    print(report.summary())
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    _check_options(args, 1, "--max-upload-mb", "--max-side", "--cache-images")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port: must be 0 (any free port) to 65535, got {args.port}")
+    # FastAPI and uvicorn are the optional [serve] extra: importing serve says so in one line if absent.
+    from anydistill.serve import ServeLimits, serve
+
+    limits = ServeLimits(
+        max_upload_bytes=args.max_upload_mb * 2**20, max_side=args.max_side, cache_images=args.cache_images
+    )
+    serve(args.checkpoint, host=args.host, port=args.port, limits=limits, device=args.device)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -262,6 +373,21 @@ def _cmd_methods(args: argparse.Namespace) -> None:
         tasks = ", ".join(method.tasks) if method.tasks else "any"
         default = f"; default of {' / '.join(method.verbs)}" if method.verbs else ""
         print(f"{name:14s} {method.summary} (task: {tasks}{default})")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from anydistill.bench.run import BenchSettings, markdown, run_bench
+
+    _check_options(args, 1, "--batch", "--rounds", "--threads", "--size", "--count")
+    settings = BenchSettings(
+        backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+        batch=args.batch, rounds=args.rounds, warmup=args.warmup, threads=args.threads, size=args.size,
+        data=args.data, quality_count=args.count,
+    )  # fmt: skip
+    result = run_bench(args.models, args.out, settings)
+    print(markdown(result), end="")
+    picture = f", {args.out / result['pareto_png']}" if result["pareto_png"] else ""
+    print(f"wrote {args.out / 'bench.md'}, {args.out / 'bench.json'}{picture}")
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
@@ -433,28 +559,123 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="predict every image of a folder")
-    pr.add_argument("--checkpoint", required=True, type=Path)
+    pr.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint, or an export folder")
     pr.add_argument("--images", required=True, type=Path)
     pr.add_argument("--out", required=True, type=Path)
     pr.add_argument("--batch-size", type=int, default=8)
     pr.add_argument("--size", type=int, default=None)
+    pr.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="onnx: run an export folder with onnxruntime, without torch (auto: onnx for an export folder)",
+    )
+    pr.add_argument("--threads", type=int, default=None, help="--runtime onnx: intra-op threads")
     pr.set_defaults(func=_cmd_predict)
 
-    seg = sub.add_parser("segment", help="masks for one image from clicks/boxes (or --auto: every object)")
+    exp = sub.add_parser(
+        "export", help="export a depth/semantic/promptable model to ONNX, checked against PyTorch"
+    )
+    exp.add_argument(
+        "--checkpoint", required=True, type=Path, help="anydistill .ckpt or segment-anything .pth"
+    )
+    exp.add_argument("--out", required=True, type=Path, help="a new or empty folder, or an earlier export")
+    exp.add_argument("--format", default="onnx", help="onnx (the only one)")
+    exp.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="depth/semantic: free batch (and height/width if the model allows)",
+    )
+    exp.add_argument("--opset", type=int, default=17, help="ONNX opset, 14..20")
+    precision = exp.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="float16 weights (inputs/outputs float32)")
+    precision.add_argument("--int8", action="store_true", help="int8 weights (onnxruntime quantisation)")
+    exp.add_argument("--size", type=int, default=None, help="depth/semantic input side (default: the ckpt's)")
+    exp.add_argument(
+        "--decoder-masks",
+        choices=("multimask", "single", "best", "all"),
+        default="all",
+        help="promptable: the decoder's masks: all 4 (default, as segment-anything's export; a runtime takes "
+        "the 3 of an ambiguous prompt or the single mask), only the 3, only the single-mask output, or the "
+        "best one as segment-anything's --return-single-mask",
+    )
+    exp.add_argument(
+        "--return-single-mask",
+        action="store_true",
+        help="promptable: segment-anything's name for --decoder-masks best",
+    )
+    exp.set_defaults(func=_cmd_export)
+
+    seg = sub.add_parser(
+        "segment",
+        help="masks for one image from clicks/boxes, or for a folder from a prompts/COCO file (or --auto: every object)",
+    )
     seg.add_argument(
         "--checkpoint", required=True, type=Path, help="segment-anything .pth or anydistill .ckpt"
     )
-    seg.add_argument("--image", required=True, type=Path)
+    where = seg.add_mutually_exclusive_group(required=True)
+    where.add_argument("--image", type=Path, help="one image (prompts: --point/--box, or --auto)")
+    where.add_argument(
+        "--images", type=Path, help="a folder: one COCO RLE results JSON from --prompts FILE or --auto"
+    )
+    seg.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="--images: a prompts JSON {image: {points: [[x,y,label]...], boxes: [[x0,y0,x1,y1]...]}} or a COCO file",
+    )
+    seg.add_argument(
+        "--coco-prompt",
+        choices=("box", "point", "both"),
+        default="box",
+        help="--prompts with a COCO file: prompt with each bbox, its centre, or both (default box)",
+    )
+    seg.add_argument("--batch-size", type=int, default=4, help="--images: images per image-encoder pass")
+    seg.add_argument("--overlays", action="store_true", help="--images: also write overlays/<image>.png")
     seg.add_argument(
         "--point", action="append", default=[], help="X,Y (positive) or X,Y,0 (negative); repeat"
     )
     seg.add_argument("--box", default=None, help="X0,Y0,X1,Y1 in image pixels")
     seg.add_argument("--auto", action="store_true", help="automatic masks for every object (point grid)")
     seg.add_argument("--points-per-side", type=int, default=32, help="--auto: grid of points (SAM: 32)")
+    seg.add_argument("--points-per-batch", type=int, default=64, help="--auto: grid points per decoder pass")
+    seg.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.88,
+        help="--auto: keep masks of higher predicted IoU (0: all)",
+    )
+    seg.add_argument(
+        "--stability-thresh",
+        type=float,
+        default=0.95,
+        help="--auto: keep masks at least this stable (0: all)",
+    )
     seg.add_argument("--multimask", action="store_true", help="write all 3 masks of an ambiguous prompt")
     seg.add_argument("--out", type=Path, default=Path("segment_out"))
     seg.add_argument("--device", default="cpu")
+    seg.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="onnx: an export folder on onnxruntime, without torch (auto: onnx for an export folder)",
+    )
+    seg.add_argument("--threads", type=int, default=None, help="--runtime onnx: intra-op threads")
     seg.set_defaults(func=_cmd_segment)
+
+    srv = sub.add_parser("serve", help="a local web demo of a model: upload an image, see its predictions")
+    srv.add_argument(
+        "--checkpoint", required=True, type=Path, help="depth/semantic .ckpt, SAM .ckpt or a SAM .pth"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    srv.add_argument("--port", type=int, default=7860, help="0: any free port (the start line says which)")
+    srv.add_argument("--max-upload-mb", type=int, default=20, help="largest upload accepted, in MB")
+    srv.add_argument("--max-side", type=int, default=4096, help="largest image side accepted, in pixels")
+    srv.add_argument(
+        "--cache-images", type=int, default=4, help="promptable: images whose embedding is kept (LRU)"
+    )
+    srv.add_argument("--device", default="cpu")
+    srv.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
@@ -478,6 +699,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the training methods (config key: method)")
     methods.set_defaults(func=_cmd_methods)
+
+    bench = sub.add_parser(
+        "bench", help="latency, throughput, memory (and quality) of models and backends, in one run"
+    )
+    bench.add_argument("models", nargs="+", help="checkpoints, SAM .pth files or zoo names (random weights)")
+    bench.add_argument("--out", type=Path, default=Path("bench_out"))
+    bench.add_argument(
+        "--backends",
+        default="eager,channels_last,onnx",
+        help="comma-separated: eager,channels_last,compile,onnx",
+    )
+    bench.add_argument(
+        "--batch", type=int, default=8, help="batch of the throughput figure (latency: batch 1)"
+    )
+    bench.add_argument("--rounds", type=int, default=10, help="timed calls of each, round-robin")
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    bench.add_argument("--size", type=int, default=None, help="input side of dense models")
+    bench.add_argument(
+        "--data", default=None, help="also measure quality: toyworld:<domain> or a labelled folder"
+    )
+    bench.add_argument("--count", type=int, default=64, help="--data: images the quality figure uses")
+    bench.set_defaults(func=_cmd_bench)
 
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=_cmd_models)

@@ -38,6 +38,9 @@ class OnnxSamPredictor:
         self.encoder = self.folder.session("image_encoder")
         self.decoder = self.folder.session("prompt_decoder")
         self.mask_threshold = float(self.folder.meta.get("mask_threshold", 0.0))
+        shapes = {i.name: i.shape for i in self.decoder.get_inputs()}
+        # The mask prompt is 4x the embedding's side (256 at SAM's 1024 input): read from the graph.
+        self.mask_side = tuple(int(d) for d in shapes["mask_input"][-2:])
         self.reset_image()
 
     def reset_image(self) -> None:
@@ -64,11 +67,12 @@ class OnnxSamPredictor:
         Args:
             point_coords: ``(N, 2)`` x, y in the image's pixels; ``point_labels`` ``(N,)`` 1 / 0.
             box: ``(4,)`` x0, y0, x1, y1 in the image's pixels.
-            mask_input: ``(1, 256, 256)`` low-res logits of an earlier prediction.
+            mask_input: ``(1, 256, 256)`` low-res logits of an earlier prediction (``mask_side``).
             multimask_output: the three masks of an ambiguous prompt, else the single-mask output.
 
         Returns:
-            masks bool ``(M, H, W)``, predicted IoU float32 ``(M,)``, low-res logits ``(M, 256, 256)``;
+            masks bool ``(M, H, W)``, predicted IoU float32 ``(M,)``, low-res logits ``(M, 256, 256)``
+            (``mask_side``);
             ``M`` is 3 with ``multimask_output``, else 1.
         """
         if self.embedding is None or self.orig_size is None:
@@ -79,8 +83,23 @@ class OnnxSamPredictor:
         labels = np.zeros((0,), np.float32) if point_labels is None else np.asarray(point_labels, np.float32)
         if len(coords) != len(labels):
             raise ValueError(f"{len(coords)} points but {len(labels)} labels")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"point labels must be 1 (foreground) or 0 (background), got {labels.tolist()}")
+        h, w = self.orig_size
+        corners = (
+            np.asarray(box, np.float32).reshape(2, 2) if box is not None else np.zeros((0, 2), np.float32)
+        )
+        if box is not None and not (corners[0] <= corners[1]).all():
+            raise ValueError(
+                f"box {np.asarray(box).tolist()} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1"
+            )
+        for x, y in np.concatenate([coords.reshape(-1, 2), corners]):
+            if not (0 <= x <= w and 0 <= y <= h):  # NaN fails too
+                raise ValueError(
+                    f"point ({x:g}, {y:g}) (x, y) lies outside the image of size {w}x{h} (W x H); "
+                    f"points must satisfy 0 <= x <= {w} and 0 <= y <= {h}"
+                )
         if box is not None:
-            corners = np.asarray(box, np.float32).reshape(2, 2)
             coords = np.concatenate([coords, corners])
             labels = np.concatenate([labels, np.array([2, 3], np.float32)])
         else:  # segment-anything's ONNX example pads a prompt without a box with one ignored point
@@ -91,9 +110,9 @@ class OnnxSamPredictor:
             "image_embeddings": self.embedding,
             "point_coords": sam_point_coords(coords, self.orig_size, side)[None],  # (1, N, 2)
             "point_labels": labels[None],  # (1, N)
-            "mask_input": np.zeros((1, 1, 256, 256), np.float32)
+            "mask_input": np.zeros((1, 1, *self.mask_side), np.float32)
             if mask_input is None
-            else np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256),
+            else np.asarray(mask_input, np.float32).reshape(1, 1, *self.mask_side),
             "has_mask_input": np.array([0.0 if mask_input is None else 1.0], np.float32),
             "orig_im_size": np.array(self.orig_size, np.float32),
         }
@@ -103,4 +122,9 @@ class OnnxSamPredictor:
         if masks.shape[0] == 4:  # all of the decoder's tokens: 0 = the single mask, 1..3 = the multimask ones
             keep = slice(1, 4) if multimask_output else slice(0, 1)
             masks, iou, low_res = masks[keep], iou[keep], low_res[keep]
+        elif masks.shape[0] == 3 and not multimask_output:
+            raise ValueError(
+                f"{self.folder.path}: this decoder graph gives only the 3 masks of an ambiguous prompt; "
+                "export it with every mask token (the default) to predict a single mask"
+            )
         return masks > self.mask_threshold, np.asarray(iou, np.float32), np.asarray(low_res, np.float32)
