@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anydistill.bench.pareto import save_pareto_png
 from anydistill.config import DataConfig, DistillConfig, TrainConfig
 from anydistill.data.folder import FolderDataset
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
@@ -198,12 +199,20 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         }
         short = dict(zip(("teacher", "labeled only", "distilled"), models.values(), strict=True))
         grid = _comparison_grid(short, data_dir / "test", out / "comparison.png")
+        pareto = save_pareto_png(
+            [{"name": name, "latency_ms": r["latency_ms_518"], "quality": r["metrics"]["delta1"], "metric": "δ1"}
+             for name, r in results.items() if "params_m" in r],
+            out / "pareto.png",
+            title="δ1 on the wide test split against latency at 518², batch 1",
+            xlabel="latency at 518², batch 1, ms (log scale, PyTorch eager)",
+        )  # fmt: skip
     elapsed = steps.elapsed()
     runs = {
         "teacher": (teacher, budget.teacher_steps), "labeled-only student": (labeled_only, budget.student_steps),
         "distilled student": (distilled, budget.distill_steps), "semantic student": (semantic, budget.semantic_steps),
     }  # fmt: skip
-    notes = {"budget": budget_note(runs, budget.cap_minutes), "machine": machine}
+    notes = {"budget": budget_note(runs, budget.cap_minutes), "machine": machine,
+             "pareto": "" if pareto is None else relative(pareto, out)}  # fmt: skip
     report = _report(results, budget, elapsed, out, grid, notes)
     data = {"results": results, "seconds": steps.seconds, "budget": asdict(budget), "notes": notes}
     return write_outputs(out, data, report)
@@ -232,6 +241,12 @@ def _report(
         "",
         notes["budget"],
         f"Latency: median of 5 rounds, the models measured in turn (round-robin); {notes['machine']}.",
+        "",
+        "## Speed against quality",
+        "The models no other is both faster and better than are joined by the line (the Pareto front); "
+        "`anydistill bench` draws the same picture for any checkpoints.",
+        "",
+        f"![speed and quality]({notes['pareto']})" if notes["pareto"] else "(no picture)",
         "",
         "## Predictions side by side (disparity, aligned to the truth)",
         f"![comparison]({relative(grid, out)})",

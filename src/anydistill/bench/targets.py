@@ -1,0 +1,112 @@
+"""What ``anydistill bench`` measures: a model from a checkpoint or a zoo name, with its input.
+
+A *target* is the network's heavy forward pass on its own input frame: a depth or semantic model from
+its normalised, padded ``(B, 3, S, S)`` input to its prediction; a promptable (SAM) model's image
+encoder, ``(B, 3, S, S)`` → embedding (the part that runs once per image; the prompt decoder is
+milliseconds, see benchmarks/bench_sam_latency.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from anydistill.errors import ConfigError
+from anydistill.loading import LoadedModel, load_model
+from anydistill.models.zoo import build_model, list_models
+from anydistill.preprocess import Preprocess
+
+__all__ = ["BenchTarget", "resolve_target"]
+
+#: Input side of a zoo model benchmarked without ``--size``: Depth Anything's 518 (a multiple of 14).
+DEFAULT_ZOO_SIZE = 518
+
+
+@dataclass
+class BenchTarget:
+    """One model to measure.
+
+    Attributes:
+        name: the label in the table (the zoo name, or the checkpoint's file name).
+        task: ``"depth"``, ``"semantic"`` or ``"promptable"``.
+        loaded: the model, eval mode, with its pre-processing (``loaded.preprocess.size`` is the side).
+        checkpoint: the file it came from (``None`` for a zoo name at random weights).
+    """
+
+    name: str
+    task: str
+    loaded: LoadedModel
+    checkpoint: Path | None
+
+    @property
+    def side(self) -> int:
+        return int(self.loaded.preprocess.size)
+
+    @property
+    def module(self) -> nn.Module:
+        """The module timed: the whole dense model, or a promptable model's image encoder."""
+        model = self.loaded.model
+        return model.image_encoder if self.task == "promptable" else model
+
+    def example(self, batch: int, seed: int = 0) -> torch.Tensor:
+        """A seeded normalised input ``(batch, 3, S, S)`` (values as a real image's after normalisation)."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, 3, self.side, self.side, generator=generator)
+
+
+def _task_of_zoo_name(name: str) -> str:
+    if name.startswith("depth_"):
+        return "depth"
+    if name.startswith("seg_"):
+        return "semantic"
+    if name.startswith("sam_"):
+        return "promptable"
+    raise ConfigError(f"{name!r}: bench takes depth_*, seg_* and sam_* zoo models")
+
+
+def _zoo_target(name: str, size: int | None) -> BenchTarget:
+    task = _task_of_zoo_name(name)
+    torch.manual_seed(0)  # random weights, the same every run
+    model = build_model(name).eval()
+    if task == "promptable":
+        spec = model.preprocess_spec(size)
+    else:
+        multiple = int(model.input_multiple)
+        side = size or -(-DEFAULT_ZOO_SIZE // multiple) * multiple
+        spec = model.preprocess_spec(side)
+    if spec.size % spec.multiple:
+        raise ConfigError(f"--size {spec.size}: {name} needs a multiple of {spec.multiple}")
+    loaded = LoadedModel(model=model, task=task, preprocess=spec, record={"arch": {"model_name": name}})
+    return BenchTarget(name=name, task=task, loaded=loaded, checkpoint=None)
+
+
+def resolve_target(spec: str, size: int | None = None) -> BenchTarget:
+    """A zoo name (``depth_tiny``, ``sam_vit_b``, ...: random weights) or a model file (anydistill
+    checkpoint, segment-anything ``.pth``); ``size`` overrides the input side of a dense model.
+
+    Raises:
+        ConfigError: neither a zoo name nor an existing file; a size the model cannot take.
+        DataError: the file cannot be loaded (:func:`anydistill.loading.load_model`).
+    """
+    if spec in list_models():
+        return _zoo_target(spec, size)
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"{spec!r}: neither a model file nor a zoo model (anydistill models lists them)")
+    loaded = load_model(path)
+    if loaded.task == "classify":
+        raise ConfigError(f"{path}: bench measures depth, semantic and promptable models, not classifiers")
+    if size is not None and loaded.task != "promptable":
+        if size % loaded.preprocess.multiple:
+            raise ConfigError(f"--size {size}: {path.name} needs a multiple of {loaded.preprocess.multiple}")
+        loaded.preprocess = loaded.preprocess.with_size(size)
+    return BenchTarget(name=path.stem if path.stem not in ("best", "last") else f"{path.parent.name}/{path.name}",
+                       task=loaded.task, loaded=loaded, checkpoint=path)  # fmt: skip
+
+
+def describe(spec: Preprocess) -> str:
+    """``518²`` for the table."""
+    return f"{spec.size}²"
