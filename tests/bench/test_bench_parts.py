@@ -147,3 +147,14 @@ def test_the_onnx_backend_runs_the_same_function(tmp_path):
     row = next(r for r in result["rows"] if r["backend"] == "onnx")
     assert row["unavailable"] is None and row["latency_ms"] > 0 and row["throughput_img_s"] > 0
     assert row["max_abs_err_vs_eager"] < 1e-3 and row["onnx_mb"] > 0.1
+
+
+def test_checkpoint_labels_name_the_run():
+    from pathlib import Path
+
+    from anydistill.bench.targets import _label
+
+    assert _label(Path("runs/teacher/checkpoints/best.ckpt")) == "teacher"
+    assert _label(Path("runs/teacher/checkpoints/last.ckpt")) == "teacher (last)"
+    assert _label(Path("models/sam_vit_b_01ec64.pth")) == "sam_vit_b_01ec64"
+    assert _label(Path("exp/best.ckpt")) == "exp"

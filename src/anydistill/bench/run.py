@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from anydistill.atomic import write_text_atomic
 from anydistill.bench.backends import BACKENDS, Runner, make_runner
 from anydistill.bench.flops import forward_gflops, params_m
 from anydistill.bench.memory import peak_memory_mb
@@ -123,13 +124,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def run_bench(specs: list[str], out: str | Path, settings: BenchSettings = BenchSettings(),
               progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Measure ``specs`` (zoo names or model files) and write ``out/bench.json``, ``out/bench.md`` and,
@@ -203,6 +197,6 @@ def run_bench(specs: list[str], out: str | Path, settings: BenchSettings = Bench
         title=f"quality vs latency, {threads} thread(s)",
     )  # fmt: skip
     result["pareto_png"] = None if picture is None else picture.name
-    _write_atomic(out / "bench.json", json.dumps(result, indent=2))
-    _write_atomic(out / "bench.md", markdown(result))
+    write_text_atomic(out / "bench.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "bench.md", markdown(result))
     return result

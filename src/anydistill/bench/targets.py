@@ -103,8 +103,16 @@ def resolve_target(spec: str, size: int | None = None) -> BenchTarget:
         if size % loaded.preprocess.multiple:
             raise ConfigError(f"--size {size}: {path.name} needs a multiple of {loaded.preprocess.multiple}")
         loaded.preprocess = loaded.preprocess.with_size(size)
-    return BenchTarget(name=path.stem if path.stem not in ("best", "last") else f"{path.parent.name}/{path.name}",
-                       task=loaded.task, loaded=loaded, checkpoint=path)  # fmt: skip
+    return BenchTarget(name=_label(path), task=loaded.task, loaded=loaded, checkpoint=path)
+
+
+def _label(path: Path) -> str:
+    """A checkpoint's name in the table: its stem, or for a run's ``best``/``last.ckpt`` the run folder's name
+    (``runs/teacher/checkpoints/best.ckpt`` → ``teacher``)."""
+    if path.stem not in ("best", "last"):
+        return path.stem
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return run.name if path.stem == "best" else f"{run.name} ({path.stem})"
 
 
 def describe(spec: Preprocess) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from anydistill.atomic import atomic_path
 from anydistill.errors import DataError
 from anydistill.viz import colorize_depth, colorize_mask, overlay
 
@@ -174,33 +175,12 @@ def prepare_output_folder(out: Path) -> None:
 
 def _save(path: Path, array: np.ndarray) -> None:
     """``np.save`` to a temporary name beside ``path``, then renamed into place (atomic)."""
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         with tmp.open("wb") as f:
             np.save(f, array)
 
 
 def _save_image(image: Any, path: Path) -> None:
     """A PIL image saved to a temporary name beside ``path`` (format from ``path``'s suffix), renamed."""
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
-
-
-class _atomic:
-    """``with _atomic(path) as tmp``: write ``tmp`` (same folder); it becomes ``path`` on success, else
-    it is removed."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)

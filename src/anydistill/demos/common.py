@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from anydistill.atomic import write_text_atomic
 from anydistill.cache import run_teacher_pass
 from anydistill.config import DataConfig, ModelConfig, TrainConfig, TrainerConfig
 from anydistill.data.toyworld import write_toyworld
@@ -180,14 +181,8 @@ def report_head(title: str, summary: str, header: list[str], rows: list[list[str
     return [f"# {title}", "", summary, "", *markdown_table(header, rows)]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, results: dict[str, Any], report: str) -> Path:
     """``out/results.json`` and ``out/report.md``, each written whole or not at all; returns the report's path."""
-    _write_atomic(out / "results.json", json.dumps(results, indent=2))
-    _write_atomic(out / "report.md", report)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2))
+    write_text_atomic(out / "report.md", report)
     return out / "report.md"

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+from anydistill.atomic import write_text_atomic
 from anydistill.errors import DataError
 from anydistill.export.manifest import EXPORT_JSON, GRAPH_FILES, is_export_manifest
 
@@ -92,18 +92,9 @@ class Staging:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as indented JSON at ``path``: written to a temporary file beside it, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` as indented JSON at ``path``: written to a temporary file beside it, fsync'ed, then
+    ``os.replace`` (:func:`anydistill.atomic.write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n", fsync=True)
 
 
 def _fsync(path: Path) -> None:
