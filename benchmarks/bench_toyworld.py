@@ -25,19 +25,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from anydistill.bench.timing import cpu_name  # noqa: E402
 from anydistill.data.toyworld import DOMAINS, GENERATOR_VERSION, render_sample  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _rate(domain: str, size: int, count: int, repeats: int) -> dict[str, float]:
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
             print(f"wide     {size:4d}px  {rate:7.1f} img/s with {cores} processes", flush=True)
 
-    machine = f"{_cpu_name()}, {cores} cores, Python {platform.python_version()}, numpy {np.__version__}"
+    machine = f"{cpu_name()}, {cores} cores, Python {platform.python_version()}, numpy {np.__version__}"
     lines = [
         "# toyworld rendering throughput",
         "",

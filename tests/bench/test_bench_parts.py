@@ -158,3 +158,16 @@ def test_checkpoint_labels_name_the_run():
     assert _label(Path("runs/teacher/checkpoints/last.ckpt")) == "teacher (last)"
     assert _label(Path("models/sam_vit_b_01ec64.pth")) == "sam_vit_b_01ec64"
     assert _label(Path("exp/best.ckpt")) == "exp"
+
+
+def test_a_promptable_model_is_timed_by_its_encoder_and_scored_by_one_click(tmp_path):
+    from tiny_students import save_tiny_promptable_student
+
+    from anydistill.bench.quality import measure_quality
+
+    target = resolve_target(str(save_tiny_promptable_student(tmp_path / "sam.ckpt", size=64)))
+    assert target.task == "promptable" and target.module is target.loaded.model.image_encoder
+    assert target.example(1).shape == (1, 3, 64, 64)
+    quality = measure_quality(target, "toyworld:wide", count=2)
+    assert quality["metric"] == "miou@1" and 0.0 <= quality["quality"] <= 1.0
+    assert quality["quality"] == quality["metrics"]["miou@1"]

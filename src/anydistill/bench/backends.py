@@ -12,6 +12,7 @@ cannot run here.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ def _channels_last(target: BenchTarget, x: torch.Tensor, _: Path) -> Runner:
 
 
 def _compile(target: BenchTarget, x: torch.Tensor, _: Path) -> Runner:
+    # Inductor's C++ build logs "No CUDA runtime is found" on CPU-only machines: noise, not news.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     compiled = torch.compile(copy.deepcopy(target.module))
     call = _inference(compiled, x)
     start = time.perf_counter()

@@ -2,11 +2,15 @@
 
 On Linux the resident high-water mark (``VmHWM``) can be reset by writing ``5`` to
 ``/proc/self/clear_refs``, so the peak of one call is measurable in-process: reset, call, read
-``VmHWM`` minus the resident size before the call. Where that is not possible the figure is ``None``.
+``VmHWM`` minus the resident size before the call. Memory that glibc's allocator kept from earlier
+calls would hide the call's own needs (it is reused without growing the resident set), so it is handed
+back to the system first (``malloc_trim``). Where none of this is possible the figure is ``None``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,15 @@ __all__ = ["peak_memory_mb"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _trim_malloc() -> None:
+    """Return the C heap's free memory to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _status_kb(key: str) -> int | None:
@@ -42,6 +55,7 @@ def peak_memory_mb(call: Callable[[], Any], device: torch.device) -> float | Non
         call()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _trim_malloc()
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:

@@ -48,7 +48,7 @@ def save_pareto_png(
         front = pareto_front(points)
         ax.scatter([p[0] for p in points], [p[1] for p in points], color="#4477aa", zorder=3)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#ee6677", zorder=2,
-                label="Pareto front")  # fmt: skip
+                marker="o", markersize=11, markerfacecolor="none", label="Pareto front")  # fmt: skip
         for r, (x, y) in zip(group, points, strict=True):
             ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")

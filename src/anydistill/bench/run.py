@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from anydistill.bench.memory import peak_memory_mb
 from anydistill.bench.pareto import save_pareto_png
 from anydistill.bench.quality import measure_quality
 from anydistill.bench.targets import BenchTarget, resolve_target
-from anydistill.bench.timing import Timing, load_average, round_robin
+from anydistill.bench.timing import Timing, cpu_name, load_average, round_robin
 from anydistill.errors import ConfigError
 
 __all__ = ["BenchSettings", "run_bench"]
@@ -103,13 +102,13 @@ def markdown(result: dict[str, Any]) -> str:
         m = models[r["name"]]
         quality = "–" if m.get("quality") is None else f"{m['metric']} {m['quality']:.3f}"
         if r["unavailable"]:
-            cells = [r["name"], r["task"], r["input"], r["backend"], f"{m['params_m']:.2f}", f"{m['gflops']:.1f}",
+            cells = [r["name"], r["task"], r["input"], r["backend"], f"{m['params_m']:.2f}", f"{m['gflops']:.3g}",
                      f"n/a: {r['unavailable']}", "–", "–", "–", quality]  # fmt: skip
         else:
             ratio = eager.get(r["name"])
             speed = f"{ratio / r['latency_ms']:.2f}×" if ratio and r["latency_ms"] else "–"
             memory = "–" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-            cells = [r["name"], r["task"], r["input"], r["backend"], f"{m['params_m']:.2f}", f"{m['gflops']:.1f}",
+            cells = [r["name"], r["task"], r["input"], r["backend"], f"{m['params_m']:.2f}", f"{m['gflops']:.3g}",
                      f"{r['latency_ms']:.1f}", f"{r['throughput_img_s']:.1f}", memory, speed, quality]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     load = result["load_average"]
@@ -118,7 +117,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"Round-robin over every (model, backend): {result['settings']['rounds']} timed calls each at batch 1, "
         f"{max(1, result['settings']['rounds'] // 2)} at batch {batch}, after {result['settings']['warmup']} "
         f"warm-up call(s). {result['threads']} thread(s); load average before/after "
-        f"{load['before'][0]:.2f}/{load['after'][0]:.2f}. Promptable models: the image encoder.",
+        f"{load['before'][0]:.2f}/{load['after'][0]:.2f}. Promptable models: the image encoder. Peak MB: how "
+        f"much the process's resident memory grows during one batch-{batch} call after the warm-up, the C "
+        "heap's free memory handed back to the system first (weights and arenas already held are not counted; "
+        "onnxruntime's own arena is not measured).",
         f"Machine: {result['machine']}",
     ]
     return "\n".join(lines) + "\n"
@@ -170,7 +172,9 @@ def run_bench(specs: list[str], out: str | Path, settings: BenchSettings = Bench
             for backend in settings.backends:
                 runner = runners[(target.name, backend)]
                 key = (target.name, backend)
-                memory = peak_memory_mb(runner.call, torch.device("cpu")) if runner.call else None
+                # onnxruntime allocates from its own arena, which the resident-set reading cannot separate.
+                measurable = runner.call is not None and backend != "onnx"
+                memory = peak_memory_mb(runner.call, torch.device("cpu")) if measurable else None
                 rows.append(
                     _row(
                         target, backend, latency.get(key), throughput.get(key), runner, settings.batch, memory
@@ -180,7 +184,7 @@ def run_bench(specs: list[str], out: str | Path, settings: BenchSettings = Bench
     result = {
         "settings": asdict(settings),
         "threads": threads,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "load_average": {"before": list(load_before), "after": list(load_average())},
         "models": models,
         "rows": rows,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Timing", "load_average", "round_robin"]
+__all__ = ["Timing", "cpu_name", "load_average", "round_robin"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,14 @@ def load_average() -> tuple[float, float, float]:
         return os.getloadavg()
     except OSError:
         return 0.0, 0.0, 0.0
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows: the machine line of a figure."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
