@@ -171,3 +171,30 @@ def test_a_promptable_model_is_timed_by_its_encoder_and_scored_by_one_click(tmp_
     quality = measure_quality(target, "toyworld:wide", count=2)
     assert quality["metric"] == "miou@1" and 0.0 <= quality["quality"] <= 1.0
     assert quality["quality"] == quality["metrics"]["miou@1"]
+
+
+def test_a_depth_anything_teacher_folder_is_timed_speed_only(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    backbone = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, patch_size=14, image_size=56,
+                                         out_indices=[1, 2], reshape_hidden_states=False)  # fmt: skip
+    config = transformers.DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32,
+                                              neck_hidden_sizes=[8, 16], fusion_hidden_size=16,
+                                              head_hidden_size=8)  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.DepthAnythingForDepthEstimation(config).eval()
+    model.save_pretrained(tmp_path / "da")
+    result = run_bench([str(tmp_path / "da"), "depth_tiny"], tmp_path / "out",
+                       BenchSettings(backends=("eager",), batch=1, rounds=1, warmup=0, size=224,
+                                     data="toyworld:wide", quality_count=2), progress=False)  # fmt: skip
+    teacher = next(m for m in result["models"] if m["name"] == "da")
+    assert teacher["task"] == "depth" and teacher["quality"] is None and "teacher folder" in teacher["note"]
+    row = next(r for r in result["rows"] if r["name"] == "da")
+    assert row["input"] == "224x224" and row["latency_ms"] > 0  # a multiple of 14 and of depth_tiny's 32
+    with torch.inference_mode():  # the timed module is the network itself
+        expected = model(pixel_values=torch.ones(1, 3, 56, 56)).predicted_depth
+    target = resolve_target(str(tmp_path / "da"), size=56)
+    with torch.inference_mode():
+        assert torch.allclose(target.module(torch.ones(1, 3, 56, 56))[:, 0], expected)
+    with pytest.raises(ConfigError, match="not a Hugging Face Depth Anything"):
+        resolve_target(str(tmp_path))

@@ -17,11 +17,11 @@ QUALITY_METRIC = {"depth": "delta1", "semantic": "miou", "promptable": "miou@1"}
 
 def measure_quality(target: BenchTarget, data: str, count: int, seed: int = 0) -> dict[str, Any]:
     """``{"metric", "quality", "metrics"}`` of ``target`` on ``count`` images of ``data``
-    (``toyworld:<domain>`` or a folder with labels); a zoo name at random weights has none
-    (``quality`` is ``None``)."""
+    (``toyworld:<domain>`` or a folder with labels); a zoo name at random weights or a teacher folder has
+    none (``quality`` is ``None``, ``note`` says why)."""
     metric = QUALITY_METRIC[target.task]
     if target.checkpoint is None:
-        return {"metric": metric, "quality": None, "metrics": {}, "note": "random weights"}
+        return {"metric": metric, "quality": None, "metrics": {}, "note": target.note}
     if target.task == "promptable":
         metrics = evaluate_promptable(target.checkpoint, data, count=count, max_clicks=1, seed=seed,
                                       progress=False)  # fmt: skip

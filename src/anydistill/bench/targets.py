@@ -3,7 +3,8 @@
 A *target* is the network's heavy forward pass on its own input frame: a depth or semantic model from
 its normalised, padded ``(B, 3, S, S)`` input to its prediction; a promptable (SAM) model's image
 encoder, ``(B, 3, S, S)`` → embedding (the part that runs once per image; the prompt decoder is
-milliseconds, see benchmarks/bench_sam_latency.py).
+milliseconds, see benchmarks/bench_sam_latency.py); a Hugging Face Depth Anything folder (a teacher):
+its ``DepthAnythingForDepthEstimation`` from ``pixel_values (B, 3, S, S)`` to ``predicted_depth``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anydistill.errors import ConfigError
+from anydistill.checkpoints import detect_kind
+from anydistill.errors import ConfigError, DataError
 from anydistill.loading import LoadedModel, load_model
 from anydistill.models.zoo import build_model, list_models
 from anydistill.preprocess import Preprocess
+from anydistill.teachers import load_teacher
 
 __all__ = ["BenchTarget", "resolve_target"]
 
@@ -33,13 +36,15 @@ class BenchTarget:
         name: the label in the table (the zoo name, or the checkpoint's file name).
         task: ``"depth"``, ``"semantic"`` or ``"promptable"``.
         loaded: the model, eval mode, with its pre-processing (``loaded.preprocess.size`` is the side).
-        checkpoint: the file it came from (``None`` for a zoo name at random weights).
+        checkpoint: the anydistill / SAM file whose quality ``--data`` can measure (``None`` otherwise).
+        note: why a target without ``checkpoint`` has no quality figure.
     """
 
     name: str
     task: str
     loaded: LoadedModel
     checkpoint: Path | None
+    note: str = "random weights"
 
     @property
     def side(self) -> int:
@@ -83,9 +88,35 @@ def _zoo_target(name: str, size: int | None) -> BenchTarget:
     return BenchTarget(name=name, task=task, loaded=loaded, checkpoint=None)
 
 
+class _DepthAnythingNetwork(nn.Module):
+    """A Hugging Face ``DepthAnythingForDepthEstimation`` as a plain module:
+    ``pixel_values (B, 3, S, S)`` → ``predicted_depth (B, 1, S, S)`` (what the teacher runs per image)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).predicted_depth[:, None]
+
+
+def _hf_teacher_target(path: Path, size: int | None) -> BenchTarget:
+    teacher = load_teacher(path, image_size=size)
+    side = int(teacher.settings["size"][0])
+    spec = Preprocess(size=side, mean=teacher.preprocess.mean, std=teacher.preprocess.std, resize="long_side",
+                      pad="square", multiple=14)  # fmt: skip
+    if side % 14:
+        raise ConfigError(f"--size {side}: Depth Anything needs a multiple of its patch size 14")
+    loaded = LoadedModel(model=_DepthAnythingNetwork(teacher.model).eval(), task="depth", preprocess=spec,
+                         path=path)  # fmt: skip
+    return BenchTarget(name=path.name, task="depth", loaded=loaded, checkpoint=None,
+                       note="a teacher folder: speed only (its quality: anydistill evaluate on a student)")  # fmt: skip
+
+
 def resolve_target(spec: str, size: int | None = None) -> BenchTarget:
-    """A zoo name (``depth_tiny``, ``sam_vit_b``, ...: random weights) or a model file (anydistill
-    checkpoint, segment-anything ``.pth``); ``size`` overrides the input side of a dense model.
+    """A zoo name (``depth_tiny``, ``sam_vit_b``, ...: random weights), a model file (anydistill
+    checkpoint, segment-anything ``.pth``) or a Hugging Face Depth Anything folder (a teacher, speed
+    only); ``size`` overrides the input side of a dense model.
 
     Raises:
         ConfigError: neither a zoo name nor an existing file; a size the model cannot take.
@@ -94,6 +125,16 @@ def resolve_target(spec: str, size: int | None = None) -> BenchTarget:
     if spec in list_models():
         return _zoo_target(spec, size)
     path = Path(spec)
+    if path.is_dir():
+        try:
+            kind = detect_kind(path)
+        except DataError:
+            kind = None
+        if kind is None or kind.kind != "huggingface" or kind.task != "depth_anything":
+            raise ConfigError(
+                f"{spec!r}: a folder, but not a Hugging Face Depth Anything model (config.json)"
+            )
+        return _hf_teacher_target(path, size)
     if not path.is_file():
         raise ConfigError(f"{spec!r}: neither a model file nor a zoo model (anydistill models lists them)")
     loaded = load_model(path)
