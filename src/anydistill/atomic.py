@@ -16,10 +16,15 @@ from pathlib import Path
 __all__ = ["atomic_path", "write_text_atomic"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process's umask, read once at import (``os.umask`` can only be read by setting it, which must
+    not happen while other threads create files)."""
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -32,7 +37,7 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         yield tmp
         if fsync:
             with tmp.open("rb") as f:

@@ -201,6 +201,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _runtime(args: argparse.Namespace) -> str:
     """``torch`` or ``onnx``: ``--runtime auto`` picks onnx for an export folder (``export.json`` in it)."""
     exported = args.checkpoint.is_dir() and (args.checkpoint / "export.json").is_file()
+    if args.checkpoint.is_dir() and not exported:
+        raise ConfigError(
+            f"--checkpoint {args.checkpoint}: a folder without export.json; give a checkpoint file or an "
+            "export folder (anydistill export writes one)"
+        )
     if args.runtime == "auto":
         return "onnx" if exported else "torch"
     if args.runtime == "onnx" and not exported:

@@ -198,3 +198,22 @@ def test_a_depth_anything_teacher_folder_is_timed_speed_only(tmp_path):
         assert torch.allclose(target.module(torch.ones(1, 3, 56, 56))[:, 0], expected)
     with pytest.raises(ConfigError, match="not a Hugging Face Depth Anything"):
         resolve_target(str(tmp_path))
+
+
+def test_a_backend_that_fails_on_its_first_call_is_a_row_not_a_crash(tmp_path, monkeypatch):
+    from anydistill.bench import backends
+
+    def out_of_memory():
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setitem(backends._MAKERS, "channels_last", lambda *_: backends.Runner(out_of_memory))
+    threads = torch.get_num_threads()
+    result = run_bench(["depth_tiny"], tmp_path, BenchSettings(backends=("eager", "channels_last"), batch=1,
+                                                                rounds=1, warmup=0, size=64, threads=1), progress=False)  # fmt: skip
+    assert torch.get_num_threads() == threads  # the caller's thread count is given back
+    row = next(r for r in result["rows"] if r["backend"] == "channels_last")
+    assert row["latency_ms"] is None and "not enough memory" in row["unavailable"]
+
+
+def test_size_is_for_dense_models_only():
+    assert resolve_target("sam_tiny", size=64).side == 1024  # SAM's encoder keeps its own frame

@@ -11,6 +11,7 @@ from anydistill.errors import ConfigError
 from anydistill.inference import Predictor, load_student
 from anydistill.preprocess import Preprocess
 from anydistill.promptable.transforms import ResizeLongestSide
+from anydistill.runtime import image_ops
 from anydistill.runtime.image_ops import dense_input, restore_prediction, sam_input, sam_point_coords
 
 
@@ -40,7 +41,10 @@ def test_dense_input_matches_the_torch_predictor(depth_predictor, shape):
 
 @pytest.mark.parametrize("shape", [(40, 50), (200, 90), (13, 7)])
 @pytest.mark.parametrize("argmax", [False, True])
-def test_restore_matches_the_torch_predictor(depth_predictor, shape, argmax):
+@pytest.mark.parametrize("band_rows", [None, 3])
+def test_restore_matches_the_torch_predictor(depth_predictor, shape, argmax, band_rows, monkeypatch):
+    if band_rows is not None:  # class ids made a few rows at a time, as for a large photo
+        monkeypatch.setattr(image_ops, "ARGMAX_BAND_ELEMENTS", 4 * shape[1] * band_rows)
     rng = np.random.default_rng(1)
     pred = rng.normal(size=(4 if argmax else 1, 64, 64)).astype(np.float32)
     image = _photo(*shape)
@@ -60,9 +64,15 @@ def test_restore_matches_the_torch_predictor(depth_predictor, shape, argmax):
         np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
-def test_dense_input_refuses_a_spec_it_does_not_implement():
+@pytest.mark.parametrize(
+    "changes",
+    [{"resize": "lower_bound"}, {"pad": "multiple"}, {"pad_before_normalize": False}, {"input_range": 255.0}],
+)
+def test_dense_input_refuses_a_spec_it_does_not_implement(depth_predictor, changes):
+    from dataclasses import replace
+
     with pytest.raises(ConfigError, match="dense"):
-        dense_input(_photo(10, 10), Preprocess.sam(64), 64)
+        dense_input(_photo(10, 10), replace(depth_predictor.preprocess, **changes), 64)
 
 
 @pytest.mark.parametrize("shape", [(30, 50), (77, 20)])

@@ -118,3 +118,23 @@ def test_segment_runtime_onnx_never_imports_torch(sam_pair, tmp_path):
                           str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and "outside the image" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("mode", "works", "refused"), [("single", False, True), ("multimask", True, False)])
+def test_a_partial_decoder_graph_gives_its_mode_and_refuses_the_other(
+    sam_pair, tmp_path, mode, works, refused
+):
+    torch_predictor, _, _ = sam_pair
+    pth = save_tiny_sam(tmp_path / "tiny_sam.pth", size=64)
+    export_model(pth, tmp_path / mode, decoder_masks=mode)
+    predictor = OnnxSamPredictor(tmp_path / mode)
+    image = np.random.default_rng(3).integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    torch_predictor.set_image(image)
+    prompt = {"point_coords": np.array([[20.0, 14.0]]), "point_labels": np.array([1])}
+    masks, iou, _ = predictor.predict(**prompt, multimask_output=works)
+    expected, expected_iou, _ = torch_predictor.predict(**prompt, multimask_output=works)
+    assert masks.shape == expected.shape
+    np.testing.assert_allclose(iou, expected_iou, atol=1e-3)
+    with pytest.raises(ValueError, match=f"--decoder-masks {mode}"):
+        predictor.predict(**prompt, multimask_output=refused)

@@ -90,6 +90,16 @@ def test_bad_export_folders_are_one_line(exported, tmp_path, capsys):
     (broken / "export.json").write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(DataError, match="version 99"):
         ExportFolder.read(broken)
+    import shutil
+
+    shutil.copy(folder / "model.onnx", broken / "model.onnx")  # so each record reaches its own check
+    for bad, match in (({"version": "1.0"}, "malformed"), ({"graphs": ["model.onnx"]}, "names no"),
+                       ({"input_size": [56]}, "malformed"),
+                       ({"preprocess": {**meta["preprocess"], "mean": ["a", "b", "c"]}}, "preprocess")):  # fmt: skip
+        (broken / "export.json").write_text(json.dumps({**meta, **bad}))
+        with pytest.raises(DataError, match=match):
+            ExportFolder.read(broken)
+    (broken / "model.onnx").unlink()
     (broken / "export.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="missing from the export folder"):
         ExportFolder.read(broken)
@@ -98,7 +108,14 @@ def test_bad_export_folders_are_one_line(exported, tmp_path, capsys):
         ExportFolder.read(broken)  # a graph outside the folder is never opened
     assert main(["predict", "--checkpoint", str(tmp_path), "--images", str(images), "--out", str(tmp_path / "o"),
                  "--runtime", "onnx"]) == 2  # fmt: skip
-    assert "is not an export folder" in capsys.readouterr().err
+    assert "a folder without export.json" in capsys.readouterr().err
+    assert (
+        main(
+            ["predict", "--checkpoint", str(tmp_path), "--images", str(images), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "a folder without export.json" in capsys.readouterr().err  # not a torch loader's message
     assert main(["predict", "--checkpoint", str(folder), "--images", str(images), "--out", str(tmp_path / "o"),
                  "--size", "96"]) == 2  # fmt: skip
     assert "fixed input size" in capsys.readouterr().err

@@ -88,6 +88,7 @@ def make_runner(backend: str, target: BenchTarget, x: torch.Tensor, workdir: Pat
     start = time.perf_counter()
     try:
         runner = _MAKERS[backend](target, x, workdir)
+        runner.call()  # one trial call: a backend that cannot run this batch (memory, an operator) fails here
     except Exception as exc:  # any failure of an optional backend is a table cell, not a crash
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return Runner(None, reason=f"{type(exc).__name__}: {first[:160]}")

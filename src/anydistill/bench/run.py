@@ -101,9 +101,9 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         m = models[r["name"]]
         quality = "–" if m.get("quality") is None else f"{m['metric']} {m['quality']:.3f}"
-        if r["unavailable"]:
+        if r["unavailable"] or r["latency_ms"] is None or r["throughput_img_s"] is None:
             cells = [r["name"], r["task"], r["input"], r["backend"], f"{m['params_m']:.2f}", f"{m['gflops']:.3g}",
-                     f"n/a: {r['unavailable']}", "–", "–", "–", quality]  # fmt: skip
+                     f"n/a: {r['unavailable'] or 'failed at one batch size'}", "–", "–", "–", quality]  # fmt: skip
         else:
             ratio = eager.get(r["name"])
             speed = f"{ratio / r['latency_ms']:.2f}×" if ratio and r["latency_ms"] else "–"
@@ -141,7 +141,17 @@ def run_bench(specs: list[str], out: str | Path, settings: BenchSettings = Bench
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     threads = settings.threads or torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _run(specs, out, settings, threads, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    specs: list[str], out: Path, settings: BenchSettings, threads: int, progress: bool
+) -> dict[str, Any]:
     say = print if progress else (lambda *_: None)
     targets = [resolve_target(spec, settings.size) for spec in specs]
     names = [t.name for t in targets]

@@ -76,8 +76,8 @@ def _zoo_target(name: str, size: int | None) -> BenchTarget:
     task = _task_of_zoo_name(name)
     torch.manual_seed(0)  # random weights, the same every run
     model = build_model(name).eval()
-    if task == "promptable":
-        spec = model.preprocess_spec(size)
+    if task == "promptable":  # SAM's encoder is built for its own frame: --size is for dense models
+        spec = model.preprocess_spec()
     else:
         multiple = int(model.input_multiple)
         side = size or -(-DEFAULT_ZOO_SIZE // multiple) * multiple

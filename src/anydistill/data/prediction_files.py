@@ -71,13 +71,16 @@ def write_depth(out: Path, name: str, disp: np.ndarray) -> Path:
     raw = out / "raw" / f"{name}.npy"
     _save(raw, disp)
     height, width = disp.shape
-    low = disp.min()
-    span = max(float(disp.max() - low), 1e-8)
+    low, high = _finite_range(
+        disp
+    )  # a NaN / inf pixel (an overflowing fp16 graph) must not blank the picture
+    span = max(high - low, 1e-8)
     lo, hi = _percentiles(disp)  # reorders disp
     del disp  # the caller keeps no reference: the map's memory is freed here
     png16 = np.empty((height, width), np.uint16)
     for y0, y1, rows in _saved_rows(raw, _row_bands(height, width)):
-        png16[y0:y1] = ((rows - low) / span * 65535).round()
+        scaled = np.nan_to_num((rows - low) / span, nan=0.0, posinf=1.0, neginf=0.0)
+        png16[y0:y1] = (scaled.clip(0.0, 1.0) * 65535).round()
     _save_image(Image.fromarray(png16), out / "png16" / f"{name}.png")  # I;16 shares png16's memory
     del png16
     color = Image.new("RGB", (width, height))
@@ -85,6 +88,17 @@ def write_depth(out: Path, name: str, disp: np.ndarray) -> Path:
         color.paste(Image.fromarray(colorize_depth(rows, lo=lo, hi=hi)), (0, y0))
     _save_image(color, out / "color" / f"{name}.png")
     return raw
+
+
+def _finite_range(disp: np.ndarray) -> tuple[float, float]:
+    """The smallest and largest finite values of ``disp`` (``(0, 0)`` if none), band by band."""
+    low, high = np.inf, -np.inf
+    for y0, y1 in _row_bands(*disp.shape):
+        band = disp[y0:y1]
+        finite = band[np.isfinite(band)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return (0.0, 0.0) if low > high else (low, high)
 
 
 def _percentiles(disp: np.ndarray) -> tuple[float, float]:

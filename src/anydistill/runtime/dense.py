@@ -29,6 +29,10 @@ from anydistill.viz import default_palette
 
 __all__ = ["OnnxPredictor", "predict_folder_onnx"]
 
+#: Input pixels of the semantic inputs a batch holds for their overlays before it is run (64 Mpx), as
+#: :func:`anydistill.inference.predict_folder`: large photos go one by one.
+MAX_HELD_PIXELS = 64_000_000
+
 
 class OnnxPredictor:
     """An exported depth or semantic student on numpy images of any size.
@@ -135,7 +139,10 @@ def predict_folder_onnx(
             x, pad, size = predictor.prepare(image)
             pending.append((path, image if semantic else None, x, pad, size))
             del image
-        if pending and (len(pending) == predictor.batch_size or i == len(files) - 1):
+        held = sum(entry[1].shape[0] * entry[1].shape[1] for entry in pending if entry[1] is not None)
+        if pending and (
+            len(pending) == predictor.batch_size or held >= MAX_HELD_PIXELS or i == len(files) - 1
+        ):
             preds = predictor.run([entry[2] for entry in pending])
             for (path, image, _, pad, size), pred in zip(pending, preds, strict=True):
                 name = names[path.relative_to(base)]

@@ -68,6 +68,15 @@ class ExportFolder:
 
     @classmethod
     def read(cls, path: str | Path, threads: int = 0) -> ExportFolder:
+        """Read and check ``path/export.json`` (see :meth:`_read`); a record of the wrong shape (a list
+        where a mapping belongs, a version that is not a number, ...) is one ``DataError`` too."""
+        try:
+            return cls._read(path, threads)
+        except (TypeError, ValueError, AttributeError, IndexError, KeyError) as exc:
+            raise DataError(Path(path) / EXPORT_FILE, f"is malformed ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _read(cls, path: str | Path, threads: int = 0) -> ExportFolder:
         """Read and check ``path/export.json``.
 
         Raises:
@@ -103,14 +112,18 @@ class ExportFolder:
                 raise DataError(file, f"graph {name!r} is missing from the export folder")
         try:
             preprocess = Preprocess.from_dict(meta["preprocess"])
-        except (KeyError, TypeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise DataError(record, f"preprocess: {exc}") from None
-        return cls(path=path, meta=meta, task=task, preprocess=preprocess, graphs=graphs, threads=threads)
+        folder = cls(path=path, meta=meta, task=task, preprocess=preprocess, graphs=graphs, threads=threads)
+        folder.input_size  # noqa: B018  (checks input_size's shape now, not at the first image)
+        return folder
 
     @property
     def input_size(self) -> tuple[int, int]:
         """``(H, W)`` of the (static) model input."""
         size = self.meta.get("input_size") or [self.preprocess.size, self.preprocess.size]
+        if not isinstance(size, list | tuple) or len(size) != 2:
+            raise ValueError(f"input_size must be [H, W], got {size!r}")
         return int(size[0]), int(size[1])
 
     @property

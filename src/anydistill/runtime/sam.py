@@ -41,6 +41,14 @@ class OnnxSamPredictor:
         shapes = {i.name: i.shape for i in self.decoder.get_inputs()}
         # The mask prompt is 4x the embedding's side (256 at SAM's 1024 input): read from the graph.
         self.mask_side = tuple(int(d) for d in shapes["mask_input"][-2:])
+        # Which masks the graph returns (export.json's decoder_masks; a folder written before the key
+        # existed: told by the graph's output). "best" (segment-anything's return_single_mask) picks its
+        # own mask, which no SamPredictor mode reproduces, so predict refuses it.
+        outputs = {o.name: o.shape for o in self.decoder.get_outputs()}
+        count = outputs.get("iou_predictions", [1, None])[-1]
+        self.decoder_masks = str(
+            self.folder.meta.get("decoder_masks") or {4: "all", 3: "multimask"}.get(count, "single")
+        )
         self.reset_image()
 
     def reset_image(self) -> None:
@@ -77,6 +85,13 @@ class OnnxSamPredictor:
         """
         if self.embedding is None or self.orig_size is None:
             raise RuntimeError("call set_image before predict")
+        wanted_mode = "multimask" if multimask_output else "single"
+        if self.decoder_masks not in ("all", wanted_mode):
+            raise ValueError(
+                f"{self.folder.path}: its decoder graph was exported with --decoder-masks {self.decoder_masks}, "
+                f"which cannot give the {'3 masks of an ambiguous prompt' if multimask_output else 'single mask'} "
+                "asked for; export again with --decoder-masks all (the default)"
+            )
         coords = (
             np.zeros((0, 2), np.float32) if point_coords is None else np.asarray(point_coords, np.float32)
         )
@@ -119,12 +134,7 @@ class OnnxSamPredictor:
         wanted = {i.name for i in self.decoder.get_inputs()}
         masks, iou, low_res = self.decoder.run(None, {k: v for k, v in feeds.items() if k in wanted})
         masks, iou, low_res = masks[0], iou[0], low_res[0]  # (M', H, W), (M',), (M', 256, 256)
-        if masks.shape[0] == 4:  # all of the decoder's tokens: 0 = the single mask, 1..3 = the multimask ones
+        if self.decoder_masks == "all":  # 0 = the single-mask output, 1..3 = the multimask ones
             keep = slice(1, 4) if multimask_output else slice(0, 1)
             masks, iou, low_res = masks[keep], iou[keep], low_res[keep]
-        elif masks.shape[0] == 3 and not multimask_output:
-            raise ValueError(
-                f"{self.folder.path}: this decoder graph gives only the 3 masks of an ambiguous prompt; "
-                "export it with every mask token (the default) to predict a single mask"
-            )
         return masks > self.mask_threshold, np.asarray(iou, np.float32), np.asarray(low_res, np.float32)
