@@ -329,3 +329,25 @@ sys.exit(anydistill.cli.main(["serve", "--checkpoint", {str(tmp_path / "x.ckpt")
     assert (
         out.stderr == "anydistill: error: anydistill serve needs fastapi: pip install 'anydistill[serve]'\n"
     )
+
+
+def test_added_clicks_refine_the_previous_answer_as_sam_does(serve_checkpoints, sam):
+    image_id = _upload(sam)
+    first = sam.post("/segment", json={"image_id": image_id, "points": [[30, 20]], "labels": [1]}).json()
+    second = sam.post("/segment", json={"image_id": image_id, "points": [[30, 20], [5, 40]], "labels": [1, 0],
+                                        "multimask": False}).json()  # fmt: skip
+    assert (first["refined"], second["refined"]) == (False, True)
+    predictor = SamPredictor(load_model(serve_checkpoints["promptable"]).model)
+    predictor.set_image(IMAGE)
+    _, scores, low = predictor.predict(np.array([[30, 20]]), np.array([1]))
+    best = int(np.argmax(scores))
+    masks, scores, _ = predictor.predict(np.array([[30, 20], [5, 40]]), np.array([1, 0]),
+                                         mask_input=low[best : best + 1], multimask_output=False)  # fmt: skip
+    assert second["areas"] == [int(m.sum()) for m in masks]
+    assert np.allclose(second["scores"], scores, atol=1e-4)
+    fresh, _, _ = predictor.predict(np.array([[30, 20], [5, 40]]), np.array([1, 0]), multimask_output=False)
+    assert not np.array_equal(fresh, masks) or fresh.sum() == 0  # the previous mask made a difference
+    for prompt in ({"points": [[31, 20], [5, 40]], "labels": [1, 0]},  # the first click moved
+                   {"points": [[30, 20], [5, 40]], "labels": [1, 0], "box": [0, 0, 50, 40]},  # a box added
+                   {"points": [[30, 20]], "labels": [1]}):  # fmt: skip  # a click removed
+        assert sam.post("/segment", json={"image_id": image_id, **prompt}).json()["refined"] is False

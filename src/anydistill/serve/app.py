@@ -13,7 +13,9 @@ Endpoints (an error is ``{"error": "<one line>"}`` with a 4xx status, and the se
   "image", "ms"}``, the image embedded once and kept (:class:`~.sessions.EmbeddingCache`).
 * ``POST /segment`` (promptable): ``{"image_id", "points": [[x, y], ...], "labels": [1 | 0, ...],
   "box": [x0, y0, x1, y1] | null, "multimask": true}`` in original-image pixels →
-  ``{"masks", "scores", "areas", "best", "ms"}`` (:func:`~.protocol.parse_segment`).
+  ``{"masks", "scores", "areas", "best", "refined", "ms"}`` (:func:`~.protocol.parse_segment`); a prompt
+  that only adds clicks to the image's previous one is refined from that answer's best mask (``refined``,
+  :class:`~.tasks.PromptableTask`).
 
 Safety: bodies are read in chunks and cut off at the limit (``Content-Length`` is checked first, but a
 client may lie or send none); images are checked by :func:`~.images.decode_image`, at most

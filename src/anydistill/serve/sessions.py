@@ -60,6 +60,11 @@ class EmbeddingCache:
                 self._entries.move_to_end(image_id)
             return predictor
 
+    def __contains__(self, image_id: object) -> bool:
+        """Whether ``image_id`` is still cached (without counting as a use)."""
+        with self._guard:
+            return image_id in self._entries
+
     def __len__(self) -> int:
         with self._guard:
             return len(self._entries)

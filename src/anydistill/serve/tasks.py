@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -116,14 +117,42 @@ def _check_inside(prompt: SegmentPrompt, height: int, width: int) -> None:
             )
 
 
+@dataclass(frozen=True)
+class _LastAnswer:
+    """An image's last prompt and the low-res logits ``(1, h, w)`` of the mask it chose (best score)."""
+
+    points: tuple[tuple[float, float], ...]
+    labels: tuple[int, ...]
+    box: tuple[float, float, float, float] | None
+    low_res: np.ndarray
+
+    def extended_by(self, prompt: SegmentPrompt) -> bool:
+        """``prompt`` is this one plus more clicks (same box, the same first points and labels)."""
+        n = len(self.points)
+        return (
+            prompt.box == self.box
+            and len(prompt.points) > n
+            and tuple(tuple(p) for p in prompt.points[:n]) == self.points
+            and tuple(prompt.labels[:n]) == self.labels
+        )
+
+
 class PromptableTask:
-    """A promptable model: images embedded once (:meth:`add`), then masks for prompts (:meth:`segment`)."""
+    """A promptable model: images embedded once (:meth:`add`), then masks for prompts (:meth:`segment`).
+
+    Click by click, as SAM is used interactively (its paper's §A, segment-anything's demo): when a
+    prompt only adds clicks to the image's previous one, the previous answer's best low-res mask logits
+    go in as ``mask_input`` with every click, so each click refines the mask instead of starting over.
+    Another prompt (a click removed, a new box) starts afresh.
+    """
 
     task = "promptable"
 
     def __init__(self, model: LoadedModel, capacity: int, model_lock: threading.Lock) -> None:
         self.cache = EmbeddingCache(model.model, capacity, model_lock)
         self.model_lock = model_lock
+        self._last: dict[str, _LastAnswer] = {}
+        self._last_guard = threading.Lock()
 
     def add(self, image: np.ndarray) -> dict[str, Any]:
         """Embed ``image``; :func:`image_reply` plus ``image_id``, the handle of later prompts."""
@@ -151,18 +180,36 @@ class PromptableTask:
         coords = np.asarray(prompt.points, np.float64) if prompt.points else None  # (N, 2)
         labels = np.asarray(prompt.labels, np.int64) if prompt.points else None  # (N,)
         box = np.asarray(prompt.box, np.float64) if prompt.box is not None else None  # (4,)
+        with self._last_guard:
+            last = self._last.get(prompt.image_id)
+        mask_input = last.low_res if last is not None and last.extended_by(prompt) else None  # (1, h, w)
         start = time.perf_counter()
         try:
             with self.model_lock:
-                masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=prompt.multimask)
+                masks, scores, low_res = predictor.predict(
+                    coords, labels, box, mask_input=mask_input, multimask_output=prompt.multimask
+                )  # (M, H, W), (M,), (M, h, w)
         except ValueError as exc:  # any prompt the predictor refuses (it checks again): its own line
             raise RequestError(400, str(exc)) from None
         ms = _ms(start)
+        best = int(np.argmax(scores))
+        self._remember(prompt, low_res[best : best + 1])
         shown = display_shape(*predictor.original_size)
         return {
             "masks": [png_data_url(shrink(m, shown).astype(np.uint8) * 255) for m in masks],  # (h, w) each
             "scores": [round(float(s), 4) for s in scores],
             "areas": [int(m.sum()) for m in masks],
-            "best": int(np.argmax(scores)),
+            "best": best,
+            "refined": mask_input is not None,
             "ms": ms,
         }
+
+    def _remember(self, prompt: SegmentPrompt, low_res: np.ndarray) -> None:
+        """Keep ``prompt``'s chosen low-res logits for its image; forget images the cache has dropped."""
+        answer = _LastAnswer(
+            tuple(tuple(p) for p in prompt.points), tuple(prompt.labels), prompt.box, low_res
+        )
+        with self._last_guard:
+            self._last[prompt.image_id] = answer
+            for image_id in [i for i in self._last if i not in self.cache]:
+                del self._last[image_id]
