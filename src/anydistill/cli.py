@@ -396,9 +396,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
-    from anydistill.models import list_models
+    from anydistill.models.zoo_table import as_json, markdown_table, zoo_table
 
-    print("\n".join(list_models()))
+    rows = zoo_table()
+    print(as_json(rows) if args.json else markdown_table(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -728,7 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--count", type=int, default=64, help="--data: images the quality figure uses")
     bench.set_defaults(func=_cmd_bench)
 
-    models = sub.add_parser("models", help="list the model zoo")
+    models = sub.add_parser(
+        "models", help="the model zoo: task, backbone, parameters, GFLOPs, input, measured latency"
+    )
+    models.add_argument("--json", action="store_true", help="the same as JSON")
     models.set_defaults(func=_cmd_models)
     return parser
 

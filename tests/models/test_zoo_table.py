@@ -1,0 +1,66 @@
+"""`anydistill models`: the zoo table's counts are the real models' and its latencies the benchmark's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from anydistill.cli import main
+from anydistill.models.zoo import build_model, list_models
+from anydistill.models.zoo_table import markdown_table, measured_figures, zoo_table
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "bench_zoo" / "bench.json"
+
+
+@pytest.fixture(scope="module")
+def table():
+    return {row.name: row for row in zoo_table()}
+
+
+def test_every_zoo_model_is_listed_at_an_input_it_takes(table):
+    assert sorted(table) == sorted(list_models())
+    for row in table.values():
+        assert row.params_m > 0 and row.gflops > 0 and row.backbone
+        assert row.input_size == 1024 if row.task == "promptable" else row.input_size in (518, 544)
+
+
+@pytest.mark.parametrize("name", ["depth_tiny", "seg_tiny", "sam_tiny"])
+def test_meta_device_counts_are_the_real_models(table, name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    row = table[name]
+    assert row.params_m == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+    module = model.image_encoder if row.task == "promptable" else model
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(torch.zeros(1, 3, row.input_size, row.input_size))
+    assert row.gflops == pytest.approx(counter.get_total_flops() / 1e9)
+
+
+def test_measured_latency_is_the_committed_benchmarks(table):
+    if not BENCH.is_file():
+        pytest.skip("benchmarks/results is not in this checkout")
+    rows = json.loads(BENCH.read_text())["rows"]
+    eager = {r["name"]: r["latency_ms"] for r in rows if r["backend"] == "eager"}
+    fastest = {}
+    for r in rows:
+        if r["latency_ms"] is not None and r["latency_ms"] < fastest.get(r["name"], float("inf")):
+            fastest[r["name"]] = r["latency_ms"]
+    for name in ("depth_tiny", "seg_tiny", "sam_tiny"):
+        assert table[name].latency_ms == eager[name] and table[name].fastest_ms == fastest[name]
+    assert table["sam_vit_h"].latency_ms is None  # not measured: shown as –
+    assert measured_figures()["threads"] == json.loads(BENCH.read_text())["threads"]
+
+
+def test_the_cli_prints_the_table_and_json(table, capsys):
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(markdown_table(list(table.values())).splitlines()[0])
+    assert "| depth_tiny | depth | mobilenetv4_conv_small |" in text and "– |" in text
+    assert main(["models", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {m["name"] for m in data["models"]} == set(table) and data["measured"]["threads"] >= 1
