@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from anydistill.atomic import write_text_atomic
+from anydistill.bench.timing import round_robin
 from anydistill.cache import run_teacher_pass
 from anydistill.config import DataConfig, ModelConfig, TrainConfig, TrainerConfig
 from anydistill.data.toyworld import write_toyworld
@@ -136,17 +137,9 @@ def budget_note(runs: dict[str, tuple[TrainResult, int]], cap_minutes: float | N
 @torch.inference_mode()
 def round_robin_latency_ms(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
     """Median wall time of each call in ms, measured round-robin (one call of each in turn, ``rounds``
-    times, after one warm-up call each), so a change in the machine's load affects every model alike; the
-    thread count is the process's (``torch.get_num_threads()``), the same for every call."""
-    for call in calls.values():
-        call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] * 1000 for name, t in times.items()}
+    times, after one warm-up call each; :func:`anydistill.bench.timing.round_robin`), so a change in the
+    machine's load affects every model alike; the thread count is the process's, the same for every call."""
+    return {name: t.median_ms for name, t in round_robin(calls, rounds=rounds, warmup=1).items()}
 
 
 def load_note() -> str:
