@@ -30,7 +30,7 @@ Latency (batch 1, the set's evaluation size, ``torch.inference_mode``, channels_
 apart from the training runs) round-robin over the rows in one process with threads pinned, and stored
 beside the runs with the load average seen.
 
-    python benchmarks/bench_semantic_peer.py [--sets em,toyworld] [--rows seg_tiny,smp_unet:resnet18,...]
+    python benchmarks/bench_semantic_peer.py [--sets em,toyworld] [--rows seg_tiny smp_unet:resnet18 ...]
         [--seeds 0,1] [--threads 2] [--toyworld-steps 600] [--latency] [--report] [--quick] [--name semantic_peer]
 """
 
@@ -202,7 +202,7 @@ def latency(rows: list[str], size: int, num_classes: int, threads: int, rounds: 
 def report(results: list[dict], lat: dict, sets: dict, args) -> str:
     parts = []
     for set_name, info in sets.items():
-        rows = [r for r in args.rows.split(",")]
+        rows = args.rows
         mine = [r for r in results if r["set"] == set_name]
         if not mine:
             continue
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--sets", default="em,toyworld")
-    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS))
+    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="rows, space-separated")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--toyworld-steps", type=int, default=600)
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     specs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for set_name, info in sets.items():
-            for row in args.rows.split(","):
+            for row in args.rows:
                 parse_row(row)
                 steps = (8 if args.quick else args.toyworld_steps) if set_name == "toyworld" else None
                 specs.append({"set": set_name, "row": row, "seed": seed, "threads": args.threads,
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             classes = Path(info["train"]) / "classes.json"
             num_classes = len(json.loads(classes.read_text())["classes"])
             before = os.getloadavg()[0]
-            timed = latency(args.rows.split(","), info["eval_size"], num_classes, args.threads,
+            timed = latency(args.rows, info["eval_size"], num_classes, args.threads,
                             2 if args.quick else args.latency_rounds)  # fmt: skip
             old = json.loads(path.read_text()) if path.exists() else {}
             old.update({row: {**t, "load": [before, os.getloadavg()[0]]} for row, t in timed.items()})
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.quick:
         return
-    command = f"python benchmarks/bench_semantic_peer.py --sets {args.sets} --rows {args.rows} --seeds {args.seeds}" + (
+    command = f"python benchmarks/bench_semantic_peer.py --sets {args.sets} --rows {' '.join(args.rows)} --seeds {args.seeds}" + (
         f" --toyworld-steps {args.toyworld_steps}" if "toyworld" in args.sets else "")  # fmt: skip
     common.write_results(args.name, table, {"runs": results, "latency": lat}, command)
 

@@ -152,6 +152,7 @@ def predict(
     return predict_folder(checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device)
 
 
-def demo(out: str | Path = "demo_out", quick: bool = False) -> Path:
-    """Run the whole path on toyworld and return the markdown report's path."""
-    return run_demo(Path(out), quick=quick)
+def demo(out: str | Path = "demo_out", quick: bool = False, seeds: int = 1) -> Path:
+    """Run the whole path on toyworld and return the markdown report's path; ``seeds=2`` trains both
+    students twice and reports the spread of the gain."""
+    return run_demo(Path(out), quick=quick, seeds=seeds)

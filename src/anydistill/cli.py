@@ -357,6 +357,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     if args.promptable and args.pretrain:
         raise AnydistillError("demo: choose one of --promptable and --pretrain")
+    if args.seeds != 1 and (args.promptable or args.pretrain):
+        raise AnydistillError("demo: --seeds applies to the depth story (without --promptable or --pretrain)")
     if args.promptable:
         from anydistill.demos import run_promptable_demo
 
@@ -366,7 +368,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
         report = run_pretrain_demo(args.out, quick=args.quick)
     else:
-        report = api.demo(args.out, quick=args.quick)
+        report = api.demo(args.out, quick=args.quick, seeds=args.seeds)
     print(f"demo report: {report}")
 
 
@@ -686,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
     demo.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
+    demo.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train both depth students with this many seeds and report the gain's spread (default 1)",
+    )
     demo.add_argument(
         "--promptable",
         action="store_true",

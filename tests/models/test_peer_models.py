@@ -56,7 +56,9 @@ def test_gradients_reach_encoder_and_decoder():
     model = peer_models.build_smp("Unet", num_classes=2, encoder="resnet18")
     model(torch.randn(2, 3, 64, 64)).logsumexp(1).mean().backward()
     for part in (model.backbone, model.head):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters() if p.requires_grad)
+        assert all(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters() if p.requires_grad
+        )
 
 
 def test_bench_row_syntax():

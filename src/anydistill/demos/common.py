@@ -47,18 +47,38 @@ UNLABELED_SEED = 777
 
 
 class Steps:
-    """A story's steps, numbered in order: each prints ``[n/total] text`` and records its seconds under ``key``."""
+    """A story's steps, numbered in order: each prints ``[n/total] text`` and records its seconds under ``key``.
 
-    def __init__(self, total: int) -> None:
+    With a ``plan`` (the expected seconds of every step, by key, e.g. from step budgets and per-step costs
+    measured on a reference machine), each line also says about how long the story has left: the plan's
+    remaining seconds, scaled by how fast this machine has been so far against the plan (elapsed / planned
+    for the finished steps). Each step's start also samples the 1-minute load average (:meth:`load_range`).
+    """
+
+    def __init__(self, total: int, plan: dict[str, float] | None = None) -> None:
         self.total = total
         self.count = 0
         self.seconds: dict[str, float] = {}
+        self.plan = dict(plan or {})
+        self.loads: list[float] = []
         self.started = time.perf_counter()
+
+    def time_left(self, key: str) -> float | None:
+        """Estimated seconds from the start of step ``key`` to the end of the story (None without a plan)."""
+        if not self.plan:
+            return None
+        planned_done = sum(self.plan.get(k, 0.0) for k in self.seconds)
+        speed = sum(self.seconds.values()) / planned_done if planned_done > 0 else 1.0
+        remaining = sum(v for k, v in self.plan.items() if k not in self.seconds)
+        return remaining * speed
 
     @contextmanager
     def step(self, key: str, text: str) -> Iterator[None]:
         self.count += 1
-        print(f"[{self.count}/{self.total}] {text}", flush=True)
+        self.loads.append(os.getloadavg()[0])
+        left = self.time_left(key)
+        eta = "" if left is None else f" (about {max(1, round(left / 60))} min left)"
+        print(f"[{self.count}/{self.total}] {text}{eta}", flush=True)
         start = time.perf_counter()
         yield
         self.seconds[key] = time.perf_counter() - start
@@ -66,6 +86,11 @@ class Steps:
     def elapsed(self) -> float:
         """Seconds since the story started."""
         return time.perf_counter() - self.started
+
+    def load_range(self) -> str:
+        """``a–b``: the lowest and highest 1-minute load average seen at the steps' starts and now."""
+        loads = [*self.loads, os.getloadavg()[0]]
+        return f"{min(loads):.1f}–{max(loads):.1f}"
 
 
 def write_split(root: Path, count: int, size: int, domain: str, seed: int) -> Path:
@@ -108,6 +133,7 @@ def step_config(
             val_every_n_epochs=1000,
             log_every_n_steps=log_every_n_steps,
             checkpoint_every_n_steps=50,
+            progress_bar=False,  # one line per story step instead (Steps)
             gradient_clip_val=gradient_clip_val,
         ),
         **sections,
