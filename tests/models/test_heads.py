@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anydistill.models.heads import DPTHead, FPNDecoder, pyramid_factors
+from anydistill.models.heads import DPTHead, FPNDecoder, UNetDecoder, pyramid_factors
 from anydistill.models.heads.dpt import resize_layer
 
 
@@ -139,3 +139,54 @@ def test_fpn_vit_pyramid_strides_and_errors() -> None:
         FPNDecoder([8], [4], num_classes=0)
     with pytest.raises(ValueError):
         FPNDecoder([8, 8], [4], num_classes=3)
+
+
+def test_unet_decoder_matches_segmentation_models_pytorch() -> None:
+    smp_unet = pytest.importorskip("segmentation_models_pytorch.decoders.unet.decoder")
+    smp_modules = pytest.importorskip("segmentation_models_pytorch.base.heads")
+    chans, reds, widths = [16, 24, 32, 48, 64], [2, 4, 8, 16, 32], (40, 32, 24, 16, 8)
+    ours = UNetDecoder(chans, reds, num_classes=3, decoder_channels=widths).eval()
+    ref = smp_unet.UnetDecoder([3, *chans], widths, n_blocks=5).eval()
+    head = smp_modules.SegmentationHead(widths[-1], 3, kernel_size=3).eval()
+    # Same weights: the blocks share smp's layout; the classifier is smp's segmentation head's conv.
+    for name, p in [*ours.named_parameters(), *ours.named_buffers()]:
+        if name.endswith("running_var"):
+            p.data.uniform_(0.5, 1.5)  # a variance is positive
+        elif p.dtype.is_floating_point:
+            p.data.normal_(0, 0.2)
+    ref.load_state_dict({k: v for k, v in ours.state_dict().items() if k.startswith("blocks.")}, strict=True)
+    head[0].load_state_dict(ours.classifier.state_dict())
+    H, W = 64, 96
+    feats = [torch.randn(2, c, H // r, W // r) for c, r in zip(chans, reds, strict=True)]
+    with torch.no_grad():
+        expected = head(ref([torch.randn(2, 3, H, W), *feats]))
+        torch.testing.assert_close(ours(feats, (H, W)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_decoder_from_stride_four_taps_reaches_full_resolution_with_gradients() -> None:
+    chans, reds = [8, 16, 24, 32], [4, 8, 16, 32]
+    dec = UNetDecoder(chans, reds, num_classes=5, decoder_channels=(24, 16, 12, 8, 8))
+    assert len(dec.blocks) == 3 + 2  # three skip blocks, then two ×2 blocks from stride 4 to 1
+    feats = [
+        torch.randn(2, c, 64 // r, 96 // r, requires_grad=True) for c, r in zip(chans, reds, strict=True)
+    ]
+    logits = dec(feats, (64, 96))
+    assert logits.shape == (2, 5, 64, 96)
+    logits.square().mean().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+    # an input size that is not a multiple of the deepest stride still gets logits of its own size
+    odd = [torch.randn(1, c, -(-50 // r), -(-70 // r)) for c, r in zip(chans, reds, strict=True)]
+    assert dec(odd, (50, 70)).shape == (1, 5, 50, 70)
+
+
+def test_unet_decoder_argument_errors() -> None:
+    with pytest.raises(ValueError, match="needs 5 values"):
+        UNetDecoder([8, 8, 8, 8], [4, 8, 16, 32], num_classes=2, decoder_channels=(8, 8, 8))
+    with pytest.raises(ValueError, match="increase"):
+        UNetDecoder([8, 8], [8, 4], num_classes=2, decoder_channels=(8,))
+    with pytest.raises(ValueError, match="power of two"):
+        UNetDecoder([8, 8], [3, 6], num_classes=2, decoder_channels=(8, 8))
+    with pytest.raises(ValueError, match="num_classes"):
+        UNetDecoder([8, 8], [1, 2], num_classes=0, decoder_channels=(8,))
+    with pytest.raises(ValueError, match="expected 2 feature maps"):
+        UNetDecoder([8, 8], [1, 2], num_classes=2, decoder_channels=(8,))([torch.randn(1, 8, 4, 4)], (4, 4))

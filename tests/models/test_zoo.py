@@ -143,6 +143,23 @@ def test_any_timm_backbone_override() -> None:
     assert vit(torch.randn(1, 3, 32, 48)).shape == (1, 2, 32, 48)
 
 
+def test_segmentation_decoder_choice() -> None:
+    from anydistill.errors import ConfigError
+    from anydistill.models.heads import FPNDecoder, UNetDecoder
+
+    assert isinstance(build_model("seg_tiny", num_classes=2).decoder, FPNDecoder)
+    unet = build_model("seg_tiny", num_classes=3, decoder="unet", out_indices=[0, 1, 2, 3, 4],
+                       decoder_channels=[32, 24, 16, 8, 8])  # fmt: skip
+    assert isinstance(unet.decoder, UNetDecoder) and unet.feature_reductions == [2, 4, 8, 16, 32]
+    assert [b.conv2[0].out_channels for b in unet.decoder.blocks] == [32, 24, 16, 8, 8]
+    assert unet(torch.randn(2, 3, 64, 96)).shape == (2, 3, 64, 96)
+    # default widths: one block per skip plus log2(finest stride) blocks up to full resolution
+    default = build_model("seg_tiny", num_classes=2, decoder="unet")
+    assert [b.conv2[0].out_channels for b in default.decoder.blocks] == [256, 128, 64, 32, 16]
+    with pytest.raises(ConfigError, match="model.kwargs.decoder must be 'fpn' or 'unet', got 'deeplab'"):
+        build_model("seg_tiny", num_classes=2, decoder="deeplab")
+
+
 def test_normalize_and_buffers_travel_with_weights() -> None:
     model = build_model("depth_tiny")
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

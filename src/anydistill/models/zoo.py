@@ -10,7 +10,8 @@ Every builder is ``fn([num_classes,] pretrained=False, checkpoint_path=None, **o
   weights file (e.g. ImageNet weights); nothing is ever downloaded;
 * overrides: ``backbone`` (any timm name), ``out_indices``, ``backbone_kwargs`` (dict for
   ``timm.create_model``), head sizes (``features``, ``out_channels``, ``head_hidden``,
-  ``late_upsample`` for depth; ``fpn_channels``, ``head_channels``, ``dropout`` for segmentation),
+  ``late_upsample`` for depth; ``fpn_channels``, ``head_channels``, ``dropout`` for segmentation's FPN, or
+  ``decoder="unet"`` with ``decoder_channels`` for a U-Net decoder),
   ``pixel_mean``, ``pixel_std`` (default: the backbone's pre-training normalisation).
 
 Default student: ``depth_tiny`` (MobileNetV4-Conv-Small + light DPT head): at 518² (padded to 544²)
@@ -19,6 +20,7 @@ on a 2-core CPU it runs ~15× faster than Depth-Anything-V2-Small; see benchmark
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from typing import Any
 from torch import nn
 
 from anydistill.checkpoints import read_state_dict
-from anydistill.errors import DataError
+from anydistill.errors import ConfigError, DataError
 from anydistill.models.backbones import TimmBackbone
 from anydistill.models.heads.dpt import DPTHead
 from anydistill.models.heads.fpn import FPNDecoder
+from anydistill.models.heads.unet import UNetDecoder
 from anydistill.models.task_models import DepthModel, SegmentationModel
 from anydistill.registry import Registry
 
@@ -149,6 +152,8 @@ def _build_segmentation(
     fpn_channels: int,
     head_channels: int,
     dropout: float = 0.0,
+    decoder: str = "fpn",
+    decoder_channels: Sequence[int] | None = None,
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
     backbone_checkpoint_path: str | Path | None = None,
@@ -156,16 +161,24 @@ def _build_segmentation(
     pixel_mean: Sequence[float] | None = None,
     pixel_std: Sequence[float] | None = None,
 ) -> SegmentationModel:
+    if decoder not in ("fpn", "unet"):
+        raise ConfigError(f"model.kwargs.decoder must be 'fpn' or 'unet', got {decoder!r}")
     enc = _build_backbone(backbone, out_indices, pretrained, backbone_checkpoint_path, backbone_kwargs)
-    decoder = FPNDecoder(
-        enc.channels,
-        enc.reductions,
-        num_classes=num_classes,
-        fpn_channels=fpn_channels,
-        head_channels=head_channels,
-        dropout=dropout,
-    )
-    model = SegmentationModel(enc, decoder, pixel_mean or enc.pixel_mean, pixel_std or enc.pixel_std)
+    head: nn.Module
+    if decoder == "unet":
+        n_blocks = len(enc.channels) - 1 + round(math.log2(enc.reductions[0]))
+        widths = list(decoder_channels or [max(16, 256 >> i) for i in range(n_blocks)])
+        head = UNetDecoder(enc.channels, enc.reductions, num_classes=num_classes, decoder_channels=widths)
+    else:
+        head = FPNDecoder(
+            enc.channels,
+            enc.reductions,
+            num_classes=num_classes,
+            fpn_channels=fpn_channels,
+            head_channels=head_channels,
+            dropout=dropout,
+        )
+    model = SegmentationModel(enc, head, pixel_mean or enc.pixel_mean, pixel_std or enc.pixel_std)
     return _finish(model, checkpoint_path)
 
 
