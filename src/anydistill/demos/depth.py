@@ -57,10 +57,11 @@ from anydistill.viz import colorize_depth, image_grid, save_png
 #: ``UNLABELED_SEED``, the test ones the held-out offset).
 TEACHER_DATA_SEED = 555
 
-#: Seconds per optimizer step (batch 16) or per image at 128² on the reference machine (2-core Intel Xeon,
-#: quiet), for the time-left estimate of each step's line; other sizes scale with the pixel count.
-REFERENCE_COST = {"render": 0.011, "teacher": 0.64, "teacher_pass": 0.012, "student_labeled": 0.28,
-                  "student_distilled": 0.8, "semantic": 0.25, "evaluate": 0.02}  # fmt: skip
+#: Seconds per optimizer step (batch 16) or per image at 128², measured on the reference machine (2-core
+#: Intel Xeon, quiet, `anydistill demo`, 2026-12-02), for the time-left estimate of each step's line; other
+#: sizes scale with the pixel count.
+REFERENCE_COST = {"render": 0.0066, "teacher": 0.87, "teacher_pass": 0.0127, "student_labeled": 0.35,
+                  "student_distilled": 0.98, "semantic": 0.45, "evaluate": 0.02}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ class DemoBudget:
     unlabeled_count: int = 1500
     test_count: int = 128
     image_size: int = 128
-    teacher_steps: int = 300
-    student_steps: int = 150
+    teacher_steps: int = 200
+    student_steps: int = 120
     semantic_steps: int = 100
     cap_minutes: float | None = 30.0
     batch_size: int = 16
