@@ -37,7 +37,9 @@ def test_wrapped_model_equals_smp(arch):
     assert wrapped.feature_reductions == [1, 2, 4, 8, 16, 32]
 
 
-def test_registered_builders_load_their_own_checkpoint(tmp_path):
+def test_registered_builders_load_their_own_checkpoint(tmp_path, monkeypatch):
+    # Register into a copy: the zoo's own registry is left as it was for the other tests.
+    monkeypatch.setattr(MODELS, "_builders", dict(MODELS._builders))
     peer_models.register()
     peer_models.register()  # idempotent
     assert {"smp_unet", "smp_fpn"} <= set(MODELS.names())

@@ -64,3 +64,13 @@ def test_the_cli_prints_the_table_and_json(table, capsys):
     assert main(["models", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {m["name"] for m in data["models"]} == set(table) and data["measured"]["threads"] >= 1
+
+
+def test_a_model_a_user_registers_gets_its_task_from_its_type(monkeypatch):
+    from anydistill.models.zoo import MODELS, depth_tiny, seg_tiny
+
+    monkeypatch.setattr(MODELS, "_builders", {})  # only the user's models
+    MODELS.register("my_depth_net")(depth_tiny)
+    MODELS.register("unet_for_cells")(lambda **kw: seg_tiny(num_classes=2, **kw))
+    rows = {r.name: r for r in zoo_table()}
+    assert (rows["my_depth_net"].task, rows["unet_for_cells"].task) == ("depth", "semantic")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from anydistill.models.task_models import DepthModel, SegmentationModel
 from anydistill.models.zoo import build_model, list_models
 
 __all__ = ["ZooEntry", "measured_figures", "zoo_table"]
@@ -42,8 +43,13 @@ class ZooEntry:
     fastest_backend: str | None = None
 
 
-def _task(name: str) -> str:
-    return {"depth": "depth", "seg": "semantic", "sam": "promptable"}[name.split("_", 1)[0]]
+def _task(model: nn.Module) -> str:
+    """The task of a registered model, from its type (a model registered by a user has any name)."""
+    if isinstance(model, DepthModel):
+        return "depth"
+    if isinstance(model, SegmentationModel):
+        return "semantic"
+    return "promptable" if hasattr(model, "image_encoder") else type(model).__name__
 
 
 def _backbone(model: nn.Module) -> str:
@@ -68,9 +74,9 @@ def zoo_table() -> list[ZooEntry]:
     measured = measured_figures().get("models", {})
     rows = []
     for name in list_models():
-        task = _task(name)
         with torch.device("meta"):
             model = build_model(name).eval()
+        task = _task(model)
         if task == "promptable":
             side, module = int(model.img_size), model.image_encoder  # the encoder: the per-image cost
         else:
