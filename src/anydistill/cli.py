@@ -687,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole path on toyworld: data, train, evaluate, report")
     demo.add_argument("--out", type=Path, default=Path("demo_out"))
-    demo.add_argument("--quick", action="store_true", help="a much smaller run (about a minute)")
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (64² images, a few minutes)")
     demo.add_argument(
         "--seeds",
         type=int,
