@@ -92,9 +92,9 @@ def main() -> None:
                     module.val_metrics.compute()
 
                 metric_s = timed(metric, args.repeats)
-                grid = [cb for cb in method_run.callbacks if hasattr(cb, "on_validation_epoch_end")]
+                callbacks = method_run.callbacks  # the supervised method's: the val_grid.png picture
                 picture_s = timed(
-                    lambda: [cb.on_validation_epoch_end(trainer, module) for cb in grid], args.repeats
+                    lambda: [cb.on_validation_epoch_end(trainer, module) for cb in callbacks], args.repeats
                 )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

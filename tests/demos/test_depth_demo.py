@@ -56,17 +56,17 @@ def test_time_left_scales_the_plan_by_the_speed_so_far(monkeypatch, capsys) -> N
     now = [0.0]
     monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
     steps = Steps(3, plan={"a": 10.0, "b": 20.0, "c": 30.0})
-    assert steps.time_left("a") == pytest.approx(60.0)  # nothing done yet: the plan itself
+    assert steps.time_left() == pytest.approx(60.0)  # nothing done yet: the plan itself
     with steps.step("a", "first"):
         now[0] += 20.0  # step a took 20 s against a plan of 10: this machine is 2× slower
-    assert steps.time_left("b") == pytest.approx((20.0 + 30.0) * 2.0)
+    assert steps.time_left() == pytest.approx((20.0 + 30.0) * 2.0)
     with steps.step("b", "second"):
         now[0] += 10.0  # b: 10 s against 20, so (20 + 10) / (10 + 20) = 1× overall
-    assert steps.time_left("c") == pytest.approx(30.0)
+    assert steps.time_left() == pytest.approx(30.0)
     assert steps.seconds == {"a": 20.0, "b": 10.0}
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["[1/3] first (about 1 min left)", "[2/3] second (about 2 min left)"]
-    assert Steps(2).time_left("a") is None
+    assert Steps(2).time_left() is None
 
 
 def test_budgets_give_both_students_the_same_steps_and_the_teacher_more() -> None:

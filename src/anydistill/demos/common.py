@@ -63,8 +63,8 @@ class Steps:
         self.loads: list[float] = []
         self.started = time.perf_counter()
 
-    def time_left(self, key: str) -> float | None:
-        """Estimated seconds from the start of step ``key`` to the end of the story (None without a plan)."""
+    def time_left(self) -> float | None:
+        """Estimated seconds from now (between steps) to the end of the story (None without a plan)."""
         if not self.plan:
             return None
         planned_done = sum(self.plan.get(k, 0.0) for k in self.seconds)
@@ -76,7 +76,7 @@ class Steps:
     def step(self, key: str, text: str) -> Iterator[None]:
         self.count += 1
         self.loads.append(os.getloadavg()[0])
-        left = self.time_left(key)
+        left = self.time_left()
         eta = "" if left is None else f" (about {max(1, round(left / 60))} min left)"
         print(f"[{self.count}/{self.total}] {text}{eta}", flush=True)
         start = time.perf_counter()
