@@ -42,6 +42,19 @@ from anydistill.viz import default_palette
 __all__ = ["LoadedModel", "PredictReport", "Predictor", "find_images", "load_student", "predict_folder"]
 
 
+def to_channels_last(model: torch.nn.Module) -> bool:
+    """Put ``model`` in channels-last (NHWC) memory format when it has convolutions; return whether it did.
+
+    NHWC convolutions: depth_tiny 1.49×, seg_tiny 1.35× faster at 544² on 2 CPU cores, the same output to
+    float rounding (benchmarks/results/bench_zoo; ``anydistill bench``'s channels_last rows). Inputs are
+    then best given as ``x.contiguous(memory_format=torch.channels_last)``.
+    """
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if convolutional:
+        model.to(memory_format=torch.channels_last)
+    return convolutional
+
+
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """A trained depth or semantic student (``best.ckpt``/``last.ckpt``) for inference.
 
@@ -85,11 +98,7 @@ class Predictor:
         self._pad = PadToSize(self.image_size, self.image_size)
         self.model = self.student.model
         self.device = next(self.model.parameters()).device
-        # NHWC convolutions: depth_tiny 1.49x, seg_tiny 1.35x faster at 544² on 2 CPU cores, the same output to
-        # float rounding (benchmarks/results/bench_zoo; anydistill bench's channels_last rows).
-        self.channels_last = any(isinstance(m, torch.nn.Conv2d) for m in self.model.modules())
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = to_channels_last(self.model)
 
     def prepare(self, image: np.ndarray) -> Sample:
         """uint8 ``(H, W, 3)`` → the model's input sample: ``"image"`` float32 ``(3, S, S)`` in [0, 1]

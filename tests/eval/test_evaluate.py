@@ -353,3 +353,50 @@ def test_metrics_json_beside_a_directory_of_its_temporary_name_is_one_line(tmp_p
     with pytest.raises(DataError, match="cannot write the metrics"):
         write_metrics_json(tmp_path / "m.json", "c", "d", {})
     assert (tmp_path / "m.json.tmp").is_dir()  # the user's directory is left alone
+
+
+@pytest.mark.parametrize("task", ["depth", "semantic"])
+def test_dense_evaluate_runs_channels_last_with_the_nchw_figures(task, tmp_path, monkeypatch) -> None:
+    """``evaluate`` gives convolutional students channels-last inputs (faster on CPU, issue 11 item 5) and
+    the same metrics as the plain NCHW loop written out here, to float rounding."""
+    from tiny_students import save_tiny_depth_student, save_tiny_semantic_student
+
+    from anydistill.eval.metrics import DepthMetrics, SegmentationMetrics
+    from anydistill.inference import load_student
+
+    save = save_tiny_depth_student if task == "depth" else save_tiny_semantic_student
+    ckpt = save(tmp_path / "student.ckpt")
+    got = evaluate_module.evaluate(ckpt, "toyworld:wide", count=6, batch_size=4, progress=False)
+
+    student = load_student(ckpt)
+    spec = student.preprocess.with_size(student.image_size)
+    dataset = eval_dataset("toyworld:wide", task, spec.size, spec.multiple, 6, 0)
+    metric = (
+        DepthMetrics() if task == "depth" else SegmentationMetrics(num_classes=student.classes.num_classes)
+    )
+    with torch.inference_mode():
+        for i in range(0, 6, 4):
+            batch = [dataset[j] for j in range(i, min(i + 4, 6))]
+            x = torch.stack([s["image"] for s in batch])
+            pred = student.model(spec.normalize(x))
+            if task == "depth":
+                metric.update(pred, torch.stack([s["depth"] for s in batch]),
+                              torch.stack([s["depth_valid"] for s in batch]))  # fmt: skip
+            else:
+                metric.update(pred.argmax(1), torch.stack([s["semantic"] for s in batch]))
+    want = {k: float(v) for k, v in metric.compute().items() if torch.as_tensor(v).numel() == 1}
+    assert want and all(got[k] == pytest.approx(v, abs=1e-5) for k, v in want.items())
+
+    formats: list[bool] = []
+    real = evaluate_module.load_student
+
+    def spy(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        loaded.model.register_forward_pre_hook(
+            lambda _m, inputs: formats.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        return loaded
+
+    monkeypatch.setattr(evaluate_module, "load_student", spy)
+    evaluate_module.evaluate(ckpt, "toyworld:wide", count=2, batch_size=2, progress=False)
+    assert formats == [True]

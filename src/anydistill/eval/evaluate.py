@@ -19,7 +19,7 @@ from anydistill.data.transforms import collate_samples, eval_transforms
 from anydistill.errors import ConfigError, DataError
 from anydistill.eval.interactive import evaluate_interactive
 from anydistill.eval.metrics import DepthMetrics, SegmentationMetrics
-from anydistill.inference import load_student
+from anydistill.inference import load_student, to_channels_last
 from anydistill.loading import load_model
 
 
@@ -66,7 +66,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of ``checkpoint`` on ``data``: depth (AbsRel, RMSE, δ1..δ3 after per-image
     least-squares alignment in disparity, as Depth Anything evaluates relative depth) or semantic
-    (per-class IoU, mIoU, pixel accuracy).
+    (per-class IoU, mIoU, pixel accuracy). Convolutional students run in channels-last memory format
+    (faster on CPU; the same figures to float rounding).
 
     Raises:
         ConfigError: ``count``, ``image_size`` or ``batch_size`` below 1, or ``seed`` below 0 (one line
@@ -86,9 +87,11 @@ def evaluate(
         num_classes = int(student.record["arch"].get("num_classes") or student.classes.num_classes)
         metrics_fn = SegmentationMetrics(num_classes=num_classes, ignore_index=student.classes.ignore_index)
     metrics_fn.to(device)
+    memory_format = torch.channels_last if to_channels_last(student.model) else torch.contiguous_format
     for batch in tqdm(loader, desc="evaluate", disable=not progress, unit="batch"):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        pred = student.model(spec.normalize(batch["image"]))  # (B, C, S, S)
+        x = spec.normalize(batch["image"]).contiguous(memory_format=memory_format)
+        pred = student.model(x)  # (B, C, S, S)
         if student.task == "depth":
             metrics_fn.update(pred, batch["depth"], batch["depth_valid"])
         else:
