@@ -8,8 +8,9 @@ libgomp), on a quiet machine and beside one competing busy-loop process:
 * ``train``: ``anydistill train`` on toyworld for a fixed number of steps with the shipped loader
   workers, wall time per step from the run's start to its end: what a user sees.
 
-``ACTIVE`` is OpenMP's own behaviour (threads spin while they wait); ``PASSIVE`` (threads sleep) is what
-the ``anydistill`` command sets unless the user set the variable. Configurations are run round-robin,
+``ACTIVE``: threads spin while they wait; ``PASSIVE``: threads sleep at once; ``SPIN<N>``: libgomp's
+middle way, ``OMP_WAIT_POLICY`` unset and ``GOMP_SPINCOUNT=N`` (spin ``N`` iterations, then sleep), which
+the ``anydistill`` command sets (``SPIN10000``) unless the user set either variable. Configurations are run round-robin,
 so a drift in the machine's speed touches all of them alike; the load average is recorded with each.
 
     python benchmarks/bench_busy_slowdown.py [--rounds 2] [--steps 15] [--train-steps 40]
@@ -56,8 +57,16 @@ print(1000 * sorted(times[2:])[len(times[2:]) // 2])
 BUSY_LOOP = "while True: pass"
 
 
+def policy_env(policy: str) -> dict[str, str]:
+    """The environment of a child process for ``ACTIVE``, ``PASSIVE`` or ``SPIN<N>``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy.startswith("SPIN"):
+        return {**env, "GOMP_SPINCOUNT": policy.removeprefix("SPIN")}
+    return {**env, "OMP_WAIT_POLICY": policy}
+
+
 def run_step(policy: str, steps: int) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    env = policy_env(policy)
     out = subprocess.run(
         [sys.executable, "-c", STEP_SCRIPT, str(steps)], env=env, capture_output=True, text=True, check=True
     )
@@ -67,7 +76,7 @@ def run_step(policy: str, steps: int) -> float:
 def run_train(policy: str, steps: int, workdir: Path) -> float:
     """Wall milliseconds per step of a whole ``anydistill train`` run (start-up included, so a ratio of
     these understates the step's own slowdown a little)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    env = policy_env(policy)
     run_dir = workdir / f"run_{policy}_{time.monotonic_ns()}"
     config = Path(__file__).resolve().parent.parent / "configs" / "depth_toyworld.yaml"
     cmd = [
@@ -94,8 +103,9 @@ def main() -> None:
         "--competitor", choices=["python", "yes"], default="python",
         help="the busy process: a Python busy loop, or `yes > /dev/null` (a loop of write system calls)",
     )  # fmt: skip
+    parser.add_argument("--policies", default="ACTIVE,PASSIVE,SPIN10000", help="comma-separated")
     args = parser.parse_args()
-    policies = ["ACTIVE", "PASSIVE"]
+    policies = args.policies.split(",")
     results: dict[str, list[float]] = {}
     loads: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +116,7 @@ def main() -> None:
                 try:
                     if busy:
                         time.sleep(1.0)
-                    for policy in policies if round_ % 2 == 0 else policies[::-1]:
+                    for policy in policies[round_ % len(policies):] + policies[: round_ % len(policies)]:
                         for kind in ("step", "train"):
                             key = f"{kind}|{policy}|{'busy' if busy else 'quiet'}"
                             ms = (
@@ -138,7 +148,7 @@ def main() -> None:
             }
     header = [
         f"measured (competitor: {args.competitor})",
-        "OMP_WAIT_POLICY",
+        "OpenMP wait",
         "quiet ms",
         "busy ms",
         "busy / quiet",

@@ -74,7 +74,7 @@ def test_budgets_give_both_students_the_same_steps_and_the_teacher_more() -> Non
         assert budget.teacher_steps > budget.student_steps
         plan = budget.plan()
         assert set(plan) == {"data", "teacher", "teacher_pass", "student_labeled", "student_distilled",
-                             "semantic", "evaluate"}  # fmt: skip
+                             "evaluate"}  # fmt: skip
     assert sum(DEFAULT.plan().values()) <= 8 * 60  # the default demo's planned time on the reference machine
     two = DEFAULT.plan(), type(DEFAULT)(seeds=2).plan()
     assert two[1]["student_distilled"] == pytest.approx(2 * two[0]["student_distilled"])

@@ -10,8 +10,7 @@
 4. a small student (``depth_tiny``) trained on the user's labeled images only, as the baseline;
 5. the same student distilled with the Depth Anything recipe (labeled + pseudo-labeled, strong
    perturbations, CutMix), the same number of optimizer steps as the baseline;
-6. a semantic-segmentation student on the labeled images;
-7. a report that leads with the answer (how much faster the distilled student is than its teacher and
+6. a report that leads with the answer (how much faster the distilled student is than its teacher and
    how much of its quality it keeps, with and without the unlabeled images), then the table, the
    speed/quality picture and the predictions side by side. ``seeds=2`` trains both students twice
    (seeds 0 and 1) and reports each figure's mean and spread.
@@ -61,7 +60,7 @@ TEACHER_DATA_SEED = 555
 #: Intel Xeon, quiet, `anydistill demo`, 2026-12-02), for the time-left estimate of each step's line; other
 #: sizes scale with the pixel count.
 REFERENCE_COST = {"render": 0.0066, "teacher": 0.87, "teacher_pass": 0.0127, "student_labeled": 0.35,
-                  "student_distilled": 0.98, "semantic": 0.45, "evaluate": 0.02}  # fmt: skip
+                  "student_distilled": 0.98, "evaluate": 0.02}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,9 +76,8 @@ class DemoBudget:
     unlabeled_count: int = 1500
     test_count: int = 128
     image_size: int = 128
-    teacher_steps: int = 200
-    student_steps: int = 120
-    semantic_steps: int = 100
+    teacher_steps: int = 160
+    student_steps: int = 100
     cap_minutes: float | None = 30.0
     batch_size: int = 16
     workers: int = 1  # one loader process leaves a core for the model on a 2-core machine
@@ -95,7 +93,6 @@ class DemoBudget:
             "teacher_pass": c["teacher_pass"] * self.unlabeled_count * px,
             "student_labeled": c["student_labeled"] * self.student_steps * self.seeds * px,
             "student_distilled": c["student_distilled"] * self.student_steps * self.seeds * px,
-            "semantic": c["semantic"] * self.semantic_steps * px,
             "evaluate": c["evaluate"] * self.test_count * (2 * self.seeds + 1) * px + 10,
         }
 
@@ -109,7 +106,6 @@ QUICK = DemoBudget(
     image_size=64,
     teacher_steps=80,
     student_steps=60,
-    semantic_steps=40,
     cap_minutes=10.0,
 )
 
@@ -173,7 +169,7 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1) -> Path:
     out = Path(out)
     data_dir = out / "data"
     size = budget.image_size
-    steps = Steps(7, plan=budget.plan())
+    steps = Steps(6, plan=budget.plan())
     n_runs = f"{budget.student_steps} steps" + (f", seeds 0–{seeds - 1}" if seeds > 1 else "")
 
     with steps.step(
@@ -218,12 +214,6 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1) -> Path:
             cfg.distill = DistillConfig(cache=str(cache))
             distilled_runs.append(distill(cfg))
 
-    with steps.step(
-        "semantic",
-        f"training a semantic student (seg_tiny) on the labeled images, {budget.semantic_steps} steps",
-    ):
-        semantic = train(_config(out, budget, "semantic", "seg_tiny", "semantic", budget.semantic_steps))
-
     with steps.step("evaluate", "evaluating on the wide test split, measuring latency, writing the report"):
         test_root = str(data_dir / "test")
         groups = {
@@ -244,11 +234,6 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1) -> Path:
                 "latency_ms_518": latency[name],
             }
         machine = load_note()
-        results["semantic student (seg_tiny)"] = {
-            "checkpoint": str(semantic.best_checkpoint),
-            "metrics": evaluate(semantic.best_checkpoint, test_root, progress=False),
-            "grid": str(semantic.run_dir / "val_grid.png"),
-        }
         short = {"teacher": teacher.best_checkpoint, "labeled only": labeled_runs[0].best_checkpoint,
                  "distilled": distilled_runs[0].best_checkpoint}  # fmt: skip
         grid = _comparison_grid(short, data_dir / "test", out / "comparison.png")
@@ -265,7 +250,6 @@ def run_demo(out: Path, quick: bool = False, seeds: int = 1) -> Path:
         tag = f" (seed {seed})" if seeds > 1 else ""
         runs[f"labeled-only student{tag}"] = (labeled_runs[seed], budget.student_steps)
         runs[f"distilled student{tag}"] = (distilled_runs[seed], budget.student_steps)
-    runs["semantic student"] = (semantic, budget.semantic_steps)
     notes = {"budget": budget_note(runs, budget.cap_minutes), "machine": machine, "load": steps.load_range(),
              "pareto": "" if pareto is None else relative(pareto, out)}  # fmt: skip
     report = _report(results, budget, elapsed, out, grid, notes)
@@ -350,7 +334,6 @@ def _report(
         for name, r in results.items()
         if "params_m" in r  # the depth models
     ]
-    sem = results["semantic student (seg_tiny)"]
     lines = report_head("anydistill demo report", answer_sentence(answer(results), seeds), header, rows) + [
         "",
         summary,
@@ -371,9 +354,6 @@ def _report(
         "",
         "## Predictions side by side (disparity, aligned to the truth)",
         f"![comparison]({relative(grid, out)})",
-        "",
-        f"## Semantic student: mIoU {sem['metrics']['miou']:.3f}, pixel accuracy {sem['metrics']['pixel_acc']:.3f}",
-        f"![semantic]({relative(sem['grid'], out)})",
         "",
         "Checkpoints are under `runs/`, the teacher's pseudo-labels under `cache/`.",
         "",
