@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from anydistill.config import DataConfig
-from anydistill.demos.common import budget_note, round_robin_latency_ms, step_config
+from anydistill.data.toyworld import write_toyworld
+from anydistill.demos import common as demo_common
+from anydistill.demos.common import budget_note, round_robin_latency_ms, step_config, write_split
 from anydistill.training import TrainResult
 
 
@@ -47,3 +49,23 @@ def test_round_robin_latency_measures_each_call_in_turn():
     ms = round_robin_latency_ms({"a": call("a", 0.002), "b": call("b", 0.02)}, rounds=3)
     assert order == ["a", "b"] * 4  # one warm-up each, then a, b, a, b, ...
     assert ms["b"] > ms["a"] and ms["b"] == pytest.approx(20, abs=15)
+
+
+def test_write_split_renders_large_splits_in_two_processes_with_the_same_files(tmp_path, monkeypatch) -> None:
+    calls: list[int] = []
+    real = demo_common.write_toyworld
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(demo_common, "write_toyworld", spy)
+    monkeypatch.setattr(demo_common.os, "cpu_count", lambda: 2)
+    write_split(tmp_path / "pool", 256, 8, "wide", seed=3)
+    write_split(tmp_path / "small", 4, 8, "wide", seed=3)
+    assert calls == [2, 0]  # a pool for a large split only
+    write_toyworld(tmp_path / "one", count=256, size=8, domain="wide", seed=3, progress=False)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert len(files) >= 2 * 256
+    for rel in files:
+        assert (tmp_path / "pool" / rel).read_bytes() == (tmp_path / "one" / rel).read_bytes(), rel

@@ -94,8 +94,12 @@ class Steps:
 
 
 def write_split(root: Path, count: int, size: int, domain: str, seed: int) -> Path:
-    """``count`` toyworld images of ``domain`` in the user folder format, quietly; returns ``root``."""
-    return write_toyworld(root, count=count, size=size, domain=domain, seed=seed, progress=False)
+    """``count`` toyworld images of ``domain`` in the user folder format, quietly, rendered in up to two
+    processes (each image depends only on its index and ``seed``: the same files); returns ``root``."""
+    workers = min(2, os.cpu_count() or 1) if count >= 256 else 0  # a pool's start-up outweighs small splits
+    return write_toyworld(
+        root, count=count, size=size, domain=domain, seed=seed, workers=workers, progress=False
+    )
 
 
 def teacher_pass(checkpoint: Path, images: Path, cache: Path) -> Path:
