@@ -57,10 +57,11 @@ from anydistill.viz import colorize_depth, image_grid, save_png
 TEACHER_DATA_SEED = 555
 
 #: Seconds per optimizer step (batch 16) or per image at 128², measured on the reference machine (2-core
-#: Intel Xeon, quiet, `anydistill demo`, 2026-12-02), for the time-left estimate of each step's line; other
-#: sizes scale with the pixel count.
-REFERENCE_COST = {"render": 0.0066, "teacher": 0.87, "teacher_pass": 0.0127, "student_labeled": 0.35,
-                  "student_distilled": 0.98, "evaluate": 0.02}  # fmt: skip
+#: Intel Xeon, quiet, `anydistill demo`, 2026-12-02: the mean of two runs, 5.1 and 7.7 min, which shows how
+#: much this shared VM's speed moves), for the time-left estimate of each step's line; other sizes scale
+#: with the pixel count.
+REFERENCE_COST = {"render": 0.0033, "teacher": 1.03, "teacher_pass": 0.011, "student_labeled": 0.32,
+                  "student_distilled": 1.29, "evaluate": 0.005}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class DemoBudget:
             "teacher_pass": c["teacher_pass"] * self.unlabeled_count * px,
             "student_labeled": c["student_labeled"] * self.student_steps * self.seeds * px,
             "student_distilled": c["student_distilled"] * self.student_steps * self.seeds * px,
-            "evaluate": c["evaluate"] * self.test_count * (2 * self.seeds + 1) * px + 10,
+            "evaluate": c["evaluate"] * self.test_count * (2 * self.seeds + 1) * px + 8,
         }
 
 
