@@ -8,9 +8,9 @@ libgomp), on a quiet machine and beside one competing busy-loop process:
 * ``train``: ``anydistill train`` on toyworld for a fixed number of steps with the shipped loader
   workers, wall time per step from the run's start to its end: what a user sees.
 
-``ACTIVE``: threads spin while they wait; ``PASSIVE``: threads sleep at once; ``SPIN<N>``: libgomp's
-middle way, ``OMP_WAIT_POLICY`` unset and ``GOMP_SPINCOUNT=N`` (spin ``N`` iterations, then sleep), which
-the ``anydistill`` command sets (``SPIN10000``) unless the user set either variable. Configurations are run round-robin,
+``ACTIVE``: threads spin while they wait; ``PASSIVE``: threads sleep at once (what the ``anydistill``
+command sets unless the user set the variable); ``SPIN<N>``: libgomp's middle way, ``OMP_WAIT_POLICY``
+unset and ``GOMP_SPINCOUNT=N`` (spin ``N`` iterations, then sleep). Configurations are run round-robin,
 so a drift in the machine's speed touches all of them alike; the load average is recorded with each.
 
     python benchmarks/bench_busy_slowdown.py [--rounds 2] [--steps 15] [--train-steps 40]

@@ -17,7 +17,7 @@ decoder, and onnxruntime latency against PyTorch eager.
 (c) Latency, batch 1, 2 threads each (torch ``set_num_threads``, onnxruntime ``intra_op_num_threads``),
     and 1 thread each:
     ``depth_tiny`` at 544² and the ``sam_tiny`` image encoder at 1024², PyTorch eager
-    (``inference_mode``; OpenMP threads spin briefly, then sleep while waiting, ``GOMP_SPINCOUNT=1000``) against
+    (``inference_mode``; OpenMP threads sleep while waiting, ``OMP_WAIT_POLICY=PASSIVE``) against
     onnxruntime (CPU; its threads spin while waiting by default, so also a row without spinning, the
     like-for-like one on a machine other processes share), round-robin in one process, median.
 
@@ -218,7 +218,7 @@ def _export_upstream(sam: torch.nn.Module, path: Path, return_single_mask: bool)
 
 def _session(path: Path, spinning: bool = True, threads: int = THREADS) -> ort.InferenceSession:
     """A CPU session on ``threads`` threads; ``spinning=False``: its threads sleep while they wait, as
-    torch's do here after a short spin (``GOMP_SPINCOUNT=1000``, set by benchmarks/common.py and the anydistill CLI)."""
+    torch's do here (``OMP_WAIT_POLICY=PASSIVE``, set by benchmarks/common.py and the anydistill CLI)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     note = (
         f"\n\nRandom weights; export checks on onnxruntime {ort.__version__} CPU, opset 17, static shapes. "
         f"Latency: {THREADS} threads each, then 1 thread each, {warmup} warm-up + {repeats} timed runs, "
-        "round-robin. PyTorch's OpenMP threads spin briefly, then sleep (`GOMP_SPINCOUNT=1000`, as the CLI sets): "
+        "round-robin. PyTorch's OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, as the CLI sets): "
         "on a shared, busy 2-core machine its 2-thread runs stall at every barrier, so the 1-thread rows "
         "compare the runtimes themselves. "
         f"1-min load average before/after: {load_before:.2f}/{load_after:.2f}; whole run "

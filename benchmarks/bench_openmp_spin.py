@@ -2,9 +2,9 @@
 quiet machine, and the depth student's optimisation step beside one busy process, per wait setting.
 
 Settings (each run in a fresh interpreter: libgomp reads them when torch loads it): ``ACTIVE`` (spin),
-``PASSIVE`` (sleep at once; the ``anydistill`` command's default before this benchmark), ``SPIN<N>``
-(``OMP_WAIT_POLICY`` unset, ``GOMP_SPINCOUNT=N``: spin ``N`` iterations, then sleep; the command's default
-now is ``SPIN1000``). Round-robin over the settings, rotated each round; the load average is recorded.
+``PASSIVE`` (sleep at once; the ``anydistill`` command's default), ``SPIN<N>`` (``OMP_WAIT_POLICY`` unset,
+``GOMP_SPINCOUNT=N``: spin ``N`` iterations, then sleep). Round-robin over the settings, rotated each
+round; the load average is recorded.
 
 * ``quiet train``: ``anydistill.training.train`` of the demo's labeled-only student (``depth_tiny``,
   100 steps of batch 16 at 128², one loader worker, the demo's own config), wall seconds of the call;

@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 
 # As the anydistill command does (src/anydistill/cli.py), for the scripts that import this module before
-# torch (the training benchmarks): OpenMP threads spin only briefly before they sleep while they wait, so a
-# benchmark beside other work slows in proportion. Set before torch loads; the caller's value for
-# OMP_WAIT_POLICY or GOMP_SPINCOUNT wins (benchmarks/bench_busy_slowdown.py sets them per run).
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "1000"
+# torch (the training benchmarks): OpenMP threads sleep instead of spinning while
+# they wait, so a benchmark beside other work slows in proportion. Set before torch loads; the caller's
+# value wins (benchmarks/bench_busy_slowdown.py sets it per run).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 

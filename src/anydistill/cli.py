@@ -20,17 +20,14 @@ from typing import Any
 
 from anydistill.errors import AnydistillError, ConfigError
 
-# OpenMP's threads (torch's intra-op pool) spin while they wait for work (libgomp: 300,000 iterations by
-# default). When another busy process shares the cores, a spinning thread holds the core the descheduled
-# one needs: beside one busy process a training step on this 2-core machine took 2.2-2.4x its quiet time.
-# Sleeping at once (OMP_WAIT_POLICY=PASSIVE) cut that to 1.5-1.6x but made quiet training slow and erratic
-# beside its own loader worker (the demo's labeled student: 31-84 s for 100 steps, against 35-36 s). A short
-# spin, 1,000 iterations (libgomp's own count when threads outnumber cores), keeps both: quiet 35-36 s,
-# busy step 510-617 ms against PASSIVE's 426-598 ms (benchmarks/bench_busy_slowdown.py, RESULTS.md).
-# libgomp reads the variables once, when torch loads it, so they are set here, before any command imports
-# torch; a value the user set for either wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "1000"
+# OpenMP's threads (torch's intra-op pool) spin while they wait for work by default. When another busy
+# process shares the cores, a spinning thread holds the core the descheduled one needs: beside one busy
+# process a training step on this 2-core machine took 2.4x its quiet time (6.3x in one run), with sleeping
+# waits ("PASSIVE") 1.5-1.6x, at no cost on a quiet machine (benchmarks/bench_busy_slowdown.py). libgomp
+# reads the variable once, when torch loads it, so it is set here, before any command imports torch; a
+# value the user set wins. A short spin instead (GOMP_SPINCOUNT=1000) was measured too and is no better: quiet
+# training equal within this VM's noise, the busy step ~10% slower (benchmarks/bench_openmp_spin.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _check_options(args: argparse.Namespace, minimum: int, *options: str) -> None:
