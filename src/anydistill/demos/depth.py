@@ -57,9 +57,9 @@ from anydistill.viz import colorize_depth, image_grid, save_png
 TEACHER_DATA_SEED = 555
 
 #: Seconds per optimizer step (batch 16) or per image at 128², measured on the reference machine (2-core
-#: Intel Xeon, quiet, `anydistill demo`, 2026-12-02: the mean of two runs, 5.1 and 7.7 min, which shows how
-#: much this shared VM's speed moves), for the time-left estimate of each step's line; other sizes scale
-#: with the pixel count.
+#: Intel Xeon, quiet, `anydistill demo`, 2026-12-02; the mean of two runs of 5.1 and 7.7 min, which shows
+#: how much this shared VM's speed moves), for the time-left estimate of each step's line; other sizes
+#: scale with the pixel count.
 REFERENCE_COST = {"render": 0.0033, "teacher": 1.03, "teacher_pass": 0.011, "student_labeled": 0.32,
                   "student_distilled": 1.29, "evaluate": 0.005}  # fmt: skip
 
