@@ -22,7 +22,10 @@ Sets (each split once, fixed, before any training):
   256 test, three disjoint seeds; batch 16, ``--toyworld-steps`` steps, validated every 2 epochs.
 
 Budgets are steps (same for every row), so the quality figures depend only on the settings and seed, not
-on how busy the machine is. Every (set, row, seed) runs in a fresh process with ``--threads`` torch
+on how busy the machine is. ``--minutes M`` instead gives every row the same wall-clock budget (``M``
+minutes of training, the warm-up + cosine schedule fitted to the steps the measured step time allows,
+validation as the set's config says): quality per CPU-minute, which does depend on the machine's load
+(recorded with each run; run it with the other jobs paused). Its runs are stored apart (``-m<M>``). Every (set, row, seed) runs in a fresh process with ``--threads`` torch
 threads; its result is stored in ``_out/semantic_peer/<set>/<key>.json`` (atomically) and reused when the
 script is run again, so the benchmark can be stopped and continued, or its table rebuilt (``--report``).
 Latency (batch 1, the set's evaluation size, ``torch.inference_mode``, channels_last as
@@ -135,7 +138,9 @@ def child(spec: dict) -> dict:
                  f"run_dir={spec['run_dir']}", f"seed={spec['seed']}", f"model.name={name}",
                  "trainer.progress_bar=false", "data.num_workers=1"]  # fmt: skip
     overrides += [f"model.kwargs.{k}={v}" for k, v in kwargs.items()]
-    if spec.get("steps"):
+    if spec.get("minutes"):  # the wall clock is the budget: no step or epoch limit
+        overrides += [f"trainer.max_time_minutes={spec['minutes']}", "trainer.max_steps=-1", "trainer.max_epochs=-1"]
+    elif spec.get("steps"):
         overrides.append(f"trainer.max_steps={spec['steps']}")
     overrides += extra
     start = time.perf_counter()
@@ -145,7 +150,9 @@ def child(spec: dict) -> dict:
     val = api.evaluate(result.best_checkpoint, data=spec["val"], count=100_000, progress=False)
     model = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
     steps = int(model.get("global_step", -1))
-    return {**spec, "test": test, "val": val, "train_seconds": train_s, "best_step": steps,
+    last = Path(result.best_checkpoint).with_name("last.ckpt")
+    made = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", -1)) if last.is_file() else steps
+    return {**spec, "test": test, "val": val, "train_seconds": train_s, "best_step": steps, "steps_made": made,
             "load": os.getloadavg()[0]}  # fmt: skip
 
 
@@ -153,14 +160,15 @@ def result_path(spec: dict, state: Path) -> Path:
     return (
         state
         / spec["set"]
-        / f"{row_key(spec['row'])}-s{spec['seed']}{'-quick' if spec['quick'] else ''}.json"
+        / f"{row_key(spec['row'])}-s{spec['seed']}{'-quick' if spec['quick'] else ''}"
+        f"{'-m' + str(spec['minutes']) if spec.get('minutes') else ''}.json"
     )
 
 
 def run(spec: dict, state: Path) -> dict:
     path = result_path(spec, state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    settings = ("row", "seed", "steps", "overrides", "threads", "set")
+    settings = ("row", "seed", "steps", "minutes", "overrides", "threads", "set")
 
     def compute() -> dict:
         run_dir = path.with_suffix("")
@@ -222,6 +230,10 @@ def report(results: list[dict], lat: dict, sets: dict, args) -> str:
                 ", ".join(f"{r['train_seconds']:.0f}" for r in runs), ", ".join(str(r["seed"]) for r in runs),
             ])  # fmt: skip
         budget = info["budget"] or f"{8 if args.quick else args.toyworld_steps} steps of batch 16"
+        if args.minutes:
+            budget = f"{args.minutes:g} minutes of training per row (wall clock), steps made: " + ", ".join(
+                f"{r['row']} {r.get('steps_made', '?')}" for r in mine
+            )
         parts.append(f"### {set_name}: {budget}\n\n" + common.markdown_table(header, table_rows))
     loads = [r["load"] for r in results] or [float("nan")]
     lat_loads = [x for per_set in lat.values() for t in per_set.values() for x in t.get("load", [])]
@@ -229,7 +241,9 @@ def report(results: list[dict], lat: dict, sets: dict, args) -> str:
         "Test mIoU: mean ± sample standard deviation over seeds, on the test split (never used to choose); "
         "per-class IoU: mean over seeds. Latency: median of round-robin batch-1 forwards, channels_last, "
         f"{args.threads} thread(s). 1-minute load average at the end of the runs: "
-        f"{min(loads):.1f}–{max(loads):.1f} (quality does not depend on it: step budgets, fixed seeds)"
+        f"{min(loads):.1f}–{max(loads):.1f}"
+        + (" (with a wall-clock budget quality depends on it)" if args.minutes
+           else " (quality does not depend on it: step budgets, fixed seeds)")
         + (f"; during the latency loops: {min(lat_loads):.1f}–{max(lat_loads):.1f}." if lat_loads else ".")
     )
     return "\n\n".join(parts)
@@ -243,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--toyworld-steps", type=int, default=600)
+    parser.add_argument("--minutes", type=float, default=None, help="a wall-clock budget per row instead of steps")
     parser.add_argument("--latency-rounds", type=int, default=7)
     parser.add_argument("--state", type=Path, default=STATE)
     parser.add_argument("--name", default="semantic_peer", help="results/<name>.md and .json")
@@ -267,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
                 parse_row(row)
                 steps = (8 if args.quick else args.toyworld_steps) if set_name == "toyworld" else None
                 specs.append({"set": set_name, "row": row, "seed": seed, "threads": args.threads,
-                              "quick": args.quick, "steps": steps, "config": info["config"],
+                              "quick": args.quick, "steps": None if args.minutes else steps,
+                              "minutes": args.minutes, "config": info["config"],
                               "overrides": info["overrides"], "train": info["train"], "val": info["val"],
                               "test": info["test"]})  # fmt: skip
     for i, spec in enumerate(specs, 1):
@@ -298,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         return
     command = f"python benchmarks/bench_semantic_peer.py --sets {args.sets} --rows {' '.join(args.rows)} --seeds {args.seeds}" + (
-        f" --toyworld-steps {args.toyworld_steps}" if "toyworld" in args.sets else "")  # fmt: skip
+        f" --toyworld-steps {args.toyworld_steps}" if "toyworld" in args.sets and not args.minutes else "") + (
+        f" --minutes {args.minutes:g}" if args.minutes else "")  # fmt: skip
     common.write_results(args.name, table, {"runs": results, "latency": lat}, command)
 
 

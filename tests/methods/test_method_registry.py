@@ -158,10 +158,16 @@ class _FakeClock:
         return self.now
 
 
-def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize(
+    "limits",
+    [["trainer.max_epochs=1000"], ["trainer.max_epochs=-1", "trainer.max_steps=-1"]],
+    ids=["epoch-cap", "time-only"],
+)
+def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path, monkeypatch, limits):
     """With ``trainer.max_time_minutes`` the cosine schedule's length is estimated from the step time, so the
     learning rate ends near ``min_lr_ratio · lr`` (before, the schedule's length came from max_epochs and the
-    rate stayed at its peak)."""
+    rate stayed at its peak). With the time as the only limit Lightning's step estimate is ``inf``; the run
+    starts with an unknown length instead of failing (it raised OverflowError before)."""
     import lightning.pytorch.callbacks.timer as timer_module
 
     import anydistill.optim_callbacks as optim_callbacks
@@ -173,7 +179,7 @@ def test_time_budgeted_run_decays_its_learning_rate(tmp_path: Path, monkeypatch)
 
     cfg = load_config(None, [f"run_dir={tmp_path}", "data.image_size=32", "data.train_count=4000", "data.val_count=2",
                              "data.batch_size=2", "data.num_workers=0", "trainer.max_time_minutes=0.1",
-                             "trainer.max_epochs=1000", "trainer.progress_bar=false", "trainer.accelerator=cpu",
+                             *limits, "trainer.progress_bar=false", "trainer.accelerator=cpu",
                              "optim.warmup_steps=5", "optim.lr=0.001", "optim.min_lr_ratio=0.01"])  # fmt: skip
     result = train(cfg)
     ckpt = read_checkpoint(result.last_checkpoint)

@@ -176,7 +176,8 @@ class ClassifyModule(L.LightningModule):
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self, self.optim_cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        # inf when only a time budget bounds the run: build_scheduler then waits for ScheduleLength's estimate
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
         scheduler, _ = build_scheduler(optimizer, self.optim_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

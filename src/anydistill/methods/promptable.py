@@ -301,7 +301,8 @@ class PromptableModule(L.LightningModule):
         """AdamW (no weight decay on norms and biases), the image encoder at ``lr · backbone_lr_mult``,
         warm-up then cosine decay over the run (:mod:`anydistill.optim`)."""
         optimizer = build_optimizer(self, self.optim_cfg, encoder=self.model.image_encoder)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        # inf when only a time budget bounds the run: build_scheduler then waits for ScheduleLength's estimate
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
         scheduler, _ = build_scheduler(optimizer, self.optim_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

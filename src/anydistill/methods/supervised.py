@@ -159,7 +159,8 @@ class SupervisedModule(L.LightningModule):
         """AdamW over this module (the model and any learned loss parts, e.g. a feature projection), the
         backbone at ``lr · backbone_lr_mult``; warm-up + cosine over the run (:mod:`anydistill.optim`)."""
         optimizer = build_optimizer(self, self.optim_cfg, encoder=getattr(self.model, "backbone", None))
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+        # inf when only a time budget bounds the run: build_scheduler then waits for ScheduleLength's estimate
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
         scheduler, _ = build_scheduler(optimizer, self.optim_cfg, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
