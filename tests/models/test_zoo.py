@@ -181,3 +181,25 @@ def test_registry_refuses_duplicates() -> None:
         MODELS.register("depth_tiny")(lambda **kw: None)
     with pytest.raises(KeyError, match="depth_tiny"):
         build_model("depth_huge")
+
+
+@pytest.mark.parametrize(
+    ("name", "base", "widths"),
+    [
+        ("seg_tiny_unet", "seg_tiny", (64, 48, 32, 16, 16)),
+        ("seg_small_unet", "seg_small", (128, 64, 32, 16, 16)),
+    ],
+)
+def test_unet_entries_are_the_benchmarked_ablation_rows(name, base, widths) -> None:
+    """The U-Net zoo entries are, weight for weight, the rows of benchmarks/bench_semantic_peer.py their
+    docstrings quote (``base`` + ``decoder=unet``, stride-2…32 taps, these widths)."""
+    torch.manual_seed(0)
+    entry = build_model(name, num_classes=3)
+    torch.manual_seed(0)
+    row = build_model(
+        base, num_classes=3, decoder="unet", out_indices=[0, 1, 2, 3, 4], decoder_channels=list(widths)
+    )
+    a, b = entry.state_dict(), row.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(1, 3, 64, 96)
+    assert entry.eval()(x).shape == (1, 3, 64, 96)  # full-resolution logits
