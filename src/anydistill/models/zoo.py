@@ -304,6 +304,10 @@ def seg_small(
     )
 
 
+#: The light U-Net decoder of the ``_unet`` entries: stride-2…32 taps, decoding to full resolution.
+_LIGHT_UNET = dict(decoder="unet", out_indices=(0, 1, 2, 3, 4))
+
+
 @MODELS.register()
 def seg_tiny_unet(
     num_classes: int = DEFAULT_NUM_CLASSES,
@@ -311,24 +315,12 @@ def seg_tiny_unet(
     checkpoint_path: str | Path | None = None,
     **overrides: Any,
 ) -> SegmentationModel:
-    """MobileNetV4-Conv-Small + a light U-Net decoder (widths 64-48-32-16-16 over its stride-2…32 taps,
-    decoding to full resolution). On em-membranes (135 steps, 2 seeds): test mIoU 0.750 ± 0.001 against
+    """``seg_tiny`` with a light U-Net decoder (widths 64-48-32-16-16 over its stride-2…32 taps, decoding
+    to full resolution). On em-membranes (135 steps, 2 seeds): test mIoU 0.750 ± 0.001 against
     ``seg_tiny``'s 0.701 ± 0.002, at 135 against 61 ms (512², 1 thread) and 0.29× the latency of an smp
-    U-Net ResNet-18 (0.780); thin structures gain most (benchmarks/RESULTS.md, issue 11)."""
-    defaults = dict(
-        backbone="mobilenetv4_conv_small",
-        out_indices=(0, 1, 2, 3, 4),
-        fpn_channels=32,
-        head_channels=32,
-        decoder="unet",
-        decoder_channels=(64, 48, 32, 16, 16),
-    )
-    return _build_segmentation(
-        num_classes=num_classes,
-        pretrained=pretrained,
-        checkpoint_path=checkpoint_path,
-        **_merge(defaults, overrides),
-    )
+    U-Net ResNet-18 (0.783 ± 0.004); thin structures gain most (benchmarks/RESULTS.md, issue 11)."""
+    unet = _merge({**_LIGHT_UNET, "decoder_channels": (64, 48, 32, 16, 16)}, overrides)
+    return seg_tiny(num_classes, pretrained, checkpoint_path, **unet)
 
 
 @MODELS.register()
@@ -338,23 +330,11 @@ def seg_small_unet(
     checkpoint_path: str | Path | None = None,
     **overrides: Any,
 ) -> SegmentationModel:
-    """MobileNetV4-Conv-Medium + a light U-Net decoder (widths 128-64-32-16-16 over its stride-2…32 taps).
-    On em-membranes (135 steps, 1 seed): test mIoU 0.764 against ``seg_small``'s 0.712, at 261 against
-    163 ms (512², 1 thread), 0.57× the latency of an smp U-Net ResNet-18 (0.780) (benchmarks/RESULTS.md)."""
-    defaults = dict(
-        backbone="mobilenetv4_conv_medium",
-        out_indices=(0, 1, 2, 3, 4),
-        fpn_channels=64,
-        head_channels=64,
-        decoder="unet",
-        decoder_channels=(128, 64, 32, 16, 16),
-    )
-    return _build_segmentation(
-        num_classes=num_classes,
-        pretrained=pretrained,
-        checkpoint_path=checkpoint_path,
-        **_merge(defaults, overrides),
-    )
+    """``seg_small`` with a light U-Net decoder (widths 128-64-32-16-16 over its stride-2…32 taps). On
+    em-membranes (135 steps, 1 seed): test mIoU 0.764 against ``seg_small``'s 0.712, at 261 against 163 ms
+    (512², 1 thread), 0.57× the latency of an smp U-Net ResNet-18 (0.783 ± 0.004) (benchmarks/RESULTS.md)."""
+    unet = _merge({**_LIGHT_UNET, "decoder_channels": (128, 64, 32, 16, 16)}, overrides)
+    return seg_small(num_classes, pretrained, checkpoint_path, **unet)
 
 
 @MODELS.register()
