@@ -179,6 +179,34 @@ def test_unet_decoder_from_stride_four_taps_reaches_full_resolution_with_gradien
     assert dec(odd, (50, 70)).shape == (1, 5, 50, 70)
 
 
+def test_unet_decoder_output_stride_drops_the_full_resolution_block() -> None:
+    """``output_stride=2``: the same blocks as the full decoder minus the last, the classifier at stride 2
+    and the logits upsampled bilinearly, i.e. exactly ``interpolate(classifier(blocks[:-1](x)))``."""
+    import torch.nn.functional as F
+
+    chans, reds = [8, 16, 24, 32, 40], [2, 4, 8, 16, 32]
+    torch.manual_seed(0)
+    full = UNetDecoder(chans, reds, num_classes=3, decoder_channels=(24, 16, 12, 8, 8)).eval()
+    half = UNetDecoder(chans, reds, num_classes=3, decoder_channels=(24, 16, 12, 8), output_stride=2).eval()
+    assert len(half.blocks) == 4
+    half.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("blocks.4.")})
+    feats = [torch.randn(2, c, 64 // r, 96 // r, requires_grad=True) for c, r in zip(chans, reds, strict=True)]
+    out = half(feats, (64, 96))
+    x = feats[-1]
+    for block, skip in zip(full.blocks[:4], feats[-2::-1], strict=True):
+        x = block(x, skip.shape[-2:], skip)
+    expected = F.interpolate(full.classifier(x), size=(64, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected)
+    assert out.shape == (2, 3, 64, 96)
+    out.square().mean().backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+    # stride-4 taps decoding to stride 4: no block without skip at all
+    assert len(UNetDecoder(chans[1:], reds[1:], 2, (8, 8, 8), output_stride=4).blocks) == 3
+    for bad in (0, 3, 4):
+        with pytest.raises(ValueError, match="output_stride must be a power of two <= the finest tap's stride 2"):
+            UNetDecoder(chans, reds, 2, (8, 8, 8, 8), output_stride=bad)
+
+
 def test_unet_decoder_argument_errors() -> None:
     with pytest.raises(ValueError, match="needs 5 values"):
         UNetDecoder([8, 8, 8, 8], [4, 8, 16, 32], num_classes=2, decoder_channels=(8, 8, 8))

@@ -158,6 +158,16 @@ def test_segmentation_decoder_choice() -> None:
     assert [b.conv2[0].out_channels for b in default.decoder.blocks] == [256, 128, 64, 32, 16]
     with pytest.raises(ConfigError, match="model.kwargs.decoder must be 'fpn' or 'unet', got 'deeplab'"):
         build_model("seg_tiny", num_classes=2, decoder="deeplab")
+    # output_stride: default widths follow the shorter decoder; bad values and FPN use are config errors
+    half = build_model("seg_tiny_unet", num_classes=2, output_stride=2, decoder_channels=[64, 48, 32, 16])
+    assert len(half.decoder.blocks) == 4 and half(torch.randn(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+    assert len(build_model("seg_tiny", num_classes=2, decoder="unet", output_stride=4).decoder.blocks) == 3
+    with pytest.raises(ConfigError, match="model.kwargs: output_stride must be a power of two"):
+        build_model("seg_tiny_unet", num_classes=2, output_stride=3)
+    with pytest.raises(ConfigError, match="model.kwargs: decoder_channels needs 4 values"):
+        build_model("seg_tiny_unet", num_classes=2, output_stride=2)
+    with pytest.raises(ConfigError, match="output_stride is a U-Net setting"):
+        build_model("seg_tiny", num_classes=2, output_stride=2)
 
 
 def test_normalize_and_buffers_travel_with_weights() -> None:

@@ -11,7 +11,7 @@ Every builder is ``fn([num_classes,] pretrained=False, checkpoint_path=None, **o
 * overrides: ``backbone`` (any timm name), ``out_indices``, ``backbone_kwargs`` (dict for
   ``timm.create_model``), head sizes (``features``, ``out_channels``, ``head_hidden``,
   ``late_upsample`` for depth; ``fpn_channels``, ``head_channels``, ``dropout`` for segmentation's FPN, or
-  ``decoder="unet"`` with ``decoder_channels`` for a U-Net decoder),
+  ``decoder="unet"`` with ``decoder_channels`` and ``output_stride`` for a U-Net decoder),
   ``pixel_mean``, ``pixel_std`` (default: the backbone's pre-training normalisation).
 
 Default student: ``depth_tiny`` (MobileNetV4-Conv-Small + light DPT head): at 518² (padded to 544²)
@@ -154,6 +154,7 @@ def _build_segmentation(
     dropout: float = 0.0,
     decoder: str = "fpn",
     decoder_channels: Sequence[int] | None = None,
+    output_stride: int = 1,
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
     backbone_checkpoint_path: str | Path | None = None,
@@ -163,12 +164,17 @@ def _build_segmentation(
 ) -> SegmentationModel:
     if decoder not in ("fpn", "unet"):
         raise ConfigError(f"model.kwargs.decoder must be 'fpn' or 'unet', got {decoder!r}")
+    if decoder == "fpn" and output_stride != 1:
+        raise ConfigError("model.kwargs.output_stride is a U-Net setting (decoder: unet); the FPN predicts at stride 4")
     enc = _build_backbone(backbone, out_indices, pretrained, backbone_checkpoint_path, backbone_kwargs)
     head: nn.Module
     if decoder == "unet":
-        n_blocks = len(enc.channels) - 1 + round(math.log2(enc.reductions[0]))
+        n_blocks = len(enc.channels) - 1 + round(math.log2(enc.reductions[0] / max(output_stride, 1)))
         widths = list(decoder_channels or [max(16, 256 >> i) for i in range(n_blocks)])
-        head = UNetDecoder(enc.channels, enc.reductions, num_classes=num_classes, decoder_channels=widths)
+        try:
+            head = UNetDecoder(enc.channels, enc.reductions, num_classes, widths, output_stride=output_stride)
+        except ValueError as e:
+            raise ConfigError(f"model.kwargs: {e}") from None
     else:
         head = FPNDecoder(
             enc.channels,

@@ -48,15 +48,21 @@ class UNetDecoder(nn.Module):
     For taps ``f_0 … f_{n-1}`` (finest first) of shapes ``(B, C_i, H / r_i, W / r_i)``:
 
     1. ``x = f_{n-1}``; for i = n-2 … 0: ``x = block(x ↑ to f_i's size, skip f_i)``;
-    2. then log2(r_0) blocks without skip, each ×2, up to the input resolution (smp's last block);
-    3. ``conv3×3(→ num_classes)`` (smp's segmentation head): logits ``(B, num_classes, H, W)``.
+    2. then log2(r_0 / s) blocks without skip, each ×2, up to stride ``s = output_stride`` (smp: s = 1,
+       its last block decodes at the input resolution);
+    3. ``conv3×3(→ num_classes)`` (smp's segmentation head) at stride s, then (s > 1) bilinear upsampling
+       to the input size: logits ``(B, num_classes, H, W)``.
+
+    ``output_stride = 2`` drops the full-resolution block, the most expensive one of a light decoder
+    (two 3×3 convs over every input pixel).
 
     Args:
         in_channels: channels C_i of each tap (finest first).
         in_reductions: stride r_i of each tap (strictly increasing powers of two).
         num_classes: K output classes.
-        decoder_channels: output width of each block, deepest first: ``n - 1 + log2(r_0)`` values
+        decoder_channels: output width of each block, deepest first: ``n - 1 + log2(r_0 / s)`` values
             (smp's U-Net: (256, 128, 64, 32, 16) over ResNet taps at strides 2 … 32).
+        output_stride: the stride s of the last decoder block, a power of two ≤ r_0 (1: full resolution).
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class UNetDecoder(nn.Module):
         in_reductions: Sequence[int],
         num_classes: int,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
         if len(in_channels) != len(in_reductions) or len(in_channels) < 2:
@@ -79,11 +86,17 @@ class UNetDecoder(nn.Module):
         final = round(math.log2(in_reductions[0]))
         if 2**final != in_reductions[0]:
             raise ValueError(f"the finest tap's stride must be a power of two, got {in_reductions[0]}")
+        out_log = round(math.log2(output_stride)) if output_stride >= 1 else -1
+        if out_log < 0 or 2**out_log != output_stride or output_stride > in_reductions[0]:
+            raise ValueError(
+                f"output_stride must be a power of two <= the finest tap's stride {in_reductions[0]}, got {output_stride}"
+            )
+        final -= out_log
         n_blocks = len(in_channels) - 1 + final
         if len(decoder_channels) != n_blocks:
             raise ValueError(
-                f"decoder_channels needs {n_blocks} values ({len(in_channels) - 1} skip blocks + {final} to full "
-                f"resolution), got {len(decoder_channels)}"
+                f"decoder_channels needs {n_blocks} values ({len(in_channels) - 1} skip blocks + {final} up to "
+                f"stride {output_stride}), got {len(decoder_channels)}"
             )
         skips = list(in_channels[-2::-1]) + [0] * final  # deepest-but-one first, then the no-skip blocks
         ins = [in_channels[-1], *decoder_channels[:-1]]
@@ -93,6 +106,7 @@ class UNetDecoder(nn.Module):
         self.classifier = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
         self.num_classes = num_classes
         self.reductions = list(in_reductions)
+        self.output_stride = int(output_stride)
 
     def forward(self, features: Sequence[Tensor], image_size: Sequence[int]) -> Tensor:
         """``features``: list of (B, C_i, h_i, w_i), finest first; ``image_size``: (H, W).
@@ -106,6 +120,9 @@ class UNetDecoder(nn.Module):
         for block in self.blocks[len(features) - 1 :]:  # no skip: ×2 each, up to full resolution
             h, w = h * 2, w * 2
             x = block(x, (h, w))
-        if (h, w) != tuple(image_size):
-            x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False)
-        return self.classifier(x)
+        if self.output_stride == 1:
+            if (h, w) != tuple(image_size):
+                x = F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False)
+            return self.classifier(x)
+        logits = self.classifier(x)  # (B, K, H / s, W / s)
+        return F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)
