@@ -21,6 +21,7 @@ from anydistill.losses.depth import (
     normalize_median_mad,
     ssi_loss,
 )
+from anydistill.losses.detection import DenseClassificationLoss, dense_classification_loss
 from anydistill.losses.dice import DiceLoss, SoftmaxDiceLoss, dice_loss, softmax_dice_loss
 from anydistill.losses.dino import DINOLoss, dino_loss
 from anydistill.losses.feature_alignment import FeatureAlignmentLoss, feature_alignment_loss
@@ -31,6 +32,8 @@ from anydistill.losses.metric import MarginContrastiveLoss, TripletLoss, margin_
 from anydistill.losses.segmentation import SegmentationCrossEntropy, cross_entropy
 
 __all__ = [
+    "DenseClassificationLoss",
+    "dense_classification_loss",
     "align_scale_shift",
     "depth_to_disparity",
     "normalize_median_mad",
