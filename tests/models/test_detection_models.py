@@ -125,3 +125,38 @@ def test_build_detector_argument_errors() -> None:
         build_detector("fcos", backbone, 3, 64, fpn_channels=48)
     with pytest.raises(ValueError, match="num_classes must be >= 1"):
         build_detector("retinanet", backbone, 0, 64)
+
+
+@pytest.mark.parametrize(
+    ("name", "arch", "backbone", "fpn"),
+    [
+        ("det_tiny", "retinanet", "mobilenetv4_conv_small", 64),
+        ("det_small", "retinanet", "mobilenetv4_conv_medium", 128),
+        ("det_tiny_fcos", "fcos", "mobilenetv4_conv_small", 64),
+        ("det_tiny_frcnn", "faster_rcnn", "mobilenetv4_conv_small", 64),
+        ("det_tiny_maskrcnn", "mask_rcnn", "mobilenetv4_conv_small", 64),
+    ],
+)
+def test_zoo_entries_are_what_their_names_say(name, arch, backbone, fpn) -> None:
+    from anydistill.models.zoo import build_model
+
+    model = build_model(name, num_classes=4)
+    assert (model.arch, model.backbone.name, model.detector.backbone.out_channels) == (arch, backbone, fpn)
+    assert model.input_size == 512 and model.num_classes == 4 and model.input_multiple == 32
+    out = model.forward_network(torch.zeros(1, 3, 64, 64))
+    if arch in ("retinanet", "fcos"):
+        anchors_per_location = 9 if arch == "retinanet" else 1
+        locations = sum((64 // s) ** 2 if s <= 64 else 1 for s in model.strides)
+        assert out["cls_logits"].shape == (1, anchors_per_location * locations, 4)
+    else:
+        assert len(out["objectness"]) == len(model.strides) == 5  # RPN over P2…P6
+
+
+def test_zoo_detection_kwargs_errors_are_config_errors() -> None:
+    from anydistill.errors import ConfigError
+    from anydistill.models.zoo import build_model
+
+    with pytest.raises(ConfigError, match="model.kwargs: fcos needs fpn_channels divisible by 32"):
+        build_model("det_tiny_fcos", fpn_channels=48)
+    with pytest.raises(ConfigError, match="model.kwargs: arch must be one of"):
+        build_model("det_tiny", arch="ssd")

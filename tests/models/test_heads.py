@@ -190,7 +190,9 @@ def test_unet_decoder_output_stride_drops_the_full_resolution_block() -> None:
     half = UNetDecoder(chans, reds, num_classes=3, decoder_channels=(24, 16, 12, 8), output_stride=2).eval()
     assert len(half.blocks) == 4
     half.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("blocks.4.")})
-    feats = [torch.randn(2, c, 64 // r, 96 // r, requires_grad=True) for c, r in zip(chans, reds, strict=True)]
+    feats = [
+        torch.randn(2, c, 64 // r, 96 // r, requires_grad=True) for c, r in zip(chans, reds, strict=True)
+    ]
     out = half(feats, (64, 96))
     x = feats[-1]
     for block, skip in zip(full.blocks[:4], feats[-2::-1], strict=True):
@@ -203,7 +205,9 @@ def test_unet_decoder_output_stride_drops_the_full_resolution_block() -> None:
     # stride-4 taps decoding to stride 4: no block without skip at all
     assert len(UNetDecoder(chans[1:], reds[1:], 2, (8, 8, 8), output_stride=4).blocks) == 3
     for bad in (0, 3, 4):
-        with pytest.raises(ValueError, match="output_stride must be a power of two <= the finest tap's stride 2"):
+        with pytest.raises(
+            ValueError, match="output_stride must be a power of two <= the finest tap's stride 2"
+        ):
             UNetDecoder(chans, reds, 2, (8, 8, 8, 8), output_stride=bad)
 
 

@@ -51,7 +51,9 @@ def test_list_models_has_the_promised_names() -> None:
     [
         pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
         for n in list_models()
-        if not n.startswith("sam_")  # promptable models: tests/models/test_sam_model.py
+        if not n.startswith(
+            ("sam_", "det_")
+        )  # promptable: test_sam_model.py, detection: test_detection_models.py
     ],
 )
 def test_every_model_builds_and_trains_a_step(name: str) -> None:

@@ -25,7 +25,8 @@ def test_every_zoo_model_is_listed_at_an_input_it_takes(table):
     assert sorted(table) == sorted(list_models())
     for row in table.values():
         assert row.params_m > 0 and row.gflops > 0 and row.backbone
-        assert row.input_size == 1024 if row.task == "promptable" else row.input_size in (518, 544)
+        expected = {"promptable": (1024,), "detect": (512,)}.get(row.task, (518, 544))
+        assert row.input_size in expected
 
 
 @pytest.mark.parametrize("name", ["depth_tiny", "seg_tiny", "sam_tiny"])

@@ -179,6 +179,11 @@ class DetectionModel(nn.Module):
         self.label_offset = 1 if arch in ("faster_rcnn", "mask_rcnn") else 0
 
     @property
+    def backbone(self) -> TimmBackbone:
+        """The timm feature extractor under the FPN."""
+        return self.detector.backbone.body
+
+    @property
     def input_multiple(self) -> int:
         return int(self.detector.backbone.body.input_multiple)
 
@@ -200,6 +205,17 @@ class DetectionModel(nn.Module):
                 raise ValueError("a detector in training mode needs targets")
             return self.detector(batch, [self._target_in(t) for t in targets])
         return [self._prediction_out(p) for p in self.detector(batch)]
+
+    def forward_network(self, x: Tensor) -> dict[str, Any]:
+        """The per-image network on a normalised batch ``x (B, 3, S, S)``: backbone, FPN and the dense
+        head (one-stage: ``cls_logits (B, A, K)``, ``bbox_regression (B, A, 4)``, …; two-stage: the RPN's
+        ``objectness`` and ``pred_bbox_deltas`` per level). What ``anydistill models`` counts; the
+        proposal-dependent RoI heads, anchor decoding and NMS come after it."""
+        feats = list(self.detector.backbone(x).values())
+        if self.label_offset:
+            objectness, deltas = self.detector.rpn.head(feats)
+            return {"objectness": objectness, "pred_bbox_deltas": deltas}
+        return self.detector.head(feats)
 
     def _target_in(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {"boxes": target["boxes"].float(), "labels": target["labels"].long() + self.label_offset}

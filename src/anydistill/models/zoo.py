@@ -30,6 +30,7 @@ from torch import nn
 from anydistill.checkpoints import read_state_dict
 from anydistill.errors import ConfigError, DataError
 from anydistill.models.backbones import TimmBackbone
+from anydistill.models.detection import DetectionModel, build_detector
 from anydistill.models.heads.dpt import DPTHead
 from anydistill.models.heads.fpn import FPNDecoder
 from anydistill.models.heads.unet import UNetDecoder
@@ -165,7 +166,9 @@ def _build_segmentation(
     if decoder not in ("fpn", "unet"):
         raise ConfigError(f"model.kwargs.decoder must be 'fpn' or 'unet', got {decoder!r}")
     if decoder == "fpn" and output_stride != 1:
-        raise ConfigError("model.kwargs.output_stride is a U-Net setting (decoder: unet); the FPN predicts at stride 4")
+        raise ConfigError(
+            "model.kwargs.output_stride is a U-Net setting (decoder: unet); the FPN predicts at stride 4"
+        )
     enc = _build_backbone(backbone, out_indices, pretrained, backbone_checkpoint_path, backbone_kwargs)
     head: nn.Module
     if decoder == "unet":
@@ -361,3 +364,107 @@ def seg_vits14(
         checkpoint_path=checkpoint_path,
         **_merge(defaults, overrides),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Object detection (torchvision detectors over timm backbones; models/detection.py)
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_DETECTION_SIZE = 512
+
+
+def _build_detection(
+    arch: str,
+    backbone: str,
+    out_indices: Sequence[int] | None,
+    num_classes: int,
+    input_size: int = DEFAULT_DETECTION_SIZE,
+    fpn_channels: int = 64,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    backbone_checkpoint_path: str | Path | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    **detector_kwargs: Any,
+) -> DetectionModel:
+    enc = _build_backbone(backbone, out_indices, pretrained, backbone_checkpoint_path, backbone_kwargs)
+    try:
+        model = build_detector(arch, enc, num_classes, input_size, fpn_channels, **detector_kwargs)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"model.kwargs: {e}") from None
+    return _finish(model, checkpoint_path)
+
+
+@MODELS.register()
+def det_tiny(
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    **overrides: Any,
+) -> DetectionModel:
+    """RetinaNet (focal loss, 9 anchors per location) over MobileNetV4-Conv-Small's stride-8/16/32 taps,
+    FPN 64 with P6/P7; input 512² (longest side)."""
+    defaults = dict(
+        arch="retinanet", backbone="mobilenetv4_conv_small", out_indices=(2, 3, 4), fpn_channels=64
+    )
+    return _build_detection(num_classes=num_classes, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                            **_merge(defaults, overrides))  # fmt: skip
+
+
+@MODELS.register()
+def det_small(
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    **overrides: Any,
+) -> DetectionModel:
+    """RetinaNet over MobileNetV4-Conv-Medium's stride-8/16/32 taps, FPN 128 with P6/P7; input 512²."""
+    defaults = dict(
+        arch="retinanet", backbone="mobilenetv4_conv_medium", out_indices=(2, 3, 4), fpn_channels=128
+    )
+    return _build_detection(num_classes=num_classes, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                            **_merge(defaults, overrides))  # fmt: skip
+
+
+@MODELS.register()
+def det_tiny_fcos(
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    **overrides: Any,
+) -> DetectionModel:
+    """FCOS (anchor-free, centre-ness, focal loss) over MobileNetV4-Conv-Small's stride-8/16/32 taps,
+    FPN 64 with P6/P7; input 512²."""
+    defaults = dict(arch="fcos", backbone="mobilenetv4_conv_small", out_indices=(2, 3, 4), fpn_channels=64)
+    return _build_detection(num_classes=num_classes, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                            **_merge(defaults, overrides))  # fmt: skip
+
+
+@MODELS.register()
+def det_tiny_frcnn(
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    **overrides: Any,
+) -> DetectionModel:
+    """Faster R-CNN (RPN + RoI-align box head, two 256-wide MLP layers) over MobileNetV4-Conv-Small's
+    stride-4…32 taps, FPN 64 with a pooled level; input 512²."""
+    defaults = dict(
+        arch="faster_rcnn", backbone="mobilenetv4_conv_small", out_indices=(1, 2, 3, 4), fpn_channels=64
+    )
+    return _build_detection(num_classes=num_classes, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                            **_merge(defaults, overrides))  # fmt: skip
+
+
+@MODELS.register()
+def det_tiny_maskrcnn(
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    **overrides: Any,
+) -> DetectionModel:
+    """Mask R-CNN: ``det_tiny_frcnn`` + a four-conv 64-wide mask head on 14² RoI-aligned features."""
+    defaults = dict(
+        arch="mask_rcnn", backbone="mobilenetv4_conv_small", out_indices=(1, 2, 3, 4), fpn_channels=64
+    )
+    return _build_detection(num_classes=num_classes, pretrained=pretrained, checkpoint_path=checkpoint_path,
+                            **_merge(defaults, overrides))  # fmt: skip

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from anydistill.models.detection import DetectionModel
 from anydistill.models.task_models import DepthModel, SegmentationModel
 from anydistill.models.zoo import build_model, list_models
 
@@ -49,6 +50,8 @@ def _task(model: nn.Module) -> str:
         return "depth"
     if isinstance(model, SegmentationModel):
         return "semantic"
+    if isinstance(model, DetectionModel):
+        return "detect"
     return "promptable" if hasattr(model, "image_encoder") else type(model).__name__
 
 
@@ -79,12 +82,15 @@ def zoo_table() -> list[ZooEntry]:
         task = _task(model)
         if task == "promptable":
             side, module = int(model.img_size), model.image_encoder  # the encoder: the per-image cost
+        elif task == "detect":
+            side, module = int(model.input_size), model  # its own default input (the data resizes to it)
         else:
             multiple = int(model.input_multiple)
             side, module = -(-LISTED_SIZE // multiple) * multiple, model
         counter = FlopCounterMode(display=False)
+        run = module.forward_network if isinstance(module, DetectionModel) else module
         with torch.no_grad(), counter:
-            module(torch.empty(1, 3, side, side, device="meta"))
+            run(torch.empty(1, 3, side, side, device="meta"))
         figures = measured.get(name, {})
         rows.append(ZooEntry(
             name=name, task=task, backbone=_backbone(model), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
@@ -106,7 +112,8 @@ def markdown_table(rows: list[ZooEntry]) -> str:
     info = measured_figures()
     lines.append("")
     lines.append(
-        "GFLOPs at the listed input, batch 1 (promptable: the image encoder, which runs once per image)."
+        "GFLOPs at the listed input, batch 1 (promptable: the image encoder, which runs once per image; "
+        "detect: backbone, FPN and dense head, before the RoI heads and NMS)."
     )
     if info:
         lines.append(f"Latency at batch 1, measured by `{info['command']}` on {info['machine']}, {info['threads']} "

@@ -184,6 +184,7 @@ def infer_vit_config(state: Mapping[str, Tensor]) -> dict[str, Any]:
 
 def vit_size_name(cfg: Mapping[str, Any]) -> str | None:
     """``"vit_b"``/``"vit_l"``/``"vit_h"`` when ``cfg`` (from :func:`infer_vit_config`) is one of SAM's."""
+
     def key(c: Mapping[str, Any]) -> tuple[Any, ...]:
         return c["embed_dim"], c["depth"], c["num_heads"], tuple(c["global_attn_indexes"])
 
