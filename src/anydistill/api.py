@@ -58,7 +58,9 @@ def _resolve(config: TrainConfig | str | Path | None, overrides: list[str] | Non
     return load_config(config, overrides)
 
 
-def make_toyworld(out: str | Path, count: int = 100, size: int = 128, domain: str = "wide", seed: int = 0) -> Path:
+def make_toyworld(
+    out: str | Path, count: int = 100, size: int = 128, domain: str = "wide", seed: int = 0
+) -> Path:
     """Render ``count`` toyworld scenes of ``domain`` into ``out`` in the user folder format.
 
     Raises:
@@ -69,9 +71,7 @@ def make_toyworld(out: str | Path, count: int = 100, size: int = 128, domain: st
     return write_toyworld(Path(out), count=count, size=size, domain=domain, seed=seed)
 
 
-def train(
-    config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None
-) -> TrainResult:
+def train(config: TrainConfig | str | Path | None = None, overrides: list[str] | None = None) -> TrainResult:
     """Train a student from a :class:`TrainConfig`, a YAML path, or the defaults, plus overrides.
 
     Rerunning with the same ``run_dir`` resumes from its ``last.ckpt``.
@@ -149,7 +149,9 @@ def predict(
         return predict_classes(
             checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device
         )
-    return predict_folder(checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device)
+    return predict_folder(
+        checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device
+    )
 
 
 def demo(out: str | Path = "demo_out", quick: bool = False, seeds: int = 1) -> Path:

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from anydistill.errors import ConfigError
 
-TASKS = ("depth", "semantic", "promptable", "embed", "classify")
+TASKS = ("depth", "semantic", "promptable", "embed", "classify", "detect")
 #: Lightning's precision names (``Trainer(precision=...)``).
 PRECISIONS = (
     "32-true",
@@ -243,6 +243,29 @@ class PromptConfig:
 
 
 @dataclass
+class DetectConfig:
+    """Object detection (``task=detect``): a detector student (``model.name``: ``det_tiny``, …) on boxes.
+
+    Data: toyworld (every object's exact box, ``min_area`` visible pixels at least; labeled
+    ``data.train_domain``, validated on ``data.val_domain``) or a COCO JSON (``data.source=coco``,
+    ``coco_json`` with images under ``data.train_root``, ``val_coco_json`` under ``data.val_root``).
+    Images are resized to longest side ``data.image_size`` (the detector's input), flipped with
+    ``data.hflip`` and colour-jittered by ``color_jitter``. ``classification_loss`` (RetinaNet students):
+    ``focal`` (α = ``focal_alpha``, γ = ``focal_gamma``), ``ce`` or ``ce_hard_negatives`` (``neg_pos_ratio``
+    negatives per positive). ``best.ckpt`` is chosen on the validation COCO mAP@[.5:.95].
+    """
+
+    min_area: int = 16
+    color_jitter: float = 0.4
+    coco_json: str | None = None
+    val_coco_json: str | None = None
+    classification_loss: str = "focal"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    neg_pos_ratio: float = 3.0
+
+
+@dataclass
 class PretrainConfig:
     """Self-supervised pre-training (``anydistill pretrain``, ``task: embed``) of a timm ``backbone``.
 
@@ -324,6 +347,7 @@ class TrainConfig:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -393,8 +417,24 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad("data.source", f"must be 'toyworld', 'folder' or 'coco', got {cfg.data.source!r}")
     if cfg.data.source in ("folder", "coco") and not cfg.data.train_root:
         raise bad("data.train_root", f"is required when data.source is {cfg.data.source!r}")
-    if cfg.data.source == "coco" and (cfg.task != "promptable" or not cfg.prompt.coco_json):
-        raise bad("data.source", "'coco' is for task=promptable and needs prompt.coco_json")
+    if cfg.data.source == "coco":
+        if cfg.task not in ("promptable", "detect"):
+            raise bad(
+                "data.source",
+                "'coco' is for task=promptable (prompt.coco_json) or task=detect (detect.coco_json)",
+            )
+        if cfg.task == "promptable" and not cfg.prompt.coco_json:
+            raise bad("data.source", "'coco' with task=promptable needs prompt.coco_json")
+        if cfg.task == "detect" and not cfg.detect.coco_json:
+            raise bad("data.source", "'coco' with task=detect needs detect.coco_json")
+    d = cfg.detect
+    if d.classification_loss not in ("focal", "ce", "ce_hard_negatives"):
+        raise bad(
+            "detect.classification_loss",
+            f"must be 'focal', 'ce' or 'ce_hard_negatives', got {d.classification_loss!r}",
+        )
+    if d.min_area < 0 or d.color_jitter < 0 or d.neg_pos_ratio <= 0 or d.focal_gamma < 0:
+        raise bad("detect", "min_area, color_jitter and focal_gamma must be >= 0 and neg_pos_ratio > 0")
     p = cfg.prompt
     if not 0 <= p.p_box <= 1:
         raise bad("prompt.p_box", "must be in [0, 1]")

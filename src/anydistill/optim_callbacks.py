@@ -113,7 +113,9 @@ class ScheduleLength(Callback):
         return self._timer is not None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._schedules = find_warmup_cosines(trainer)  # none: the method runs its own schedule; nothing to do
+        self._schedules = find_warmup_cosines(
+            trainer
+        )  # none: the method runs its own schedule; nothing to do
         self._timer = _find_timer(trainer)
         self._start_step = self._last_update = trainer.global_step
         self._clock = None

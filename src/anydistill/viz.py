@@ -65,7 +65,9 @@ def default_palette(num_classes: int) -> np.ndarray:
     return palette
 
 
-def colorize_mask(mask: np.ndarray, palette: np.ndarray | Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+def colorize_mask(
+    mask: np.ndarray, palette: np.ndarray | Sequence[Sequence[int]], ignore_index: int = 255
+) -> np.ndarray:
     """Class ids ``(H, W)`` → RGB ``(H, W, 3)``; ignored and unknown ids are black."""
     palette = np.asarray(palette, dtype=np.uint8)
     mask = np.asarray(mask).astype(np.int64)
@@ -81,7 +83,9 @@ def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.nda
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, pad: int = 2) -> np.ndarray:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, pad: int = 2
+) -> np.ndarray:
     """Tile RGB tiles ``(H, W, 3)`` (all the same size) into one picture, with optional column titles."""
     if not rows or not rows[0]:
         raise ValueError("image_grid needs at least one tile")

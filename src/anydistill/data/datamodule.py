@@ -15,6 +15,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from anydistill.config import DataConfig
 from anydistill.data.classes import ClassInfo, class_info
+from anydistill.data.detection import (
+    CocoDetection,
+    DetectionDataset,
+    ToyWorldDetection,
+    collate_detection,
+    detection_train_transform,
+)
 from anydistill.data.folder import FolderDataset
 from anydistill.data.instances import (
     CocoInstances,
@@ -65,7 +72,9 @@ class SupervisedDataModule(L.LightningDataModule):
         size, eval_size = cfg.image_size, cfg.eval_size or cfg.image_size
         for key, value in (("image_size", size), ("eval_size", eval_size)):
             if value % input_multiple:
-                raise ConfigError(f"data.{key}={value} must be a multiple of the model's input multiple {input_multiple}")
+                raise ConfigError(
+                    f"data.{key}={value} must be a multiple of the model's input multiple {input_multiple}"
+                )
         self.train_tf = train_transforms(size, input_multiple, scale=tuple(cfg.crop_scale), hflip=cfg.hflip)
         self.eval_tf = eval_transforms(eval_size, input_multiple)
         self.train_set, self.val_set = self._build()
@@ -75,7 +84,9 @@ class SupervisedDataModule(L.LightningDataModule):
         cfg = self.cfg
         eval_size = cfg.eval_size or cfg.image_size
         if cfg.source == "toyworld":
-            train = ToyWorldDataset(cfg.train_domain, cfg.image_size, cfg.train_count, seed=cfg.seed, transform=self.train_tf)
+            train = ToyWorldDataset(
+                cfg.train_domain, cfg.image_size, cfg.train_count, seed=cfg.seed, transform=self.train_tf
+            )
             val = ToyWorldDataset(
                 cfg.val_domain,
                 eval_size,
@@ -163,7 +174,9 @@ class InstanceDataModule(L.LightningDataModule):
     def _build(self) -> tuple[Dataset, Dataset]:
         train_src, val_src = self._sources()
         size, seed = self.cfg.image_size, self.cfg.seed
-        train = InstanceDataset(train_src, size, self.max_instances, self.min_area, sampling="random", seed=seed)
+        train = InstanceDataset(
+            train_src, size, self.max_instances, self.min_area, sampling="random", seed=seed
+        )
         val = InstanceDataset(val_src, size, self.val_instances, self.min_area, sampling="fixed", seed=seed)
         return train, val
 
@@ -172,6 +185,76 @@ class InstanceDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
             collate_fn=collate_instances, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
+            persistent_workers=workers > 0,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Images with class-labelled boxes for object detection (``task=detect``).
+
+    Sources: ``toyworld`` (exact boxes of every object of at least ``min_area`` visible pixels, rendered
+    on the fly; train ``train_domain``, validation ``val_domain`` from the held-out seed) or ``coco``
+    (``coco_json`` over images in ``data.train_root``; ``val_coco_json`` over ``data.val_root``, else a
+    deterministic ``val_fraction`` of the training images). Images are resized to longest side
+    ``image_size``, the training ones flipped (``hflip``) and colour-jittered (``color_jitter``), and
+    batches padded bottom/right to a square (:func:`~anydistill.data.detection.collate_detection`).
+
+    Attributes: ``classes`` (names in label order), ``train_set``, ``val_set``.
+    """
+
+    def __init__(
+        self, cfg: DataConfig, min_area: int = 16, color_jitter: float = 0.4,
+        coco_json: str | None = None, val_coco_json: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.cfg = cfg
+        self.min_area, self.color_jitter = min_area, color_jitter
+        self.coco_json, self.val_coco_json = coco_json, val_coco_json
+        train_src, val_src, self.classes = self._sources()
+        augment = detection_train_transform(flip=0.5 if cfg.hflip else 0.0, color_jitter=color_jitter)
+        self.train_set = DetectionDataset(train_src, cfg.image_size, augment=augment)
+        self.val_set = DetectionDataset(val_src, cfg.eval_size or cfg.image_size)
+
+    def _sources(self) -> tuple[Sequence, Sequence, list[str]]:
+        cfg = self.cfg
+        if cfg.source == "toyworld":
+            train = ToyWorldDetection(
+                cfg.train_domain, cfg.image_size, cfg.train_count, cfg.seed, min_area=self.min_area
+            )
+            val = ToyWorldDetection(
+                cfg.val_domain, cfg.eval_size or cfg.image_size, cfg.val_count,
+                seed=cfg.seed + TOYWORLD_HELDOUT_SEED_OFFSET, min_area=self.min_area,
+            )  # fmt: skip
+            return train, val, list(ToyWorldDetection.classes)
+        if cfg.source != "coco":
+            raise ConfigError("data.source: task=detect reads toyworld or a COCO JSON (data.source=coco)")
+        if not self.coco_json:
+            raise ConfigError("detect.coco_json: required when data.source is 'coco'")
+        on_missing = "skip" if cfg.on_bad_image == "skip" else "error"
+        train = CocoDetection(self.coco_json, cfg.train_root, on_missing_image=on_missing)
+        if self.val_coco_json:
+            val = CocoDetection(
+                self.val_coco_json, cfg.val_root or cfg.train_root, on_missing_image=on_missing
+            )
+            if val.classes != train.classes:
+                raise ConfigError(
+                    f"detect.val_coco_json: its categories {val.classes} differ from detect.coco_json's {train.classes}"
+                )
+            return train, val, list(train.classes)
+        train_idx, val_idx = split_indices(len(train), cfg.val_fraction, cfg.seed)
+        return Subset(train, train_idx), Subset(train, val_idx), list(train.classes)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
+            collate_fn=collate_detection, drop_last=shuffle and len(dataset) > self.cfg.batch_size,
             persistent_workers=workers > 0,
         )  # fmt: skip
 

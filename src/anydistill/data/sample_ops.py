@@ -100,7 +100,9 @@ class ToTensorSample:
             elif key == "logits":
                 logits = torch.from_numpy(np.asarray(value, dtype=np.float32).copy())
                 if logits.ndim != 3 or tuple(logits.shape[1:]) != (h, w):
-                    raise ValueError(f'"logits" must be (K, H, W) with (H, W) = {(h, w)}, got {tuple(logits.shape)}')
+                    raise ValueError(
+                        f'"logits" must be (K, H, W) with (H, W) = {(h, w)}, got {tuple(logits.shape)}'
+                    )
                 out["logits"] = logits
             elif key == "depth":
                 depth = torch.from_numpy(np.asarray(value, dtype=np.float32).copy())
@@ -196,7 +198,9 @@ def _resize(sample: Sample, size: tuple[int, int]) -> Sample:
         if key in sample:
             out[key], out[valid_key] = resize_depth(sample[key], sample[valid_key], size)
     if "logits" in sample:
-        out["logits"] = F.resize(sample["logits"], list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+        out["logits"] = F.resize(
+            sample["logits"], list(size), interpolation=InterpolationMode.BILINEAR, antialias=True
+        )
     if "K" in sample:
         k = sample["K"].clone()
         sx, sy = size[1] / old_w, size[0] / old_h

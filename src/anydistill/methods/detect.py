@@ -1,0 +1,138 @@
+"""Supervised training of an object-detection student on boxes (``task=detect``).
+
+The detector (:mod:`anydistill.models.detection`: torchvision's RetinaNet, FCOS, Faster R-CNN or Mask
+R-CNN over a timm backbone) computes its own losses from the targets; the step sums them (torchvision's
+weighting: RetinaNet classification + box regression, both normalised by the number of positive
+anchors). A RetinaNet student's classification loss is the config's ``detect.classification_loss``
+(:mod:`anydistill.losses.detection`: focal, or cross-entropy with or without hard-negative mining, for
+the focal-loss ablation). Validation runs the detector's own post-processing (score threshold, NMS,
+top-100) and COCO box mAP in the source images' pixels (:mod:`anydistill.eval.detection`);
+``best.ckpt`` is chosen on ``val/map``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+from torch import Tensor
+
+from anydistill.config import DetectConfig, OptimConfig, TrainConfig
+from anydistill.data.classes import ClassInfo
+from anydistill.data.datamodule import DetectionDataModule
+from anydistill.errors import ConfigError
+from anydistill.eval.detection import DETECTION_KEYS, DetectionMetrics
+from anydistill.loading import model_record
+from anydistill.losses.detection import DenseClassificationLoss
+from anydistill.methods.base import MethodRun, register_method
+from anydistill.models import build_model, list_models
+from anydistill.models.detection import DetectionModel
+from anydistill.optim import build_optimizer, build_scheduler
+
+__all__ = ["DetectionModule", "build_detection_method"]
+
+
+class DetectionModule(L.LightningModule):
+    """LightningModule for ``task=detect`` on :func:`~anydistill.data.detection.collate_detection`
+    batches (``image`` uint8 ``(B, 3, S, S)``, ``targets`` a list of B dicts ``boxes (N, 4)``, ``labels
+    (N,)``, ``iscrowd (N,)``, ``scale (B, 2)``).
+
+    Args:
+        model_name: a detection model of the zoo (``det_tiny``, ``det_small``, ``det_tiny_fcos``, …).
+        model_kwargs: builder overrides.
+        class_names: the K class names (labels ``0 … K-1``).
+        image_size: the detector's input size (the data's longest side).
+        detect: the loss choice (``classification_loss``, ``focal_alpha``, ``focal_gamma``, ``neg_pos_ratio``).
+        optim: optimiser and schedule.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_kwargs: dict[str, Any] | None,
+        class_names: list[str],
+        image_size: int,
+        detect: DetectConfig | None = None,
+        optim: OptimConfig | None = None,
+    ) -> None:
+        super().__init__()
+        detect = detect or DetectConfig()
+        self.optim_cfg = optim or OptimConfig()
+        self.save_hyperparameters({
+            "model_name": model_name, "model_kwargs": dict(model_kwargs or {}), "class_names": list(class_names),
+            "image_size": int(image_size), "detect": asdict(detect), "optim": asdict(self.optim_cfg),
+        })  # fmt: skip
+        self.classes = ClassInfo(list(class_names))
+        kwargs = {**dict(model_kwargs or {}), "num_classes": len(class_names), "input_size": int(image_size)}
+        try:
+            model = build_model(model_name, **kwargs)
+        except TypeError as exc:
+            ours = ", ".join(n for n in list_models() if n.startswith("det_"))
+            raise ConfigError(
+                f"model.name={model_name!r} with model.kwargs={model_kwargs}: not a detection model, or a kwarg "
+                f"it does not take ({exc}); task=detect takes {ours}"
+            ) from None
+        if not isinstance(model, DetectionModel):
+            ours = ", ".join(n for n in list_models() if n.startswith("det_"))
+            raise ConfigError(f"model.name={model_name!r} is not a detection model; task=detect takes {ours}")
+        self.model = model
+        if model.arch == "retinanet":
+            if detect.classification_loss != "focal" or (detect.focal_alpha, detect.focal_gamma) != (
+                0.25,
+                2.0,
+            ):
+                model.set_classification_loss(DenseClassificationLoss(
+                    detect.classification_loss, detect.focal_alpha, detect.focal_gamma, detect.neg_pos_ratio))  # fmt: skip
+        elif detect.classification_loss != "focal":
+            raise ConfigError(
+                f"detect.classification_loss={detect.classification_loss!r} is for retinanet students, not {model.arch}"
+            )
+        self.val_metrics = DetectionMetrics()
+
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """``images`` uint8 or [0, 1] ``(B, 3, S, S)`` → per image ``boxes``, ``scores``, ``labels`` (eval)."""
+        return self.model(images)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.model(batch["image"], batch["targets"])
+        total = sum(losses.values())
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
+        self.log("train/loss", total.detach(), batch_size=bs)
+        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=bs)
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(self.model(batch["image"]), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": values[k] for k in DETECTION_KEYS}, sync_dist=True)
+        self.log("map", values["map"], prog_bar=True, logger=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW, the backbone at ``lr · backbone_lr_mult``; warm-up + cosine over the run."""
+        optimizer = build_optimizer(self, self.optim_cfg, encoder=self.model.backbone)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
+        scheduler, _ = build_scheduler(optimizer, self.optim_cfg, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def model_record(self) -> dict[str, Any]:
+        """What a checkpoint stores to rebuild the student (builder, pre-processing, class names)."""
+        arch = {"model_name": self.hparams["model_name"], "model_kwargs": self.hparams["model_kwargs"],
+                "num_classes": len(self.classes.names)}  # fmt: skip
+        return model_record("detect", self.model.preprocess_spec(), arch, self.classes)
+
+
+@register_method("detect", verbs=("train",), tasks=("detect",))
+def build_detection_method(cfg: TrainConfig) -> MethodRun:
+    """Supervised training of a detection student on boxes (toyworld or a COCO JSON)."""
+    d = cfg.detect
+    datamodule = DetectionDataModule(cfg.data, d.min_area, d.color_jitter, d.coco_json, d.val_coco_json)
+    name = (
+        cfg.model.name if cfg.model.name != "depth_tiny" else "det_tiny"
+    )  # the config's default model is depth's
+    module = DetectionModule(name, cfg.model.kwargs, datamodule.classes, cfg.data.image_size, d, cfg.optim)
+    return MethodRun(module, datamodule, "val/map", "max")

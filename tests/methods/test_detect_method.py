@@ -1,0 +1,148 @@
+"""task=detect: the method, its data module, COCO mAP in source pixels, and its config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anydistill import api
+from anydistill.checkpoints import read_checkpoint
+from anydistill.config import load_config
+from anydistill.data.datamodule import DetectionDataModule
+from anydistill.errors import ConfigError
+from anydistill.eval.detection import DetectionMetrics, to_source_frame
+from anydistill.methods.detect import DetectionModule
+
+TINY = ["task=detect", "data.train_count=8", "data.val_count=4", "data.image_size=96", "data.batch_size=4",
+        "data.num_workers=0", "trainer.max_steps=3", "trainer.max_epochs=-1", "trainer.progress_bar=false",
+        "data.train_domain=wide"]  # fmt: skip
+
+
+def test_train_writes_a_checkpoint_that_describes_a_detector(tmp_path: Path) -> None:
+    cfg = load_config(None, [*TINY, f"run_dir={tmp_path / 'run'}"])
+    result = api.train(cfg)
+    assert {"val/map", "val/map_50", "val/map_small"} <= set(result.metrics)
+    assert 0.0 <= result.metrics["val/map"] <= 1.0
+    ckpt = read_checkpoint(result.best_checkpoint)
+    record = ckpt["anydistill_model"]
+    assert record["task"] == "detect" and record["arch"]["model_name"] == "det_tiny"
+    assert record["arch"]["num_classes"] == 5 and record["classes"]["names"][0] == "sphere"
+    assert record["preprocess"]["size"] == 96 and record["preprocess"]["resize"] == "long_side"
+
+
+def test_the_config_loss_reaches_the_retinanet_head_and_is_refused_elsewhere() -> None:
+    module = DetectionModule(
+        "det_tiny",
+        {},
+        ["a", "b"],
+        64,
+        load_config(None, ["detect.classification_loss=ce_hard_negatives"]).detect,
+    )
+    loss = module.model.detector.head.classification_head.loss_fn
+    assert loss.kind == "ce_hard_negatives" and loss.neg_pos_ratio == 3.0
+    assert DetectionModule("det_tiny", {}, ["a"], 64).model.detector.head.classification_head.loss_fn is None
+    with pytest.raises(ConfigError, match="is for retinanet students, not fcos"):
+        DetectionModule(
+            "det_tiny_fcos", {}, ["a"], 64, load_config(None, ["detect.classification_loss=ce"]).detect
+        )
+    with pytest.raises(
+        ConfigError,
+        match="'seg_tiny' with model.kwargs=.*not a detection model.*task=detect takes det_small, det_tiny",
+    ):
+        DetectionModule("seg_tiny", {}, ["a"], 64)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["task=detect", "detect.classification_loss=softmax"],
+            "detect.classification_loss: must be 'focal', 'ce' or",
+        ),
+        (
+            ["task=detect", "data.source=coco", "data.train_root=x"],
+            "'coco' with task=detect needs detect.coco_json",
+        ),
+        (["task=depth", "data.source=coco", "data.train_root=x"], "'coco' is for task=promptable"),
+        (["task=detect", "detect.neg_pos_ratio=0"], "neg_pos_ratio > 0"),
+    ],
+)
+def test_config_errors(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_folder_source_is_refused_for_detection(tmp_path: Path) -> None:
+    cfg = load_config(None, ["task=detect", "data.source=folder", f"data.train_root={tmp_path}"])
+    with pytest.raises(ConfigError, match="task=detect reads toyworld or a COCO JSON"):
+        DetectionDataModule(cfg.data)
+
+
+def test_coco_datamodule_splits_and_names_classes(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    images, anns = [], []
+    for i in range(5):
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "height": 40, "width": 60})
+        anns.append({"id": i, "image_id": i, "category_id": 9, "bbox": [5, 5, 20, 10]})
+    path = tmp_path / "train.json"
+    path.write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 9, "name": "cell"}]})
+    )
+    cfg = load_config(None, ["task=detect", "data.source=coco", f"data.train_root={tmp_path / 'img'}",
+                             f"detect.coco_json={path}", "data.image_size=30", "data.val_fraction=0.4"])  # fmt: skip
+    dm = DetectionDataModule(cfg.data, coco_json=cfg.detect.coco_json)
+    assert dm.classes == ["cell"] and (len(dm.train_set), len(dm.val_set)) == (3, 2)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (2, 3, 30, 30) and batch["targets"][0]["boxes"].tolist() == [
+        [2.5, 2.5, 12.5, 7.5]
+    ]
+
+
+def test_map_is_computed_in_source_pixels_and_ignores_crowd() -> None:
+    # frame at half scale: a 20×20 source box (area 400 < 32²: "small") is 10×10 in the frame
+    batch = {"targets": [{"boxes": torch.tensor([[5.0, 5, 15, 15], [30, 30, 40, 40]]), "labels": torch.tensor([0, 0]),
+                          "iscrowd": torch.tensor([False, True])}], "scale": torch.tensor([[0.5, 0.5]])}  # fmt: skip
+    torch.testing.assert_close(to_source_frame(torch.tensor([[5.0, 5, 15, 15]]), torch.tensor([0.5, 0.25])),
+                               torch.tensor([[20.0, 10, 60, 30]]))  # fmt: skip
+    metrics = DetectionMetrics()
+    hit = {"boxes": torch.tensor([[5.0, 5, 15, 15], [30, 30, 40, 40]]), "scores": torch.tensor([0.9, 0.8]),
+           "labels": torch.tensor([0, 0])}  # fmt: skip
+    metrics.update([hit], batch)
+    figures = metrics.compute()
+    assert figures["map"] == pytest.approx(1.0)  # the detection on the crowd box is not a false positive
+    assert figures["map_small"] == pytest.approx(1.0) and figures["map_medium"] == -1.0
+    metrics.reset()
+    miss = {
+        "boxes": torch.tensor([[20.0, 0, 30, 10]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([0]),
+    }
+    metrics.update([miss], batch)
+    assert metrics.compute()["map"] == 0.0
+
+
+def test_a_retinanet_student_fits_one_batch() -> None:
+    """Twenty steps on one fixed toyworld batch: the summed loss falls (the parts are wired to learn)."""
+    cfg = load_config(None, ["task=detect", "data.image_size=96", "data.batch_size=4", "data.num_workers=0",
+                             "data.train_domain=wide", "data.train_count=4"])  # fmt: skip
+    torch.manual_seed(0)
+    dm = DetectionDataModule(cfg.data, color_jitter=0.0)
+    dm.train_set.augment = None
+    batch = next(iter(dm.train_dataloader()))
+    module = DetectionModule("det_tiny", {}, dm.classes, 96)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    module.train()
+    losses = []
+    for _ in range(20):
+        loss = sum(module.model(batch["image"], batch["targets"]).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.4 * losses[0], losses
