@@ -189,7 +189,7 @@ def _build(path: Path, task: str, arch: dict[str, Any]) -> nn.Module:
             return build_classifier(arch["model_name"], int(arch["num_classes"]), **kwargs)
         except (TypeError, KeyError, AnydistillError) as exc:
             raise DataError(path, f"checkpoint does not match its model description: {exc}") from None
-    if task == "semantic":  # the number of classes is a builder argument of segmentation models only
+    if task in ("semantic", "detect"):  # the number of classes is a builder argument of these models only
         kwargs["num_classes"] = arch["num_classes"]
     try:
         return build_model(arch["model_name"], **kwargs)

@@ -33,6 +33,15 @@ def test_train_writes_a_checkpoint_that_describes_a_detector(tmp_path: Path) -> 
     assert record["task"] == "detect" and record["arch"]["model_name"] == "det_tiny"
     assert record["arch"]["num_classes"] == 5 and record["classes"]["names"][0] == "sphere"
     assert record["preprocess"]["size"] == 96 and record["preprocess"]["resize"] == "long_side"
+    # load_model rebuilds the same detector from the record alone
+    from anydistill.loading import load_model
+
+    loaded = load_model(result.best_checkpoint)
+    assert (
+        loaded.task == "detect" and loaded.model.input_size == 96 and loaded.classes.names[4] == "ellipsoid"
+    )
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    assert all(torch.equal(v, state[k]) for k, v in loaded.model.state_dict().items())
 
 
 def test_the_config_loss_reaches_the_retinanet_head_and_is_refused_elsewhere() -> None:

@@ -20,7 +20,9 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 24, 8, stride=8)
 
-    def forward_intermediates(self, x: torch.Tensor, indices=None, output_fmt="NCHW", intermediates_only=True):
+    def forward_intermediates(
+        self, x: torch.Tensor, indices=None, output_fmt="NCHW", intermediates_only=True
+    ):
         assert (indices, output_fmt, intermediates_only) == (1, "NCHW", True)
         return [self.conv(x)]
 
@@ -41,7 +43,9 @@ def batch(task: str, b: int = 2, ratio: int = 2) -> dict:
 
 
 def module(task: str = "depth", frozen: bool = True, **distill) -> DistillModule:
-    cfg = DistillConfig(**{"perturb": True, "cutmix": True, "cutmix_p": 1.0, "trim": 0.1, "feature_align": frozen, **distill})
+    cfg = DistillConfig(
+        **{"perturb": True, "cutmix": True, "cutmix_p": 1.0, "trim": 0.1, "feature_align": frozen, **distill}
+    )
     model = "depth_tiny" if task == "depth" else "seg_tiny"
     return DistillModule(
         distill=cfg,
@@ -138,5 +142,7 @@ def test_cutmix_loss_uses_each_regions_own_pseudo_label():
     mixed = torch.where(mask, u["image"].roll(1, 0), u["image"])
     d, v = u["disparity"], u["disparity_valid"]
     with torch.no_grad():
-        expected = cutmix_ssi_loss(m(mixed), d, d.roll(1, 0), v, v.roll(1, 0), mask, alignment="median", trim=0.1)
+        expected = cutmix_ssi_loss(
+            m(mixed), d, d.roll(1, 0), v, v.roll(1, 0), mask, alignment="median", trim=0.1
+        )
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -91,7 +91,9 @@ class _Interrupting(L.Callback):
 @register_method("interrupted_test_method", tasks=None)
 def build_interrupted(cfg: TrainConfig) -> MethodRun:
     """The tiny method, interrupted by Ctrl-C at its second step."""
-    return MethodRun(TinyModule(cfg.tiny, cfg.optim.lr), TinyData(), "val/loss", "min", callbacks=[_Interrupting()])
+    return MethodRun(
+        TinyModule(cfg.tiny, cfg.optim.lr), TinyData(), "val/loss", "min", callbacks=[_Interrupting()]
+    )
 
 
 def test_ctrl_c_says_rerun_to_resume_with_exit_130(tmp_path: Path, capsys):

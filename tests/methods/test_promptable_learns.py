@@ -33,7 +33,9 @@ def test_simulated_click_training_fits_a_tiny_scene():
     torch.set_num_threads(1)
     try:
         torch.manual_seed(0)
-        module = PromptableModule(build_model("sam_tiny", img_size=S), PromptConfig(num_rounds=3, refine_rounds=1))
+        module = PromptableModule(
+            build_model("sam_tiny", img_size=S), PromptConfig(num_rounds=3, refine_rounds=1)
+        )
         params = [p for p in module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=8e-4, weight_decay=0.1)
         batch = _scene()

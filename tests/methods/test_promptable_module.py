@@ -244,7 +244,9 @@ def test_loss_backward_reaches_every_part_and_mask_prompt_detach() -> None:
     torch.manual_seed(3)
     assert module.rounds(batch)["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     assert rec.mask_grad == [False, True, True]  # one prompt-encoder call per round
-    detached = PromptableModule(model, PromptConfig(num_rounds=3, refine_rounds=1, p_box=0.0, detach_mask_prompt=True))
+    detached = PromptableModule(
+        model, PromptConfig(num_rounds=3, refine_rounds=1, p_box=0.0, detach_mask_prompt=True)
+    )
     rec.mask_grad.clear()
     torch.manual_seed(3)
     assert detached.rounds(batch)["loss"].item() == pytest.approx(loss.item(), rel=1e-5)  # same values
@@ -289,7 +291,9 @@ def _fit(module: PromptableModule, steps: int = 3) -> L.Trainer:
 def test_training_steps_change_parameters_and_log() -> None:
     model = _tiny_sam()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = PromptableModule(model, PromptConfig(num_rounds=3, val_max_clicks=2), OptimConfig(lr=0.001, warmup_steps=1))
+    module = PromptableModule(
+        model, PromptConfig(num_rounds=3, val_max_clicks=2), OptimConfig(lr=0.001, warmup_steps=1)
+    )
     trainer = _fit(module)
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and 0.0 <= metrics["train/iou"].item() <= 1.0
@@ -305,7 +309,9 @@ def test_frozen_image_encoder_is_unchanged_in_eval_mode_and_not_optimised() -> N
     modes: list[bool] = []
     model.image_encoder.register_forward_hook(lambda m, i, o: modes.append((m.training, o.requires_grad)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    module = PromptableModule(model, PromptConfig(num_rounds=2, freeze_image_encoder=True), OptimConfig(lr=0.001, warmup_steps=1))
+    module = PromptableModule(
+        model, PromptConfig(num_rounds=2, freeze_image_encoder=True), OptimConfig(lr=0.001, warmup_steps=1)
+    )
     trainer = _fit(module, steps=2)
     encoder_ids = {id(p) for p in model.image_encoder.parameters()}
     optimised = [p for g in trainer.optimizers[0].param_groups for p in g["params"]]

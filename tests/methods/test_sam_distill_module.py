@@ -121,7 +121,9 @@ def test_refinement_clicks_come_from_where_student_and_teacher_disagree():
     the teacher's mask is, negative elsewhere), and both decoders see the same, growing prompts."""
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=5, mask_rounds=3, p_box=0.0))
+    module = SamEncoderDistillModule(
+        model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=5, mask_rounds=3, p_box=0.0)
+    )
     batch = _batch(model)
     calls = _recording(module)
     student_emb = torch.randn_like(batch["feat"])  # far from the teacher: masks disagree
@@ -151,7 +153,12 @@ def test_refinement_clicks_come_from_where_student_and_teacher_disagree():
 def test_box_prompts_are_the_boxes_of_the_teachers_masks():
     torch.manual_seed(0)
     model = build_model("sam_tiny", img_size=SIZE)
-    module = SamEncoderDistillModule(model, PromptConfig(embed_weight=0.0, mask_weight=1.0, mask_points=6, mask_rounds=0, p_box=1.0, box_noise_std=0.0))
+    module = SamEncoderDistillModule(
+        model,
+        PromptConfig(
+            embed_weight=0.0, mask_weight=1.0, mask_points=6, mask_rounds=0, p_box=1.0, box_noise_std=0.0
+        ),
+    )
     batch = _batch(model)
     calls = _recording(module)
     module.mask_loss(batch["feat"], batch["feat"], batch["input_size"])
@@ -161,7 +168,9 @@ def test_box_prompts_are_the_boxes_of_the_teachers_masks():
     scale = SIZE / seed.shape[-1]
     for i in torch.nonzero(prompts.has_box).flatten().tolist():
         ys, xs = torch.nonzero(seed[i], as_tuple=True)
-        expected = torch.tensor([xs.min() * scale, ys.min() * scale, xs.max() * scale + scale - 1, ys.max() * scale + scale - 1])
+        expected = torch.tensor(
+            [xs.min() * scale, ys.min() * scale, xs.max() * scale + scale - 1, ys.max() * scale + scale - 1]
+        )
         h, w = batch["input_size"][i // 6].tolist()
         expected = torch.minimum(expected, torch.tensor([w - 1, h - 1, w - 1, h - 1]).float())
         assert torch.allclose(prompts.boxes[i], expected)

@@ -121,8 +121,12 @@ class DetectionModule(L.LightningModule):
 
     def model_record(self) -> dict[str, Any]:
         """What a checkpoint stores to rebuild the student (builder, pre-processing, class names)."""
-        arch = {"model_name": self.hparams["model_name"], "model_kwargs": self.hparams["model_kwargs"],
-                "num_classes": len(self.classes.names)}  # fmt: skip
+        kwargs = {**self.hparams["model_kwargs"], "input_size": self.hparams["image_size"]}
+        arch = {
+            "model_name": self.hparams["model_name"],
+            "model_kwargs": kwargs,
+            "num_classes": len(self.classes.names),
+        }
         return model_record("detect", self.model.preprocess_spec(), arch, self.classes)
 
 
