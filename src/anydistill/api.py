@@ -22,6 +22,7 @@ from anydistill.eval.classify import (
     is_classifier_checkpoint,
     predict_classes,
 )
+from anydistill.eval.detection import evaluate_detector, is_detector_checkpoint
 from anydistill.eval.evaluate import evaluate as _evaluate_dense
 from anydistill.eval.protocols import evaluate_protocol
 from anydistill.export import ExportResult, export_model
@@ -128,9 +129,12 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, float]:
     """Metrics of a student on ``data`` (``toyworld:<domain>`` or a folder): depth / semantic
-    (:func:`anydistill.eval.evaluate.evaluate`) or, for a classifier, top-1 / top-5 accuracy
-    (:func:`anydistill.eval.classify.evaluate_classifier`)."""
+    (:func:`anydistill.eval.evaluate.evaluate`), for a classifier top-1 / top-5 accuracy
+    (:func:`anydistill.eval.classify.evaluate_classifier`), for a detector COCO box mAP
+    (:func:`anydistill.eval.detection.evaluate_detector`; ``data`` may also be a COCO JSON)."""
     fn = evaluate_classifier if is_classifier_checkpoint(checkpoint) else _evaluate_dense
+    if is_detector_checkpoint(checkpoint):
+        fn = evaluate_detector
     return fn(checkpoint, data, count=count, image_size=image_size, batch_size=batch_size, seed=seed,
               device=device, out_json=out_json, progress=progress)  # fmt: skip
 

@@ -14,7 +14,7 @@ from anydistill import api
 from anydistill.checkpoints import read_checkpoint
 from anydistill.config import load_config
 from anydistill.data.datamodule import DetectionDataModule
-from anydistill.errors import ConfigError
+from anydistill.errors import ConfigError, DataError
 from anydistill.eval.detection import DetectionMetrics, to_source_frame
 from anydistill.methods.detect import DetectionModule
 
@@ -42,6 +42,17 @@ def test_train_writes_a_checkpoint_that_describes_a_detector(tmp_path: Path) -> 
     )
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     assert all(torch.equal(v, state[k]) for k, v in loaded.model.state_dict().items())
+    # evaluate: COCO mAP with per-class AP, on toyworld and on a COCO JSON (images/ beside it)
+    figures = api.evaluate(result.best_checkpoint, "toyworld:wide", count=4, progress=False,
+                           out_json=tmp_path / "m.json")  # fmt: skip
+    assert {"map", "map_50", "map_75", "map_small", "mar_100", "map/sphere"} <= set(figures) and figures[
+        "images"
+    ] == 4
+    assert json.loads((tmp_path / "m.json").read_text())["metrics"]["map"] == figures["map"]
+    coco = _coco_folder(tmp_path / "coco", ["sphere", "box", "cylinder", "cone", "ellipsoid"])
+    assert api.evaluate(result.best_checkpoint, str(coco), progress=False)["images"] == 5
+    with pytest.raises(DataError, match="must be toyworld:<domain> or a COCO JSON file"):
+        api.evaluate(result.best_checkpoint, str(tmp_path), progress=False)
 
 
 def test_the_config_loss_reaches_the_retinanet_head_and_is_refused_elsewhere() -> None:
@@ -92,17 +103,23 @@ def test_folder_source_is_refused_for_detection(tmp_path: Path) -> None:
         DetectionDataModule(cfg.data)
 
 
-def test_coco_datamodule_splits_and_names_classes(tmp_path: Path) -> None:
-    (tmp_path / "img").mkdir()
+def _coco_folder(root: Path, names: list[str]) -> Path:
+    """Five 40×60 black images under ``root/images`` with one box each, and ``root/train.json``."""
+    (root / "images").mkdir(parents=True)
     images, anns = [], []
     for i in range(5):
-        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(root / "images" / f"{i}.png")
         images.append({"id": i, "file_name": f"{i}.png", "height": 40, "width": 60})
         anns.append({"id": i, "image_id": i, "category_id": 9, "bbox": [5, 5, 20, 10]})
-    path = tmp_path / "train.json"
-    path.write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 9, "name": "cell"}]})
-    )
+    categories = [{"id": 9 + k, "name": n} for k, n in enumerate(names)]
+    path = root / "train.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return path
+
+
+def test_coco_datamodule_splits_and_names_classes(tmp_path: Path) -> None:
+    path = _coco_folder(tmp_path, ["cell"])
+    (tmp_path / "img").symlink_to(tmp_path / "images")
     cfg = load_config(None, ["task=detect", "data.source=coco", f"data.train_root={tmp_path / 'img'}",
                              f"detect.coco_json={path}", "data.image_size=30", "data.val_fraction=0.4"])  # fmt: skip
     dm = DetectionDataModule(cfg.data, coco_json=cfg.detect.coco_json)

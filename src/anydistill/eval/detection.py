@@ -9,12 +9,30 @@ through (detections on crowd regions are ignored, not counted as false positives
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
+from tqdm import tqdm
 
-__all__ = ["DETECTION_KEYS", "DetectionMetrics", "to_source_frame"]
+from anydistill.checkpoints import detect_kind
+from anydistill.data.detection import CocoDetection, DetectionDataset, ToyWorldDetection, collate_detection
+from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
+from anydistill.errors import DataError
+from anydistill.eval.evaluate import check_at_least, write_metrics_json
+from anydistill.loading import load_model
+
+__all__ = [
+    "DETECTION_KEYS",
+    "DetectionMetrics",
+    "detection_eval_source",
+    "evaluate_detector",
+    "to_source_frame",
+]
 
 #: The figures :meth:`DetectionMetrics.compute` returns (COCO's names; -1 where a size has no object).
 DETECTION_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
@@ -66,3 +84,62 @@ class DetectionMetrics:
                 )
                 figures[f"map/{name}"] = float(ap)
         return figures
+
+
+def detection_eval_source(data: str, size: int, count: int, seed: int) -> Sequence[Any]:
+    """``toyworld:<domain>`` (``count`` held-out images rendered at ``size``) or a COCO JSON file whose
+    images lie under ``<json folder>/images`` (else beside the JSON)."""
+    if data.startswith("toyworld"):
+        domain = data.partition(":")[2] or "wide"
+        return ToyWorldDetection(domain, size, count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET)
+    path = Path(data)
+    if path.suffix.lower() != ".json" or not path.is_file():
+        raise DataError(path, "detection evaluation data must be toyworld:<domain> or a COCO JSON file")
+    images = path.parent / "images"
+    return CocoDetection(path, images if images.is_dir() else path.parent)
+
+
+@torch.inference_mode()
+def evaluate_detector(
+    checkpoint: str | Path,
+    data: str = "toyworld:wide",
+    count: int = 256,
+    image_size: int | None = None,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    out_json: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """COCO box mAP, mAP50, mAP75, AP by size, AR@100 and per-class AP of a ``task=detect`` checkpoint on
+    ``data`` (:func:`detection_eval_source`), in the source images' pixels; images resized to longest
+    side ``image_size`` (default: the checkpoint's input size)."""
+    check_at_least(1, count=count, image_size=image_size, batch_size=batch_size)
+    check_at_least(0, seed=seed)
+    loaded = load_model(checkpoint, device=device)
+    if loaded.task != "detect":
+        raise DataError(checkpoint, f"is a {loaded.task!r} model, not a detector (task=detect)")
+    size = int(image_size or loaded.model.input_size)
+    source = detection_eval_source(str(data), size, count, seed)
+    if len(source) == 0:
+        raise DataError(data, "no images to evaluate")
+    loader = DataLoader(DetectionDataset(source, size), batch_size=batch_size, collate_fn=collate_detection)
+    metrics = DetectionMetrics(class_metrics=True, class_names=loaded.classes.names)
+    for batch in tqdm(loader, desc="evaluate", disable=not progress, unit="batch"):
+        metrics.update(loaded.model(batch["image"].to(device)), batch)
+    figures = {**metrics.compute(), "images": float(len(source))}
+    if out_json is not None:
+        write_metrics_json(out_json, checkpoint, str(data), figures)
+    return figures
+
+
+def is_detector_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is an anydistill ``task=detect`` checkpoint (False for anything else, even an
+    unreadable file: the caller's own loader names the problem)."""
+    path = Path(path)
+    if path.suffix != ".ckpt" or not path.is_file():
+        return False
+    try:
+        return detect_kind(path).task == "detect"
+    except DataError:
+        return False
