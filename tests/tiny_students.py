@@ -80,3 +80,28 @@ def save_tiny_promptable_student(path: Path, size: int = 64) -> Path:
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "anydistill_model": record}, path)
     return path
+
+
+def save_tiny_detector(path: Path, size: int = 96, name: str = "det_tiny") -> Path:
+    """A tiny untrained detector over toyworld's five object kinds, saved as ``task=detect`` training saves
+    it (the model record carries ``input_size`` and ``num_classes``), at input size ``size``: no training."""
+    import torch
+
+    from anydistill.data.classes import ClassInfo
+    from anydistill.data.detection import TOYWORLD_DETECTION_CLASSES
+    from anydistill.loading import model_record
+    from anydistill.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=len(TOYWORLD_DETECTION_CLASSES), input_size=size)
+    arch = {
+        "model_name": name,
+        "model_kwargs": {"input_size": size},
+        "num_classes": len(TOYWORLD_DETECTION_CLASSES),
+    }
+    record = model_record(
+        "detect", model.preprocess_spec(), arch, ClassInfo(list(TOYWORLD_DETECTION_CLASSES))
+    )
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "anydistill_model": record}, path)
+    return path

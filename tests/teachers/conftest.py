@@ -97,7 +97,11 @@ def save_anydistill_ckpt(path: Path, task: str = "depth", seed: int = 0) -> Path
             task="semantic", model_name="seg_tiny", num_classes=3, class_names=["floor", "wall", "thing"]
         )
     torch.save(
-        {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "anydistill_model": module.model_record()},
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "anydistill_model": module.model_record(),
+        },
         path,
     )
     return path

@@ -14,7 +14,10 @@ Accepted specs (nothing is ever downloaded):
   checkpoint and a Hugging Face folder whose ``architectures`` is an ``*ForImageClassification`` (other
   than Depth Anything and DINOv2 folders, which stay what they were) are recognised as such;
   ``load_teacher(spec, task="classify")`` asks for a classifier whatever the spec, so
-  ``timm:<name>@<weights>`` gives a :class:`TimmClassifierTeacher` (its head kept) instead of an encoder.
+  ``timm:<name>@<weights>`` gives a :class:`TimmClassifierTeacher` (its head kept) instead of an encoder;
+* box teachers (``task == "detect"``, :mod:`anydistill.teachers.detectors`): an anydistill detect
+  checkpoint → :class:`AnydistillDetectorTeacher`; a Hugging Face folder whose ``architectures`` is an
+  ``*ForObjectDetection`` (DETR, RT-DETR, YOLOS, …) → :class:`HFDetectorTeacher`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from anydistill.teachers.classifiers import (
     TimmClassifierTeacher,
     is_hf_classifier,
 )
+from anydistill.teachers.detectors import AnydistillDetectorTeacher, HFDetectorTeacher, is_hf_detector
 from anydistill.teachers.encoders import DINOV2_MODEL_TYPES, HFDinov2Encoder, TimmEncoder
 from anydistill.teachers.hf_depth_anything import HFDepthAnythingTeacher
 from anydistill.teachers.hf_utils import read_config
@@ -59,6 +63,10 @@ def load_teacher(spec: str | Path, task: str | None = None, **kwargs: Any) -> Te
         return TimmEncoder(kind.name, checkpoint_path=kind.path, **kwargs)  # path None: ``@random``
     if kind.kind == "sam" or (kind.kind == "anydistill" and kind.task == "promptable"):
         return SamTeacher(kind.path, **kwargs)
+    if kind.kind == "anydistill" and kind.task == "detect":
+        return AnydistillDetectorTeacher(kind.path, **kwargs)
+    if kind.kind == "huggingface" and kind.path is not None and is_hf_detector(read_config(kind.path)):
+        return HFDetectorTeacher(kind.path, **kwargs)
     if kind.kind == "anydistill":
         return AnydistillTeacher(kind.path, **kwargs)
     assert kind.path is not None
