@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from anydistill.errors import AnydistillError, ConfigError
+from anydistill.errors import AnydistillError, ConfigError, DataError
 
 # OpenMP's threads (torch's intra-op pool) spin while they wait for work by default. When another busy
 # process shares the cores, a spinning thread holds the core the descheduled one needs: beside one busy
@@ -132,9 +132,26 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     from anydistill.teachers import load_teacher
 
     # task=classify: a timm:<name>@<weights> teacher keeps its head (logits) instead of being an encoder
-    classify = {"task": "classify"} if args.task == "classify" else {}
+    options: dict[str, Any] = {"task": "classify"} if args.task == "classify" else {}
+    if args.task == "detect":
+        from anydistill.checkpoints import detect_kind
+        from anydistill.teachers.detectors import is_hf_detector
+        from anydistill.teachers.hf_utils import read_config
+
+        kind = detect_kind(args.teacher)
+        if not (
+            kind.task == "detect"
+            or (kind.kind == "huggingface" and is_hf_detector(read_config(args.teacher)))
+        ):
+            raise DataError(args.teacher, "is not a box teacher: give an anydistill detect checkpoint or a "
+                            "Hugging Face *ForObjectDetection folder")  # fmt: skip
+        options["min_score"] = args.min_score
+        if args.classes:
+            options["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    elif args.classes or args.min_score != 0.05:
+        raise ConfigError("--classes and --min-score are for box teachers (--task detect)")
     manifest = run_teacher_pass(
-        partial(load_teacher, str(args.teacher), **classify),  # each process builds its own
+        partial(load_teacher, str(args.teacher), **options),  # each process builds its own
         args.images,
         args.out,
         batch_size=args.batch_size,
@@ -509,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "pseudo-label",
         help="run a teacher once over unlabeled images into a resumable pseudo-label cache",
-        description="Runs TEACHER over every image under DIR and writes fp16 targets to CACHE "
+        description="Runs TEACHER over every image under DIR and writes its targets (fp16 maps, float32 boxes) to CACHE "
         "(tar shards + manifest). Rerun the same command to resume an interrupted pass.",
     )
     pl.add_argument(
@@ -525,8 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--devices", type=int, default=1, help="processes (GPUs, or CPU processes)")
     pl.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     pl.add_argument(
-        "--task", choices=["auto", "classify"], default="auto",
-        help="classify: the teacher is an image classifier (cache its (K,) logits; needed for timm: specs)",
+        "--task", choices=["auto", "classify", "detect"], default="auto",
+        help="classify: the teacher is an image classifier (cache its (K,) logits; needed for timm: specs); "
+        "detect: a box teacher (cache every detection down to --min-score; threshold and NMS at training time)",
+    )  # fmt: skip
+    pl.add_argument("--min-score", type=float, default=0.05, help="box teachers: the lowest score cached")
+    pl.add_argument(
+        "--classes", default=None,
+        help="box teachers from Hugging Face: the teacher's labels to keep, comma-separated (default: all)",
     )  # fmt: skip
     pl.set_defaults(func=_cmd_pseudo_label)
 

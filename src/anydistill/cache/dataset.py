@@ -6,6 +6,10 @@ Each sample is a raw sample in the project's convention, with the teacher's outp
     "disparity"  float32 (H, W)       the teacher's relative disparity (depth teachers) -- NOT metric
                                       depth: larger = nearer, 0 is a valid value (sky), no invalid mask
     "logits"     float32 (K, H, W)    the teacher's logits (semantic teachers); (K,) for classifiers
+    "boxes"      float32 (N, 4)       a box teacher's detections, xyxy in the image's pixels, with
+    "scores"     float32 (N,)         their scores and
+    "labels"     int64   (N,)         labels (manifest ``classes`` names them); every detection the
+                                      teacher kept: thresholds and NMS are the reader's choice
     "feat"       float32 (C, h, w)    frozen-encoder features at the teacher's feature size (only with
                                       ``features=True`` and a cache made with them)
     "id"         str
@@ -144,8 +148,13 @@ class PseudoLabelDataset(Dataset):
         hw = (int(image.shape[0]), int(image.shape[1]))
         sample: dict[str, Any] = {"image": image}
         for name, array in self.cache.read(image_id, self._names).items():
+            if name == "labels":  # a box teacher's: int64 (N,), with boxes (N, 4) / scores (N,) below
+                sample["labels"] = array.astype(np.int64)
+                continue
             array = array.astype(np.float32)
-            if name == "disp":
+            if name in ("boxes", "scores"):
+                sample[name] = array
+            elif name == "disp":
                 sample["disparity"] = _upsample(array[None], hw)[0]  # (H, W)
             elif name == "logits":
                 sample["logits"] = array if array.ndim == 1 else _upsample(array, hw)  # (K,) / (K, H, W)

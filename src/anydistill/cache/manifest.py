@@ -8,6 +8,7 @@ presence means "finished". It records::
     image_root                 the (absolute) folder the ids are relative to
     targets, dtype             e.g. ["disp", "feat"], "float16"
     max_size, shard_size       the pass's settings
+    classes                    the teacher's class names (label order), when it has them
     num_images, count          images listed / images cached
     shards                     [{"name", "index", "index_file", "count", "bytes", "sha256"}]
     unreadable                 [{"id", "source", "reason"}]: never silently dropped
@@ -69,6 +70,7 @@ class Manifest:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     max_size: int | None = None
+    classes: list[str] | None = None
     dtype: str = "float16"
     format: str = FORMAT
     version: int = VERSION
@@ -99,6 +101,7 @@ class Manifest:
             unreadable=list(d.get("unreadable", [])),
             timing=dict(d.get("timing", {})),
             max_size=d.get("max_size"),
+            classes=d.get("classes"),
             dtype=str(d.get("dtype", "float16")),
             format=str(d["format"]),
             version=int(d["version"]),

@@ -26,6 +26,8 @@ from anydistill.data.folder import UnlabeledImageFolder
 from anydistill.errors import ConfigError, DataError
 
 #: What each teacher task stores: classifiers' logits are one ``(K,)`` vector per image.
+#: What a box teacher's pass stores per image: float32 ``(N, 4)`` xyxy pixels, float32 ``(N,)``, int64 ``(N,)``.
+DETECT_TARGETS = ("boxes", "scores", "labels")
 _TARGET_FOR_TASK = {"depth": "disp", "semantic": "logits", "segmentation": "logits", "classify": "logits"}
 
 
@@ -99,19 +101,26 @@ def _make_plan(teacher: Any, images_dir: Path, out: Path, settings: _Settings, t
 
 
 def _targets(teacher: Any, features: bool) -> list[str]:
-    """The names stored per image: ``"disp"`` or ``"logits"`` from the teacher's task, then ``"feat"``.
+    """The names stored per image: ``"disp"`` or ``"logits"`` from the teacher's task, then ``"feat"``; a box
+    teacher's ``"boxes"``, ``"scores"``, ``"labels"``.
 
     Raises:
         ConfigError: an unknown task, or features asked of a teacher without a feature encoder.
     """
     task = getattr(teacher, "task", None)
+    if task == "detect":  # a box teacher: variable-length boxes, scores and labels per image
+        if features:
+            raise ConfigError(
+                "features were asked for but a box teacher (task detect) has no feature maps to cache"
+            )
+        return list(DETECT_TARGETS)
     if task == "features":
         targets: list[str] = []
         features = True
     elif task in _TARGET_FOR_TASK:
         targets = [_TARGET_FOR_TASK[task]]
     else:
-        raise ConfigError(f"teacher task must be depth, semantic, classify or features, got {task!r}")
+        raise ConfigError(f"teacher task must be depth, semantic, classify, detect or features, got {task!r}")
     if features:
         if not callable(getattr(teacher, "features", None)) or getattr(teacher, "feature_dim", 0) is None:
             raise ConfigError(f"features were asked for but {type(teacher).__name__} has no feature encoder")

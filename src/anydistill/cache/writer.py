@@ -15,7 +15,9 @@ A failure while writing (an ``OSError``: disk full, permissions) aborts the shar
 
 Targets are stored as float16 (values beyond +-65504 are clipped) at the image's own size, or with
 the long side limited to ``max_size`` (antialiased bilinear); features at the teacher's feature size;
-a classifier's logits (``task == "classify"``, ``predict -> (B, K)``) as one ``(K,)`` vector per image.
+a classifier's logits (``task == "classify"``, ``predict -> (B, K)``) as one ``(K,)`` vector per image;
+a box teacher's detections (``task == "detect"``, ``detect -> [{boxes, scores, labels}]``) as float32 /
+int64 arrays of any length (every detection it keeps, down to its ``min_score``).
 On CUDA the teacher runs under float16 autocast unless ``autocast=False``.
 """
 
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -164,16 +167,40 @@ class _BatchRunner:
                 out["feat"] = _to_fp16(self.teacher.features(x), None)  # (B, C, h, w)
         return out
 
+    @torch.inference_mode()
+    def detections(self, images: torch.Tensor) -> list[tuple[dict[str, Any], list[str]]]:
+        """uint8 ``(B, H, W, 3)`` → per image (arrays ``boxes`` float32 ``(N, 4)``, ``scores`` float32
+        ``(N,)``, ``labels`` int64 ``(N,)``; the names of the non-finite ones). Boxes are kept in float32:
+        float16 would round a box edge at x = 3000 to 2 px."""
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = x.to(dtype=torch.float32, memory_format=torch.channels_last).div_(255.0)
+        with _autocast(self.device, self.settings.autocast):
+            found = self.teacher.detect(x)
+        out = []
+        for d in found:
+            arrays = {"boxes": d["boxes"].float().cpu().numpy().reshape(-1, 4),
+                      "scores": d["scores"].float().cpu().numpy().reshape(-1),
+                      "labels": d["labels"].long().cpu().numpy().reshape(-1)}  # fmt: skip
+            bad = [k for k in ("boxes", "scores") if not np.isfinite(arrays[k]).all()]
+            out.append((arrays, bad))
+        return out
+
     def run(self, images: torch.Tensor, records: list[dict[str, Any]], writer: ShardWriter) -> None:
         """``images`` uint8 ``(B, H, W, 3)``, ``records`` their B records (same order)."""
-        out = self.outputs(images)
+        if getattr(self.teacher, "task", None) == "detect":
+            per_image = self.detections(images)
+        else:
+            out = self.outputs(images)
         for i, rec in enumerate(records):
-            arrays = {}
-            for name, (batch, _) in out.items():
-                arr = batch[i].numpy()  # (C, h, w), or (K,) for a classifier
-                arrays[name] = arr[0] if name == "disp" else arr  # disparity is stored (H, W)
             row = {k: rec[k] for k in ("id", "source", "sha256", "bytes", "mtime_ns")}
-            bad = [name for name, (_, finite) in out.items() if not bool(finite[i])]
+            if getattr(self.teacher, "task", None) == "detect":
+                arrays, bad = per_image[i]
+            else:
+                arrays = {}
+                for name, (batch, _) in out.items():
+                    arr = batch[i].numpy()  # (C, h, w), or (K,) for a classifier
+                    arrays[name] = arr[0] if name == "disp" else arr  # disparity is stored (H, W)
+                bad = [name for name, (_, finite) in out.items() if not bool(finite[i])]
             if bad:
                 reason = f"teacher output has non-finite values ({', '.join(bad)})"
                 logger.warning("%s: not cached: %s", rec["path"], reason)
@@ -301,6 +328,7 @@ def _merge(
         teacher_fingerprint=teacher.fingerprint,
         teacher_spec=spec,
         task=str(getattr(teacher, "task", "")),
+        classes=list(getattr(teacher, "class_names", None) or []) or None,
         image_root=str(plan.image_root),
         targets=targets,
         shard_size=plan.shard_size,
@@ -315,6 +343,7 @@ def _merge(
             "world_size": world,
         },
         max_size=plan.header["max_size"],
+        dtype="float32" if getattr(teacher, "task", None) == "detect" else "float16",
     )
     atomic_write_json(plan.out / MANIFEST, manifest.to_dict())
     return manifest
