@@ -253,12 +253,20 @@ class DetectConfig:
     ``data.hflip`` and colour-jittered by ``color_jitter``. ``classification_loss`` (RetinaNet students):
     ``focal`` (α = ``focal_alpha``, γ = ``focal_gamma``), ``ce`` or ``ce_hard_negatives`` (``neg_pos_ratio``
     negatives per positive). ``best.ckpt`` is chosen on the validation COCO mAP@[.5:.95].
+
+    ``anydistill distill`` (a box teacher's boxes, cached once by ``anydistill pseudo-label --task
+    detect`` into ``distill.cache``): the teacher's detections with score ≥ ``pseudo_score``, after
+    class-wise NMS at IoU ``pseudo_nms`` (both applied here, not baked into the cache), are the unlabeled
+    images' boxes; with ``distill.use_labeled`` the labeled images join them. The unlabeled images get the
+    strong perturbations of ``distill.perturb`` (colour jitter + Gaussian blur).
     """
 
     min_area: int = 16
     color_jitter: float = 0.4
     coco_json: str | None = None
     val_coco_json: str | None = None
+    pseudo_score: float = 0.3
+    pseudo_nms: float = 0.5
     classification_loss: str = "focal"
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -432,6 +440,11 @@ def _validate(cfg: TrainConfig, origin: str) -> TrainConfig:
         raise bad(
             "detect.classification_loss",
             f"must be 'focal', 'ce' or 'ce_hard_negatives', got {d.classification_loss!r}",
+        )
+    if not 0 <= d.pseudo_score <= 1 or not 0 < d.pseudo_nms <= 1:
+        raise bad(
+            "detect",
+            f"pseudo_score must be in [0, 1] and pseudo_nms in (0, 1], got {d.pseudo_score}, {d.pseudo_nms}",
         )
     if d.min_area < 0 or d.color_jitter < 0 or d.neg_pos_ratio <= 0 or d.focal_gamma < 0:
         raise bad("detect", "min_area, color_jitter and focal_gamma must be >= 0 and neg_pos_ratio > 0")

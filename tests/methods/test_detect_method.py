@@ -172,3 +172,61 @@ def test_a_retinanet_student_fits_one_batch() -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.4 * losses[0], losses
+
+
+def _box_cache(tmp_path: Path) -> Path:
+    """A detect cache over four toyworld images, made by the CLI with a tiny untrained detector."""
+    from tiny_students import save_tiny_detector
+
+    from anydistill.cli import main
+    from anydistill.data.toyworld import write_toyworld
+
+    write_toyworld(tmp_path / "unlabeled", count=4, size=96, domain="wide", seed=5, progress=False)
+    ckpt = save_tiny_detector(tmp_path / "teacher.ckpt", size=96)
+    assert main(["pseudo-label", "--teacher", str(ckpt), "--images", str(tmp_path / "unlabeled"), "--out",
+                 str(tmp_path / "cache"), "--task", "detect", "--min-score", "0.0", "--num-workers", "0"]) == 0  # fmt: skip
+    return tmp_path / "cache"
+
+
+def test_pseudo_boxes_threshold_nms_and_class_names(tmp_path: Path) -> None:
+    from torchvision.ops import box_iou
+
+    from anydistill.cache import PseudoLabelDataset
+    from anydistill.methods.detect import PseudoBoxes
+
+    cache = PseudoLabelDataset(_box_cache(tmp_path))
+    raw = cache[0]
+    everything = PseudoBoxes(cache, ["sphere", "box", "cylinder", "cone", "ellipsoid"], score=0.0, nms=1.0)[0]
+    assert len(everything.boxes) == int(((raw["boxes"][:, 2:] > raw["boxes"][:, :2]).all(1)).sum())
+    cut = float(np.median(raw["scores"]))
+    strict = PseudoBoxes(cache, ["sphere", "box", "cylinder", "cone", "ellipsoid"], score=cut, nms=0.3)[0]
+    assert len(strict.boxes) <= int((raw["scores"] >= cut).sum())
+    for label in set(strict.labels.tolist()):  # class-wise NMS: no two kept boxes of a class overlap > 0.3
+        same = torch.from_numpy(strict.boxes[strict.labels == label])
+        iou = box_iou(same, same).fill_diagonal_(0)
+        assert iou.numel() == 0 or float(iou.max()) <= 0.3 + 1e-6
+    # renamed by name: a student with classes in another order, one of them the teacher's
+    mine = PseudoBoxes(cache, ["car", "cone"], score=0.0, nms=1.0)[0]
+    teacher_cones = int(((raw["labels"] == 3) & (raw["boxes"][:, 2:] > raw["boxes"][:, :2]).all(1)).sum())
+    assert (mine.labels == 1).all() and len(mine.labels) == teacher_cones
+    with pytest.raises(DataError, match="share none with the student's"):
+        PseudoBoxes(cache, ["car"])
+
+
+def test_distill_task_detect_trains_on_the_teachers_boxes(tmp_path: Path) -> None:
+    cache = _box_cache(tmp_path)
+    cfg = load_config(
+        None, [*TINY, f"run_dir={tmp_path / 'run'}", f"distill.cache={cache}", "detect.pseudo_score=0.0"]
+    )
+    result = api.distill(cfg)
+    assert 0.0 <= result.metrics["val/map"] <= 1.0
+    from anydistill.methods.detect import DetectionDistillDataModule
+
+    dm = DetectionDistillDataModule(cfg)
+    assert len(dm.train_set) == 8 + 4 and len(dm.pseudo_set) == 4  # labeled + pseudo-labeled
+    only = DetectionDistillDataModule(
+        load_config(None, [*TINY, f"distill.cache={cache}", "distill.use_labeled=false"])
+    )
+    assert len(only.train_set) == 4
+    with pytest.raises(ConfigError, match="distill.cache: the box teacher's cache is required"):
+        DetectionDistillDataModule(load_config(None, TINY))

@@ -8,20 +8,33 @@ anchors). A RetinaNet student's classification loss is the config's ``detect.cla
 the focal-loss ablation). Validation runs the detector's own post-processing (score threshold, NMS,
 top-100) and COCO box mAP in the source images' pixels (:mod:`anydistill.eval.detection`);
 ``best.ckpt`` is chosen on ``val/map``.
+
+Distillation (``anydistill distill``, method ``detect_distill``), autodistill's loop done as the rest of
+this toolkit does it: the box teacher labels the unlabeled images once (``anydistill pseudo-label --task
+detect``: batched, sharded, resumable, every detection down to a low score), and the student trains on
+:class:`PseudoBoxes` (score threshold and class-wise NMS chosen here, at training time) under strong
+perturbations, with the labeled images beside them; validation on labeled images, as above.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor
+from torch.utils.data import ConcatDataset
+from torchvision.ops import batched_nms
+from torchvision.transforms import v2
 
+from anydistill.cache import PseudoLabelDataset
 from anydistill.config import DetectConfig, OptimConfig, TrainConfig
 from anydistill.data.classes import ClassInfo
 from anydistill.data.datamodule import DetectionDataModule
-from anydistill.errors import ConfigError
+from anydistill.data.detection import DetectionDataset, DetectionRecord
+from anydistill.errors import ConfigError, DataError
 from anydistill.eval.detection import DETECTION_KEYS, DetectionMetrics
 from anydistill.loading import model_record
 from anydistill.losses.detection import DenseClassificationLoss
@@ -30,7 +43,14 @@ from anydistill.models import build_model, list_models
 from anydistill.models.detection import DetectionModel
 from anydistill.optim import build_optimizer, build_scheduler
 
-__all__ = ["DetectionModule", "build_detection_method"]
+__all__ = [
+    "DetectionDistillDataModule",
+    "DetectionModule",
+    "PseudoBoxes",
+    "build_detection_distill",
+    "build_detection_method",
+    "strong_perturbation",
+]
 
 
 class DetectionModule(L.LightningModule):
@@ -139,4 +159,94 @@ def build_detection_method(cfg: TrainConfig) -> MethodRun:
         cfg.model.name if cfg.model.name != "depth_tiny" else "det_tiny"
     )  # the config's default model is depth's
     module = DetectionModule(name, cfg.model.kwargs, datamodule.classes, cfg.data.image_size, d, cfg.optim)
+    return MethodRun(module, datamodule, "val/map", "max")
+
+
+# ------------------------------------------------------------------------------------- distillation
+class PseudoBoxes:
+    """A box teacher's cached detections as detection records: score ≥ ``score``, class-wise NMS at IoU
+    ``nms`` (torchvision's ``batched_nms``), teacher labels renamed to the student's classes by name
+    (detections of classes the student does not have are dropped).
+
+    Args:
+        cache: a :class:`~anydistill.cache.PseudoLabelDataset` over a ``task=detect`` cache.
+        classes: the student's class names.
+        score, nms: the thresholds (applied here, at training time).
+
+    Raises:
+        DataError: the cache is not a box teacher's, or none of its classes is one of ``classes``.
+    """
+
+    def __init__(
+        self, cache: PseudoLabelDataset, classes: list[str], score: float = 0.3, nms: float = 0.5
+    ) -> None:
+        manifest = cache.manifest
+        root = Path(manifest.image_root)
+        if manifest.task != "detect":
+            raise DataError(
+                root, f"distill.cache holds a {manifest.task!r} teacher's targets, not boxes (task=detect)"
+            )
+        teacher = list(manifest.classes or [])
+        shared = [c for c in teacher if c in classes]
+        if not shared:
+            raise DataError(
+                root, f"the box teacher's classes {teacher} share none with the student's {classes}"
+            )
+        self.lut = torch.tensor([classes.index(c) if c in classes else -1 for c in teacher], dtype=torch.long)
+        self.cache, self.score, self.nms = cache, float(score), float(nms)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> DetectionRecord:
+        sample = self.cache[index]
+        boxes = torch.from_numpy(sample["boxes"]).reshape(-1, 4)  # (N, 4)
+        scores = torch.from_numpy(sample["scores"]).reshape(-1)  # (N,)
+        labels = self.lut[torch.from_numpy(sample["labels"]).reshape(-1)]  # (N,) student labels, -1: none
+        keep = (
+            (scores >= self.score) & (labels >= 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        )
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        kept = batched_nms(boxes, scores, labels, self.nms)
+        return DetectionRecord(sample["image"], str(sample["id"]), boxes[kept].numpy(), labels[kept].numpy())
+
+
+def strong_perturbation(color_jitter: float = 0.4) -> v2.Compose:
+    """The unlabeled images' perturbation (Depth Anything's, without CutMix): flip, colour jitter with
+    probability 0.8 (twice the labeled images' strength) and a Gaussian blur with probability 0.5."""
+    return v2.Compose([
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomApply([v2.ColorJitter(2 * color_jitter, 2 * color_jitter, 2 * color_jitter, color_jitter / 2)], p=0.8),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 2.0))], p=0.5),
+    ])  # fmt: skip
+
+
+class DetectionDistillDataModule(DetectionDataModule):
+    """The labeled detection data (:class:`DetectionDataModule`, validation included) plus the box
+    teacher's pseudo-labeled images, in one shuffled training set."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        d = cfg.detect
+        super().__init__(cfg.data, d.min_area, d.color_jitter, d.coco_json, d.val_coco_json)
+        if not cfg.distill.cache:
+            raise ConfigError(
+                "distill.cache: the box teacher's cache is required (make it with anydistill pseudo-label --task detect)"
+            )
+        pseudo = PseudoBoxes(
+            PseudoLabelDataset(cfg.distill.cache), list(self.classes), d.pseudo_score, d.pseudo_nms
+        )
+        augment = strong_perturbation(d.color_jitter) if cfg.distill.perturb else self.train_set.augment
+        unlabeled = DetectionDataset(pseudo, cfg.data.image_size, augment=augment)
+        self.pseudo_set = unlabeled
+        self.train_set = ConcatDataset([self.train_set, unlabeled]) if cfg.distill.use_labeled else unlabeled
+
+
+@register_method("detect_distill", verbs=("distill",), tasks=("detect",))
+def build_detection_distill(cfg: TrainConfig) -> MethodRun:
+    """A detection student from a box teacher's cached boxes (plus the labeled images)."""
+    datamodule = DetectionDistillDataModule(cfg)
+    name = cfg.model.name if cfg.model.name != "depth_tiny" else "det_tiny"
+    module = DetectionModule(
+        name, cfg.model.kwargs, datamodule.classes, cfg.data.image_size, cfg.detect, cfg.optim
+    )
     return MethodRun(module, datamodule, "val/map", "max")
