@@ -132,7 +132,7 @@ def test_methods_command_lists_the_registered_methods(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == sorted(["distill", "promptable", "sam_distill", "supervised",
-                                                          "simclr", "moco", "dino", "mae", "classify", "kd",
+                                                          "simclr", "moco", "dino", "mae", "classify", "kd", "detect", "detect_distill",
                                                           "tiny_test_method",
                                                           "interrupted_test_method"])  # fmt: skip
     assert any(line.startswith("tiny_test_method") and "defined in a test file" in line for line in lines)
