@@ -22,7 +22,12 @@ from anydistill.eval.classify import (
     is_classifier_checkpoint,
     predict_classes,
 )
-from anydistill.eval.detection import evaluate_detector, is_detector_checkpoint
+from anydistill.eval.detection import (
+    DetectionPredictions,
+    evaluate_detector,
+    is_detector_checkpoint,
+    predict_detections,
+)
 from anydistill.eval.evaluate import evaluate as _evaluate_dense
 from anydistill.eval.protocols import evaluate_protocol
 from anydistill.export import ExportResult, export_model
@@ -146,9 +151,12 @@ def predict(
     batch_size: int = 8,
     image_size: int | None = None,
     device: str = "cpu",
-) -> PredictReport | ClassPredictions:
+) -> PredictReport | ClassPredictions | DetectionPredictions:
     """Predict every image under ``images`` into ``out`` (see :func:`anydistill.inference.predict_folder`;
-    a classifier's top-5 classes: :func:`anydistill.eval.classify.predict_classes`)."""
+    a classifier's top-5 classes: :func:`anydistill.eval.classify.predict_classes`; a detector's boxes as COCO
+    JSON and overlays: :func:`anydistill.eval.detection.predict_detections`)."""
+    if is_detector_checkpoint(checkpoint):
+        return predict_detections(checkpoint, images, out, image_size=image_size, device=device)
     if is_classifier_checkpoint(checkpoint):
         return predict_classes(
             checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device

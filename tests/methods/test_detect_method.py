@@ -230,3 +230,55 @@ def test_distill_task_detect_trains_on_the_teachers_boxes(tmp_path: Path) -> Non
     assert len(only.train_set) == 4
     with pytest.raises(ConfigError, match="distill.cache: the box teacher's cache is required"):
         DetectionDistillDataModule(load_config(None, TINY))
+
+
+def test_predict_writes_coco_json_in_source_pixels_and_overlays(tmp_path: Path, capsys) -> None:
+    from tiny_students import save_tiny_detector
+
+    from anydistill.cli import main
+    from anydistill.data.detection import CocoDetection
+
+    ckpt = save_tiny_detector(tmp_path / "det.ckpt", size=64)
+    (tmp_path / "img" / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((50, 130, 3), 120, np.uint8)).save(tmp_path / "img" / "wide.png")
+    Image.fromarray(np.full((90, 40, 3), 30, np.uint8)).save(tmp_path / "img" / "sub" / "tall.jpg")
+    (tmp_path / "img" / "broken.png").write_bytes(b"not an image")
+    report = api.predict(ckpt, tmp_path / "img", tmp_path / "out")
+    assert report.images == 2 and [p.name for p, _ in report.skipped] == ["broken.png"]
+    coco = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["sphere", "box", "cylinder", "cone", "ellipsoid"]
+    sizes = {im["file_name"]: (im["height"], im["width"]) for im in coco["images"]}
+    assert sizes == {"wide.png": (50, 130), "sub/tall.jpg": (90, 40)}
+    by_id = {im["id"]: im for im in coco["images"]}
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        im = by_id[ann["image_id"]]
+        assert 0 <= x and 0 <= y and x + w <= im["width"] + 1e-3 and y + h <= im["height"] + 1e-3
+        assert ann["score"] >= 0.3 and 1 <= ann["category_id"] <= 5
+    assert len(coco["annotations"]) == report.detections
+    assert (tmp_path / "out" / "overlays" / "sub" / "tall.png").is_file()
+    # the file is valid COCO: our own reader takes it back (images beside it under img/)
+    back = CocoDetection(tmp_path / "out" / "detections.json", tmp_path / "img", quiet=True)
+    assert len(back) == 2
+    # every detection with min_score 0: as many as the detector keeps (its top 100 per image)
+    from anydistill.eval.detection import predict_detections
+
+    everything = predict_detections(
+        ckpt, tmp_path / "img" / "wide.png", tmp_path / "all", min_score=0.0, overlays=False
+    )
+    assert everything.detections == 100 and len(everything.written) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ckpt),
+                "--images",
+                str(tmp_path / "img"),
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
+    assert "detection(s) in 2 image(s)" in capsys.readouterr().out

@@ -9,22 +9,31 @@ through (detections on crowd regions are ignored, not counted as false positives
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
+from torchvision.utils import draw_bounding_boxes
 from tqdm import tqdm
 
 from anydistill.checkpoints import detect_kind
 from anydistill.data.detection import CocoDetection, DetectionDataset, ToyWorldDetection, collate_detection
+from anydistill.data.io import find_images, read_image
+from anydistill.data.outputs import make_output_folder
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
-from anydistill.errors import DataError
+from anydistill.errors import ConfigError, DataError
 from anydistill.eval.evaluate import check_at_least, write_metrics_json
 from anydistill.loading import load_model
+from anydistill.preprocess import long_side_shape
 
 __all__ = [
     "DETECTION_KEYS",
@@ -143,3 +152,110 @@ def is_detector_checkpoint(path: str | Path) -> bool:
         return detect_kind(path).task == "detect"
     except DataError:
         return False
+
+
+@dataclass
+class DetectionPredictions:
+    """What :func:`predict_detections` wrote and what it could not read."""
+
+    written: list[Path] = field(default_factory=list)
+    images: int = 0
+    detections: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.detections} detection(s) in {self.images} image(s): {self.written[0] if self.written else '-'}"
+                 + (f" and {len(self.written) - 1} overlay(s)" if len(self.written) > 1 else "")]  # fmt: skip
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} unreadable image(s):")
+            lines += [f"  {p}: {why}" for p, why in self.skipped]
+        return "\n".join(lines)
+
+
+@torch.inference_mode()
+def predict_detections(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    image_size: int | None = None,
+    min_score: float = 0.3,
+    device: str = "cpu",
+    overlays: bool = True,
+) -> DetectionPredictions:
+    """Detect objects in every image under ``images`` (recursive) with a ``task=detect`` checkpoint.
+
+    Writes ``out/detections.json`` in COCO's format (``images``, ``categories``, ``annotations`` with
+    ``bbox = [x, y, w, h]`` in each image's own pixels and a ``score``; category ids ``1 … K``), written
+    atomically, and, with ``overlays``, ``out/overlays/<image>.png``: the image with its boxes and labels.
+    Detections below ``min_score`` are left out. Unreadable images are skipped and reported.
+    """
+    check_at_least(1, image_size=image_size)
+    if not 0 <= min_score <= 1:
+        raise ConfigError(f"min_score: must be in [0, 1], got {min_score}")
+    root = Path(images)
+    files = find_images(root)
+    base = root if root.is_dir() else root.parent
+    loaded = load_model(checkpoint, device=device)
+    if loaded.task != "detect":
+        raise DataError(checkpoint, f"is a {loaded.task!r} model, not a detector (task=detect)")
+    size = int(image_size or loaded.model.input_size)
+    loaded.model.set_postprocess(score_thresh=min_score)
+    names = list(loaded.classes.names)
+    out = make_output_folder(Path(out))
+    report = DetectionPredictions()
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}  # fmt: skip
+    for path in tqdm(files, desc="predict", unit="img"):
+        try:
+            array = read_image(path)  # (H, W, 3) uint8
+        except DataError as exc:
+            report.skipped.append((path, exc.problem))
+            continue
+        height, width = array.shape[:2]
+        h, w = long_side_shape(height, width, size)
+        image = torch.from_numpy(array).permute(2, 0, 1)[None].float().div(255).to(device)  # (1, 3, H, W)
+        x = (
+            image
+            if (h, w) == (height, width)
+            else F.interpolate(image, (h, w), mode="bilinear", antialias=True)
+        )
+        found = loaded.model(x.clamp(0, 1))[0]
+        keep = found["scores"] >= min_score
+        boxes = to_source_frame(found["boxes"][keep].float().cpu(), torch.tensor([h / height, w / width]))
+        boxes = torch.minimum(
+            boxes.clamp_min(0), torch.tensor([width, height, width, height], dtype=torch.float32)
+        )
+        scores, labels = found["scores"][keep].float().cpu(), found["labels"][keep].cpu()
+        rel = path.relative_to(base).as_posix()
+        image_id = len(coco["images"]) + 1
+        coco["images"].append({"id": image_id, "file_name": rel, "height": height, "width": width})
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
+                "area": round((box[2] - box[0]) * (box[3] - box[1]), 2), "score": round(float(score), 5), "iscrowd": 0,
+            })  # fmt: skip
+        if overlays:
+            text = [
+                f"{names[int(k)] if int(k) < len(names) else k} {s:.2f}"
+                for k, s in zip(labels, scores, strict=True)
+            ]
+            drawn = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) uint8
+            if len(boxes):  # torchvision warns on an empty box list
+                drawn = draw_bounding_boxes(drawn, boxes, text, colors="red", width=2)
+            target = out / "overlays" / Path(rel).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.stem + ".tmp.png")
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(tmp)
+            os.replace(tmp, target)
+            report.written.append(target)
+        report.images += 1
+        report.detections += len(boxes)
+    if report.images == 0 and not report.skipped:
+        raise DataError(root, "no images to predict")
+    json_path = out / "detections.json"
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(coco, indent=1))
+    os.replace(tmp, json_path)
+    report.written.insert(0, json_path)
+    return report

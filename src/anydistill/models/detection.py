@@ -198,6 +198,19 @@ class DetectionModel(nn.Module):
             resize="long_side", pad="square", multiple=self.input_multiple, pad_before_normalize=True,
         )  # fmt: skip
 
+    def set_postprocess(
+        self, score_thresh: float | None = None, detections_per_img: int | None = None
+    ) -> None:
+        """Change the inference post-processing: the lowest score kept and the most detections per image
+        (the two-stage models' RoI heads hold their own copies)."""
+        for owner in (self.detector, getattr(self.detector, "roi_heads", None)):
+            if owner is None:
+                continue
+            if score_thresh is not None and hasattr(owner, "score_thresh"):
+                owner.score_thresh = float(score_thresh)
+            if detections_per_img is not None and hasattr(owner, "detections_per_img"):
+                owner.detections_per_img = int(detections_per_img)
+
     def set_classification_loss(self, loss: DenseClassificationLoss | None) -> None:
         """Replace a RetinaNet student's classification loss (``None``: the focal loss again)."""
         head = getattr(getattr(self.detector, "head", None), "classification_head", None)

@@ -89,11 +89,7 @@ class AnydistillDetectorTeacher(DetectorTeacher):
                 checkpoint_path, f"is a {loaded.task!r} model; this teacher takes a detector (task=detect)"
             )
         self.model = loaded.model
-        self.model.detector.score_thresh = float(min_score)  # RetinaNet / FCOS
-        self.model.detector.detections_per_img = int(max_detections)
-        roi = getattr(self.model.detector, "roi_heads", None)
-        if roi is not None:  # Faster / Mask R-CNN
-            roi.score_thresh, roi.detections_per_img = float(min_score), int(max_detections)
+        self.model.set_postprocess(min_score, max_detections)
         self.class_names = list(loaded.classes.names)
         self.image_size = int(image_size or self.model.input_size)
         self.preprocess = self.model.preprocess_spec(self.image_size)
