@@ -471,11 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seed", type=int, default=0, help="chooses the held-out pairs")
     imp.set_defaults(func=_cmd_data_import)
 
-    train = sub.add_parser("train", help="train a depth or semantic student (resumes an interrupted run)")
+    train = sub.add_parser("train", help="train a student on labels (resumes an interrupted run)")
     train.add_argument("--config", type=Path, default=None, help="YAML config (defaults if omitted)")
     train.add_argument(
         "--task",
-        choices=["depth", "semantic", "promptable", "classify"],
+        choices=["depth", "semantic", "promptable", "classify", "detect"],
         default=None,
         help="same as task=...",
     )
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--config", type=Path, default=None, help="YAML config; distill.cache must be set")
     dist.add_argument(
         "--task",
-        choices=["depth", "semantic", "promptable", "classify"],
+        choices=["depth", "semantic", "promptable", "classify", "detect"],
         default=None,
         help="same as task=...",
     )
