@@ -187,7 +187,8 @@ class DetectionModel(nn.Module):
 
     @property
     def input_multiple(self) -> int:
-        return int(self.detector.backbone.body.input_multiple)
+        """Inputs are zero-padded to a multiple of this (the backbone's coarsest stride) inside."""
+        return int(self.detector.transform.size_divisible)
 
     def preprocess_spec(self, size: int | None = None) -> Preprocess:
         """Images resized to longest side ``size`` (default: the input size), padded bottom/right to a
