@@ -33,7 +33,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-
 @pytest.fixture(scope="module")
 def depth_ckpt(tmp_path_factory) -> Path:
     """:func:`save_tiny_depth_student` in a module-wide temporary folder."""

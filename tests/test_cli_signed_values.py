@@ -12,7 +12,15 @@ from anydistill.models import build_model
 
 def test_signed_values_are_joined_to_their_option_only():
     argv = ["segment", "--point", "-5,10", "--box", "-1,-2,3,4", "--point", "3,4", "--out", "-x"]
-    assert _join_signed_values(argv) == ["segment", "--point=-5,10", "--box=-1,-2,3,4", "--point", "3,4", "--out", "-x"]
+    assert _join_signed_values(argv) == [
+        "segment",
+        "--point=-5,10",
+        "--box=-1,-2,3,4",
+        "--point",
+        "3,4",
+        "--out",
+        "-x",
+    ]
 
 
 def test_a_point_outside_the_image_is_one_line_not_a_usage_error(tmp_path, capsys):

@@ -17,7 +17,9 @@ from anydistill.methods.supervised import SupervisedModule
 from anydistill.preprocess import Preprocess
 
 
-def _checkpoint(path: Path, module: SupervisedModule, record: bool = True, config: TrainConfig | None = None) -> Path:
+def _checkpoint(
+    path: Path, module: SupervisedModule, record: bool = True, config: TrainConfig | None = None
+) -> Path:
     """What the training run's checkpoint callbacks write (state dict, hyper-parameters, record, config)."""
     data = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     if record:
@@ -41,7 +43,11 @@ def test_kinds_are_told_in_one_place(tmp_path, semantic_module):
     random_init = detect_kind("timm:resnet18@random")
     assert (random_init.kind, random_init.name, random_init.path) == ("timm", "resnet18", None)
     spec = detect_kind(f"timm:vit_small_patch14_dinov2@{tmp_path / 'w.safetensors'}")
-    assert (spec.kind, spec.name, spec.path) == ("timm", "vit_small_patch14_dinov2", tmp_path / "w.safetensors")
+    assert (spec.kind, spec.name, spec.path) == (
+        "timm",
+        "vit_small_patch14_dinov2",
+        tmp_path / "w.safetensors",
+    )
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "depth_anything"}))
@@ -59,7 +65,10 @@ def test_kinds_are_told_in_one_place(tmp_path, semantic_module):
         (lambda p: p / "absent", "no such file or folder"),
         (lambda p: (p / "empty_dir").mkdir() or p / "empty_dir", "without config.json"),
         (lambda p: (p / "w.bin").write_bytes(b"x") and p / "w.bin", "unknown model file type '.bin'"),
-        (lambda p: (p / "bad").mkdir() or (p / "bad" / "config.json").write_text("{") and p / "bad", "not valid JSON"),
+        (
+            lambda p: (p / "bad").mkdir() or (p / "bad" / "config.json").write_text("{") and p / "bad",
+            "not valid JSON",
+        ),
     ],
 )
 def test_unknown_kinds_are_one_line_errors(tmp_path, make, message):

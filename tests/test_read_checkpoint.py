@@ -20,7 +20,9 @@ class _Payload:
 
 def test_plain_checkpoints_load(tmp_path):
     path = tmp_path / "plain.ckpt"
-    torch.save({"state_dict": collections.OrderedDict(w=torch.ones(2)), "hyper_parameters": {"lr": 0.1}}, path)
+    torch.save(
+        {"state_dict": collections.OrderedDict(w=torch.ones(2)), "hyper_parameters": {"lr": 0.1}}, path
+    )
     ckpt = read_checkpoint(path)
     assert torch.equal(ckpt["state_dict"]["w"], torch.ones(2)) and ckpt["hyper_parameters"] == {"lr": 0.1}
 

@@ -69,6 +69,4 @@ def test_a_box_teacher_has_no_features_to_cache(tmp_path: Path) -> None:
 
     teacher = load_teacher(save_tiny_detector(tmp_path / "det.ckpt", size=64))
     with pytest.raises(ConfigError, match="a box teacher .* has no feature maps"):
-        run_teacher_pass(
-            teacher, _images(tmp_path / "img", 1), tmp_path / "c", features=True, progress=False
-        )
+        run_teacher_pass(teacher, _images(tmp_path / "img", 1), tmp_path / "c", features=True, progress=False)

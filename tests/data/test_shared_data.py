@@ -9,7 +9,9 @@ from anydistill.data.transforms import collate_samples, eval_transforms
 
 def test_em_membranes_import_and_load(shared_data, tmp_path):
     em = shared_data / "em-membranes"
-    out = import_pairs(em / "image", em / "label", tmp_path / "em", {255: 0, 0: 1}, ["cell", "membrane"], holdout=6)
+    out = import_pairs(
+        em / "image", em / "label", tmp_path / "em", {255: 0, 0: 1}, ["cell", "membrane"], holdout=6
+    )
     train = FolderDataset(out / "train", task="semantic")
     val = FolderDataset(out / "val", task="semantic", transform=eval_transforms(256, 32))
     assert (len(train), len(val)) == (24, 6)
@@ -21,7 +23,9 @@ def test_em_membranes_import_and_load(shared_data, tmp_path):
 
 
 def test_ants_bees_real_photos_load_and_batch(shared_data):
-    folder = UnlabeledImageFolder(shared_data / "ants-bees" / "train" / "ants", transform=eval_transforms(128, 32))
+    folder = UnlabeledImageFolder(
+        shared_data / "ants-bees" / "train" / "ants", transform=eval_transforms(128, 32)
+    )
     assert len(folder) > 100
     batch = collate_samples([folder[i] for i in range(8)])
     assert batch["image"].shape == (8, 3, 128, 128)

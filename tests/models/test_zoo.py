@@ -166,8 +166,8 @@ def test_segmentation_decoder_choice() -> None:
     assert len(build_model("seg_tiny", num_classes=2, decoder="unet", output_stride=4).decoder.blocks) == 3
     with pytest.raises(ConfigError, match="model.kwargs: output_stride must be a power of two"):
         build_model("seg_tiny_unet", num_classes=2, output_stride=3)
-    with pytest.raises(ConfigError, match="model.kwargs: decoder_channels needs 4 values"):
-        build_model("seg_tiny_unet", num_classes=2, output_stride=2)
+    with pytest.raises(ConfigError, match="model.kwargs: decoder_channels needs 5 values"):
+        build_model("seg_tiny_unet", num_classes=2, output_stride=1)  # its 4 widths stop at stride 2
     with pytest.raises(ConfigError, match="output_stride is a U-Net setting"):
         build_model("seg_tiny", num_classes=2, output_stride=2)
 
@@ -196,20 +196,25 @@ def test_registry_refuses_duplicates() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "base", "widths"),
+    ("name", "base", "widths", "output_stride"),
     [
-        ("seg_tiny_unet", "seg_tiny", (64, 48, 32, 16, 16)),
-        ("seg_small_unet", "seg_small", (128, 64, 32, 16, 16)),
+        ("seg_tiny_unet", "seg_tiny", (64, 48, 32, 16), 2),
+        ("seg_small_unet", "seg_small", (128, 64, 32, 16, 16), 1),
     ],
 )
-def test_unet_entries_are_the_benchmarked_ablation_rows(name, base, widths) -> None:
+def test_unet_entries_are_the_benchmarked_ablation_rows(name, base, widths, output_stride) -> None:
     """The U-Net zoo entries are, weight for weight, the rows of benchmarks/bench_semantic_peer.py their
     docstrings quote (``base`` + ``decoder=unet``, stride-2…32 taps, these widths)."""
     torch.manual_seed(0)
     entry = build_model(name, num_classes=3)
     torch.manual_seed(0)
     row = build_model(
-        base, num_classes=3, decoder="unet", out_indices=[0, 1, 2, 3, 4], decoder_channels=list(widths)
+        base,
+        num_classes=3,
+        decoder="unet",
+        out_indices=[0, 1, 2, 3, 4],
+        decoder_channels=list(widths),
+        output_stride=output_stride,
     )
     a, b = entry.state_dict(), row.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
