@@ -148,10 +148,20 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
         options["min_score"] = args.min_score
         if args.classes:
             options["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
-    elif args.classes or args.min_score != 0.05:
-        raise ConfigError("--classes and --min-score are for box teachers (--task detect)")
+    elif args.classes or args.min_score != 0.05 or args.mask_teacher:
+        raise ConfigError("--classes, --min-score and --mask-teacher are for box teachers (--task detect)")
+    if args.mask_teacher is not None:
+        from anydistill.checkpoints import detect_kind
+        from anydistill.teachers.detect_segment import load_box_teacher
+
+        if detect_kind(args.mask_teacher).task != "promptable":  # a missing file: DataError naming it
+            raise DataError(args.mask_teacher, "is not a SAM model: give a segment-anything .pth or an "
+                            "anydistill promptable checkpoint")  # fmt: skip
+        factory = partial(load_box_teacher, str(args.teacher), mask_teacher=str(args.mask_teacher), **options)
+    else:
+        factory = partial(load_teacher, str(args.teacher), **options)
     manifest = run_teacher_pass(
-        partial(load_teacher, str(args.teacher), **options),  # each process builds its own
+        factory,  # each process builds its own
         args.images,
         args.out,
         batch_size=args.batch_size,
@@ -550,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--classes", default=None,
         help="box teachers from Hugging Face: the teacher's labels to keep, comma-separated (default: all)",
+    )  # fmt: skip
+    pl.add_argument(
+        "--mask-teacher", type=Path, default=None,
+        help="box teachers: a SAM checkpoint that the boxes prompt for instance masks (cached as COCO RLE; "
+        "for a mask_rcnn student)",
     )  # fmt: skip
     pl.set_defaults(func=_cmd_pseudo_label)
 

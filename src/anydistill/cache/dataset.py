@@ -10,6 +10,8 @@ Each sample is a raw sample in the project's convention, with the teacher's outp
     "scores"     float32 (N,)         their scores and
     "labels"     int64   (N,)         labels (manifest ``classes`` names them); every detection the
                                       teacher kept: thresholds and NMS are the reader's choice
+    "mask_rle"   uint8   (L,)         a box-and-mask teacher's instance masks as COCO RLE, kept encoded
+    "mask_rle_lengths" int64 (N,)     (decode the ones you keep: :func:`anydistill.cache.masks.rle_arrays_to_masks`)
     "feat"       float32 (C, h, w)    frozen-encoder features at the teacher's feature size (only with
                                       ``features=True`` and a cache made with them)
     "id"         str
@@ -150,6 +152,9 @@ class PseudoLabelDataset(Dataset):
         for name, array in self.cache.read(image_id, self._names).items():
             if name == "labels":  # a box teacher's: int64 (N,), with boxes (N, 4) / scores (N,) below
                 sample["labels"] = array.astype(np.int64)
+                continue
+            if name in ("mask_rle", "mask_rle_lengths"):  # encoded masks: the reader decodes what it keeps
+                sample[name] = array
                 continue
             array = array.astype(np.float32)
             if name in ("boxes", "scores"):

@@ -28,6 +28,9 @@ from anydistill.errors import ConfigError, DataError
 #: What each teacher task stores: classifiers' logits are one ``(K,)`` vector per image.
 #: What a box teacher's pass stores per image: float32 ``(N, 4)`` xyxy pixels, float32 ``(N,)``, int64 ``(N,)``.
 DETECT_TARGETS = ("boxes", "scores", "labels")
+#: A box-and-mask teacher (``gives_masks``) adds its instance masks as COCO RLE: the N RLE ``counts``
+#: strings concatenated, uint8 ``(L,)``, and each one's length, int64 ``(N,)`` (the size is the image's).
+MASK_TARGETS = ("mask_rle", "mask_rle_lengths")
 _TARGET_FOR_TASK = {"depth": "disp", "semantic": "logits", "segmentation": "logits", "classify": "logits"}
 
 
@@ -113,7 +116,7 @@ def _targets(teacher: Any, features: bool) -> list[str]:
             raise ConfigError(
                 "features were asked for but a box teacher (task detect) has no feature maps to cache"
             )
-        return list(DETECT_TARGETS)
+        return list(DETECT_TARGETS) + (list(MASK_TARGETS) if getattr(teacher, "gives_masks", False) else [])
     if task == "features":
         targets: list[str] = []
         features = True

@@ -17,7 +17,9 @@ Targets are stored as float16 (values beyond +-65504 are clipped) at the image's
 the long side limited to ``max_size`` (antialiased bilinear); features at the teacher's feature size;
 a classifier's logits (``task == "classify"``, ``predict -> (B, K)``) as one ``(K,)`` vector per image;
 a box teacher's detections (``task == "detect"``, ``detect -> [{boxes, scores, labels}]``) as float32 /
-int64 arrays of any length (every detection it keeps, down to its ``min_score``).
+int64 arrays of any length (every detection it keeps, down to its ``min_score``), and a box-and-mask
+teacher's instance masks (``gives_masks``) as COCO RLE (``mask_rle``, ``mask_rle_lengths``: a few bytes per
+object instead of ``H·W``).
 On CUDA the teacher runs under float16 autocast unless ``autocast=False``.
 """
 
@@ -38,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from anydistill.cache.manifest import MANIFEST, Manifest, ShardEntry, read_manifest
+from anydistill.cache.masks import masks_to_rle_arrays
 from anydistill.cache.plan import _find_complete, _Item, _key, _Plan, _remove_shard, _Settings
 from anydistill.cache.shard_writer import ShardWriter
 from anydistill.cache.shards import atomic_write_json, list_shard_files
@@ -181,6 +184,8 @@ class _BatchRunner:
             arrays = {"boxes": d["boxes"].float().cpu().numpy().reshape(-1, 4),
                       "scores": d["scores"].float().cpu().numpy().reshape(-1),
                       "labels": d["labels"].long().cpu().numpy().reshape(-1)}  # fmt: skip
+            if "masks" in d:
+                arrays.update(masks_to_rle_arrays(d["masks"]))
             bad = [k for k in ("boxes", "scores") if not np.isfinite(arrays[k]).all()]
             out.append((arrays, bad))
         return out

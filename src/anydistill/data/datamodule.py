@@ -204,22 +204,25 @@ class DetectionDataModule(L.LightningDataModule):
     deterministic ``val_fraction`` of the training images). Images are resized to longest side
     ``image_size``, the training ones flipped (``hflip``) and colour-jittered (``color_jitter``), and
     batches padded bottom/right to a square (:func:`~anydistill.data.detection.collate_detection`).
+    With ``masks`` (a Mask R-CNN student) every item carries its instance masks too (toyworld's exact
+    ones; the COCO annotations' ``segmentation``, which every non-crowd annotation must then have).
 
     Attributes: ``classes`` (names in label order), ``train_set``, ``val_set``.
     """
 
     def __init__(
         self, cfg: DataConfig, min_area: int = 16, color_jitter: float = 0.4,
-        coco_json: str | None = None, val_coco_json: str | None = None,
+        coco_json: str | None = None, val_coco_json: str | None = None, masks: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.min_area, self.color_jitter = min_area, color_jitter
         self.coco_json, self.val_coco_json = coco_json, val_coco_json
+        self.masks = masks
         train_src, val_src, self.classes = self._sources()
         augment = detection_train_transform(flip=0.5 if cfg.hflip else 0.0, color_jitter=color_jitter)
-        self.train_set = DetectionDataset(train_src, cfg.image_size, augment=augment)
-        self.val_set = DetectionDataset(val_src, cfg.eval_size or cfg.image_size)
+        self.train_set = DetectionDataset(train_src, cfg.image_size, augment=augment, masks=masks)
+        self.val_set = DetectionDataset(val_src, cfg.eval_size or cfg.image_size, masks=masks)
 
     def _sources(self) -> tuple[Sequence, Sequence, list[str]]:
         cfg = self.cfg
@@ -237,11 +240,12 @@ class DetectionDataModule(L.LightningDataModule):
         if not self.coco_json:
             raise ConfigError("detect.coco_json: required when data.source is 'coco'")
         on_missing = "skip" if cfg.on_bad_image == "skip" else "error"
-        train = CocoDetection(self.coco_json, cfg.train_root, on_missing_image=on_missing)
+        train = CocoDetection(self.coco_json, cfg.train_root, on_missing_image=on_missing, with_masks=self.masks)
         if self.val_coco_json:
             val = CocoDetection(
-                self.val_coco_json, cfg.val_root or cfg.train_root, on_missing_image=on_missing
-            )
+                self.val_coco_json, cfg.val_root or cfg.train_root, on_missing_image=on_missing,
+                with_masks=self.masks,
+            )  # fmt: skip
             if val.classes != train.classes:
                 raise ConfigError(
                     f"detect.val_coco_json: its categories {val.classes} differ from detect.coco_json's {train.classes}"

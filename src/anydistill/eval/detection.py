@@ -1,10 +1,11 @@
-"""COCO box mAP of a detector, in each source image's own pixels.
+"""COCO box (and instance-mask) mAP of a detector, in each source image's own pixels.
 
 torchmetrics' ``MeanAveragePrecision`` (pycocotools underneath: the COCO evaluation itself) does the
 matching and averaging; what is ours is putting predictions and ground truth back into the source
 image's frame first (the model saw the image resized to its input size), so that COCO's small / medium /
 large area ranges (32², 96² pixels) mean what they mean on the user's images, and passing crowd flags
-through (detections on crowd regions are ignored, not counted as false positives).
+through (detections on crowd regions are ignored, not counted as false positives). A Mask R-CNN's masks
+are scored the same way (``iou_type="segm"``, keys ``mask_map`` …), on masks resized back to the source.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from tqdm import tqdm
 
 from anydistill.checkpoints import detect_kind
@@ -34,17 +35,33 @@ from anydistill.errors import ConfigError, DataError
 from anydistill.eval.evaluate import check_at_least, write_metrics_json
 from anydistill.loading import load_model
 from anydistill.preprocess import long_side_shape
+from anydistill.promptable.mask_utils import encode_rle
 
 __all__ = [
     "DETECTION_KEYS",
     "DetectionMetrics",
     "detection_eval_source",
     "evaluate_detector",
+    "masks_to_source_frame",
     "to_source_frame",
 ]
 
 #: The figures :meth:`DetectionMetrics.compute` returns (COCO's names; -1 where a size has no object).
 DETECTION_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+
+
+def masks_to_source_frame(masks: Tensor, valid: Sequence[int], size: Sequence[int], threshold: float | None) -> Tensor:
+    """Masks in the model's padded frame ``(N, S, S)`` (or a Mask R-CNN's ``(N, 1, S, S)`` probabilities)
+    → bool ``(N, H, W)`` in the source image's pixels: crop the unpadded ``valid = (h, w)``, resize to
+    ``size = (H, W)`` (bilinear on probabilities, then ``> threshold``; nearest on bool masks with
+    ``threshold=None``)."""
+    h, w = int(valid[0]), int(valid[1])
+    x = masks.reshape(-1, 1, *masks.shape[-2:])[..., :h, :w].float()  # (N, 1, h, w)
+    if x.shape[0] == 0:
+        return torch.zeros((0, int(size[0]), int(size[1])), dtype=torch.bool)
+    if threshold is None:
+        return F.interpolate(x, tuple(int(v) for v in size), mode="nearest")[:, 0] > 0.5
+    return F.interpolate(x, tuple(int(v) for v in size), mode="bilinear", align_corners=False)[:, 0] > threshold
 
 
 def to_source_frame(boxes: Tensor, scale: Tensor) -> Tensor:
@@ -61,14 +78,22 @@ class DetectionMetrics:
     Args:
         class_metrics: also per-class AP (``map/<class name>``).
         class_names: names of labels ``0 … K-1`` (for the per-class keys).
+        masks: also instance-mask mAP (``mask_map``, ``mask_map_50``, …) from the predictions' ``masks``
+            (Mask R-CNN probabilities, thresholded at 0.5 as torchvision's ``paste_masks`` does) against
+            the targets' ``masks``.
     """
 
-    def __init__(self, class_metrics: bool = False, class_names: list[str] | None = None) -> None:
+    def __init__(
+        self, class_metrics: bool = False, class_names: list[str] | None = None, masks: bool = False
+    ) -> None:
         self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=class_metrics)
+        self.mask_metric = MeanAveragePrecision(iou_type="segm") if masks else None
         self.class_names = class_names
 
     def reset(self) -> None:
         self.metric.reset()
+        if self.mask_metric is not None:
+            self.mask_metric.reset()
 
     def update(self, predictions: list[dict[str, Tensor]], batch: dict[str, Any]) -> None:
         """``predictions``: the model's eval output for ``batch`` (a :func:`collate_detection` batch)."""
@@ -79,10 +104,27 @@ class DetectionMetrics:
             targets.append({"boxes": to_source_frame(target["boxes"].float().cpu(), scale),
                             "labels": target["labels"].cpu(), "iscrowd": target["iscrowd"].cpu().long()})  # fmt: skip
         self.metric.update(preds, targets)
+        if self.mask_metric is not None:
+            self.mask_metric.update(*self._masks(predictions, batch))
+
+    def _masks(self, predictions: list[dict[str, Tensor]], batch: dict[str, Any]) -> tuple[list, list]:
+        preds, targets = [], []
+        for b, (pred, target) in enumerate(zip(predictions, batch["targets"], strict=True)):
+            if "masks" not in pred or "masks" not in target:
+                raise ValueError("mask mAP needs masks in the predictions and the targets (a mask_rcnn model)")
+            valid, size = batch["image_size"][b].tolist(), batch["original_size"][b].tolist()
+            preds.append({"masks": masks_to_source_frame(pred["masks"].detach().cpu(), valid, size, 0.5),
+                          "scores": pred["scores"].detach().float().cpu(), "labels": pred["labels"].cpu()})  # fmt: skip
+            targets.append({"masks": masks_to_source_frame(target["masks"].cpu(), valid, size, None),
+                            "labels": target["labels"].cpu(), "iscrowd": target["iscrowd"].cpu().long()})  # fmt: skip
+        return preds, targets
 
     def compute(self) -> dict[str, float]:
         out = self.metric.compute()
         figures = {k: float(out[k]) for k in DETECTION_KEYS}
+        if self.mask_metric is not None:
+            masks = self.mask_metric.compute()
+            figures.update({f"mask_{k}": float(masks[k]) for k in DETECTION_KEYS})
         per_class = out.get("map_per_class")
         if self.metric.class_metrics and per_class is not None and per_class.numel() > 1:
             for label, ap in zip(out["classes"].tolist(), per_class.tolist(), strict=True):
@@ -95,9 +137,9 @@ class DetectionMetrics:
         return figures
 
 
-def detection_eval_source(data: str, size: int, count: int, seed: int) -> Sequence[Any]:
+def detection_eval_source(data: str, size: int, count: int, seed: int, masks: bool = False) -> Sequence[Any]:
     """``toyworld:<domain>`` (``count`` held-out images rendered at ``size``) or a COCO JSON file whose
-    images lie under ``<json folder>/images`` (else beside the JSON)."""
+    images lie under ``<json folder>/images`` (else beside the JSON); ``masks``: with instance masks."""
     if data.startswith("toyworld"):
         domain = data.partition(":")[2] or "wide"
         return ToyWorldDetection(domain, size, count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET)
@@ -105,7 +147,7 @@ def detection_eval_source(data: str, size: int, count: int, seed: int) -> Sequen
     if path.suffix.lower() != ".json" or not path.is_file():
         raise DataError(path, "detection evaluation data must be toyworld:<domain> or a COCO JSON file")
     images = path.parent / "images"
-    return CocoDetection(path, images if images.is_dir() else path.parent)
+    return CocoDetection(path, images if images.is_dir() else path.parent, with_masks=masks)
 
 
 @torch.inference_mode()
@@ -129,11 +171,14 @@ def evaluate_detector(
     if loaded.task != "detect":
         raise DataError(checkpoint, f"is a {loaded.task!r} model, not a detector (task=detect)")
     size = int(image_size or loaded.model.input_size)
-    source = detection_eval_source(str(data), size, count, seed)
+    masks = loaded.model.arch == "mask_rcnn"
+    source = detection_eval_source(str(data), size, count, seed, masks=masks)
     if len(source) == 0:
         raise DataError(data, "no images to evaluate")
-    loader = DataLoader(DetectionDataset(source, size), batch_size=batch_size, collate_fn=collate_detection)
-    metrics = DetectionMetrics(class_metrics=True, class_names=loaded.classes.names)
+    loader = DataLoader(
+        DetectionDataset(source, size, masks=masks), batch_size=batch_size, collate_fn=collate_detection
+    )
+    metrics = DetectionMetrics(class_metrics=True, class_names=loaded.classes.names, masks=masks)
     for batch in tqdm(loader, desc="evaluate", disable=not progress, unit="batch"):
         metrics.update(loaded.model(batch["image"].to(device)), batch)
     figures = {**metrics.compute(), "images": float(len(source))}
@@ -185,7 +230,8 @@ def predict_detections(
     """Detect objects in every image under ``images`` (recursive) with a ``task=detect`` checkpoint.
 
     Writes ``out/detections.json`` in COCO's format (``images``, ``categories``, ``annotations`` with
-    ``bbox = [x, y, w, h]`` in each image's own pixels and a ``score``; category ids ``1 … K``), written
+    ``bbox = [x, y, w, h]`` in each image's own pixels and a ``score``; category ids ``1 … K``; a Mask
+    R-CNN's instance mask as ``segmentation``, COCO RLE), written
     atomically, and, with ``overlays``, ``out/overlays/<image>.png``: the image with its boxes and labels.
     Detections below ``min_score`` are left out. Unreadable images are skipped and reported.
     """
@@ -221,6 +267,11 @@ def predict_detections(
         )
         found = loaded.model(x.clamp(0, 1))[0]
         keep = found["scores"] >= min_score
+        masks = (
+            masks_to_source_frame(found["masks"][keep].cpu(), (h, w), (height, width), 0.5)
+            if "masks" in found
+            else None
+        )  # (N, H, W) bool: a Mask R-CNN's instance masks in the image's pixels
         boxes = to_source_frame(found["boxes"][keep].float().cpu(), torch.tensor([h / height, w / width]))
         boxes = torch.minimum(
             boxes.clamp_min(0), torch.tensor([width, height, width, height], dtype=torch.float32)
@@ -229,18 +280,24 @@ def predict_detections(
         rel = path.relative_to(base).as_posix()
         image_id = len(coco["images"]) + 1
         coco["images"].append({"id": image_id, "file_name": rel, "height": height, "width": width})
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
-            coco["annotations"].append({
+        rles = encode_rle(masks) if masks is not None else [None] * len(boxes)
+        for box, score, label, rle in zip(boxes.tolist(), scores.tolist(), labels.tolist(), rles, strict=True):
+            annotation = {
                 "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": int(label) + 1,
                 "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
                 "area": round((box[2] - box[0]) * (box[3] - box[1]), 2), "score": round(float(score), 5), "iscrowd": 0,
-            })  # fmt: skip
+            }  # fmt: skip
+            if rle is not None:  # COCO's result format for instance segmentation: the mask as RLE
+                annotation["segmentation"] = rle
+            coco["annotations"].append(annotation)
         if overlays:
             text = [
                 f"{names[int(k)] if int(k) < len(names) else k} {s:.2f}"
                 for k, s in zip(labels, scores, strict=True)
             ]
             drawn = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) uint8
+            if masks is not None and len(masks):
+                drawn = draw_segmentation_masks(drawn, masks, alpha=0.4)
             if len(boxes):  # torchvision warns on an empty box list
                 drawn = draw_bounding_boxes(drawn, boxes, text, colors="red", width=2)
             target = out / "overlays" / Path(rel).with_suffix(".png")

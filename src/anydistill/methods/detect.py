@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset
@@ -30,6 +31,7 @@ from torchvision.ops import batched_nms
 from torchvision.transforms import v2
 
 from anydistill.cache import PseudoLabelDataset
+from anydistill.cache.masks import rle_arrays_to_masks
 from anydistill.config import DetectConfig, OptimConfig, TrainConfig
 from anydistill.data.classes import ClassInfo
 from anydistill.data.datamodule import DetectionDataModule
@@ -108,7 +110,12 @@ class DetectionModule(L.LightningModule):
             raise ConfigError(
                 f"detect.classification_loss={detect.classification_loss!r} is for retinanet students, not {model.arch}"
             )
-        self.val_metrics = DetectionMetrics()
+        self.val_metrics = DetectionMetrics(masks=self.needs_masks)
+
+    @property
+    def needs_masks(self) -> bool:
+        """Whether the student learns instance masks (Mask R-CNN): its data must carry them."""
+        return self.model.arch == "mask_rcnn"
 
     def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
         """``images`` uint8 or [0, 1] ``(B, 3, S, S)`` → per image ``boxes``, ``scores``, ``labels`` (eval)."""
@@ -129,7 +136,8 @@ class DetectionModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict({f"val/{k}": values[k] for k in DETECTION_KEYS}, sync_dist=True)
+        keys = [*DETECTION_KEYS, *(f"mask_{k}" for k in DETECTION_KEYS if self.needs_masks)]
+        self.log_dict({f"val/{k}": values[k] for k in keys}, sync_dist=True)
         self.log("map", values["map"], prog_bar=True, logger=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -159,6 +167,10 @@ def build_detection_method(cfg: TrainConfig) -> MethodRun:
         cfg.model.name if cfg.model.name != "depth_tiny" else "det_tiny"
     )  # the config's default model is depth's
     module = DetectionModule(name, cfg.model.kwargs, datamodule.classes, cfg.data.image_size, d, cfg.optim)
+    if module.needs_masks:  # the classes come from the data, the need for masks from the model
+        datamodule = DetectionDataModule(
+            cfg.data, d.min_area, d.color_jitter, d.coco_json, d.val_coco_json, masks=True
+        )
     return MethodRun(module, datamodule, "val/map", "max")
 
 
@@ -166,7 +178,8 @@ def build_detection_method(cfg: TrainConfig) -> MethodRun:
 class PseudoBoxes:
     """A box teacher's cached detections as detection records: score ≥ ``score``, class-wise NMS at IoU
     ``nms`` (torchvision's ``batched_nms``), teacher labels renamed to the student's classes by name
-    (detections of classes the student does not have are dropped).
+    (detections of classes the student does not have are dropped). A box-and-mask teacher's cached masks
+    (COCO RLE) come with the kept boxes, decoded only when the student asks for masks.
 
     Args:
         cache: a :class:`~anydistill.cache.PseudoLabelDataset` over a ``task=detect`` cache.
@@ -206,9 +219,23 @@ class PseudoBoxes:
         keep = (
             (scores >= self.score) & (labels >= 0) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         )
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        kept = batched_nms(boxes, scores, labels, self.nms)
-        return DetectionRecord(sample["image"], str(sample["id"]), boxes[kept].numpy(), labels[kept].numpy())
+        index = torch.nonzero(keep).flatten()  # (n,) rows of the cache's arrays
+        kept = batched_nms(boxes[index], scores[index], labels[index], self.nms)
+        index = index[kept].numpy()
+        decode = None
+        if "mask_rle" in sample:
+            rle, lengths, hw = sample["mask_rle"], sample["mask_rle_lengths"], sample["image"].shape[:2]
+
+            def decode(rows: np.ndarray) -> np.ndarray:
+                return rle_arrays_to_masks(rle, lengths, hw, index[rows])
+
+        return DetectionRecord(sample["image"], str(sample["id"]), boxes[index].numpy(), labels[index].numpy(),
+                               decode_masks=decode)  # fmt: skip
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the teacher cached instance masks."""
+        return "mask_rle" in self.cache.manifest.targets
 
 
 def strong_perturbation(color_jitter: float = 0.4) -> v2.Compose:
@@ -225,9 +252,9 @@ class DetectionDistillDataModule(DetectionDataModule):
     """The labeled detection data (:class:`DetectionDataModule`, validation included) plus the box
     teacher's pseudo-labeled images, in one shuffled training set."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, masks: bool = False) -> None:
         d = cfg.detect
-        super().__init__(cfg.data, d.min_area, d.color_jitter, d.coco_json, d.val_coco_json)
+        super().__init__(cfg.data, d.min_area, d.color_jitter, d.coco_json, d.val_coco_json, masks=masks)
         if not cfg.distill.cache:
             raise ConfigError(
                 "distill.cache: the box teacher's cache is required (make it with anydistill pseudo-label --task detect)"
@@ -235,8 +262,13 @@ class DetectionDistillDataModule(DetectionDataModule):
         pseudo = PseudoBoxes(
             PseudoLabelDataset(cfg.distill.cache), list(self.classes), d.pseudo_score, d.pseudo_nms
         )
+        if masks and not pseudo.has_masks:
+            raise DataError(
+                cfg.distill.cache, "holds boxes but no masks, and a mask_rcnn student needs both: make the "
+                "cache with anydistill pseudo-label --task detect --mask-teacher <SAM checkpoint>",
+            )  # fmt: skip
         augment = strong_perturbation(d.color_jitter) if cfg.distill.perturb else self.train_set.augment
-        unlabeled = DetectionDataset(pseudo, cfg.data.image_size, augment=augment)
+        unlabeled = DetectionDataset(pseudo, cfg.data.image_size, augment=augment, masks=masks)
         self.pseudo_set = unlabeled
         self.train_set = ConcatDataset([self.train_set, unlabeled]) if cfg.distill.use_labeled else unlabeled
 
@@ -249,4 +281,6 @@ def build_detection_distill(cfg: TrainConfig) -> MethodRun:
     module = DetectionModule(
         name, cfg.model.kwargs, datamodule.classes, cfg.data.image_size, cfg.detect, cfg.optim
     )
+    if module.needs_masks:  # a Mask R-CNN student: instance masks from the labeled data and the cache
+        datamodule = DetectionDistillDataModule(cfg, masks=True)
     return MethodRun(module, datamodule, "val/map", "max")
