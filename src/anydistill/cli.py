@@ -276,7 +276,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     result = export_model(
         args.checkpoint, args.out, format=args.format, dynamic=args.dynamic, opset=args.opset,
         precision=precision, size=args.size,
-        decoder_masks="best" if args.return_single_mask else args.decoder_masks,
+        decoder_masks="best" if args.return_single_mask else args.decoder_masks, min_score=args.min_score,
     )  # fmt: skip
     print(result.summary())
 
@@ -621,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_predict)
 
     exp = sub.add_parser(
-        "export", help="export a depth/semantic/promptable model to ONNX, checked against PyTorch"
+        "export", help="export a depth/semantic/promptable/detection model to ONNX, checked against PyTorch"
     )
     exp.add_argument(
         "--checkpoint", required=True, type=Path, help="anydistill .ckpt or segment-anything .pth"
@@ -637,7 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
     precision = exp.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="float16 weights (inputs/outputs float32)")
     precision.add_argument("--int8", action="store_true", help="int8 weights (onnxruntime quantisation)")
-    exp.add_argument("--size", type=int, default=None, help="depth/semantic input side (default: the ckpt's)")
+    exp.add_argument(
+        "--size", type=int, default=None, help="depth/semantic/detect input side (default: the ckpt's)"
+    )
+    exp.add_argument(
+        "--min-score", type=float, default=None,
+        help="detect: the lowest score the graph keeps (default: the model's, 0.05; NMS and top-k are in the graph)",
+    )  # fmt: skip
     exp.add_argument(
         "--decoder-masks",
         choices=("multimask", "single", "best", "all"),

@@ -65,7 +65,7 @@ def test_bad_checkpoints_and_folders_are_refused(tmp_path, depth_ckpt):
     with pytest.raises(DataError, match="is a folder; give a checkpoint file"):
         export_model(tmp_path, tmp_path / "out")
     with pytest.raises(
-        DataError, match="is a 'classify' model; export supports depth, semantic and promptable"
+        DataError, match="is a 'classify' model; export supports depth, semantic, promptable and detect"
     ):
         export_model(_classify_ckpt(tmp_path / "c.ckpt"), tmp_path / "out")
     foreign = tmp_path / "foreign"

@@ -12,11 +12,13 @@ Measures, per graph: ``max_abs_error`` (over every output and sample), ``rel_err
 ``max |onnx - torch| / max |torch|`` of any output (the output's scale), and
 ``mask_iou`` (SAM masks, logits > 0, pooled over every mask: intersection / union),
 ``end_to_end_mask_iou`` (ONNX encoder → ONNX decoder against PyTorch all the way),
-``argmax_agreement`` (semantic: the share of pixels whose arg-max class agrees).
+``argmax_agreement`` (semantic: the share of pixels whose arg-max class agrees),
+``detection_agreement`` (detectors: the share of detections, of the larger of the two lists, that pair
+one-to-one with the same label at box IoU >= 0.9; errors and mask IoU are measured on those pairs).
 
 Tolerances (:data:`TOLERANCES`), per precision:
 
-* ``fp32``: ``rel_error <= 1e-3``, mask IoU ``>= 0.99``, arg-max agreement ``>= 0.99``: float32
+* ``fp32``: ``rel_error <= 1e-3``, mask IoU ``>= 0.99``, arg-max / detection agreement ``>= 0.99``: float32
   re-association in onnxruntime's kernels gives ~1e-6 relative here; masks and classes can only flip
   where a logit is within rounding of a tie;
 * ``fp16``: ``rel_error <= 3e-2``, IoU / agreement ``>= 0.95``: float16 keeps ~3 decimal digits per
@@ -40,6 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torchvision.ops import box_iou
 
 from anydistill.errors import AnydistillError
 from anydistill.export.deps import require_onnx
@@ -54,6 +58,7 @@ __all__ = [
     "ExportCheckError",
     "Tolerance",
     "check_dense",
+    "check_detector",
     "check_sam",
     "open_session",
     "run_onnx",
@@ -174,6 +179,7 @@ def verdict(graph: str, precision: str, metrics: dict[str, float]) -> None:
         ("mask_iou", tol.mask_iou),
         ("end_to_end_mask_iou", tol.mask_iou),
         ("argmax_agreement", tol.argmax_agreement),
+        ("detection_agreement", tol.argmax_agreement),
     ):
         if key in metrics and not metrics[key] >= limit:
             problems.append(f"{key.replace('_', ' ')} {metrics[key]:.4f} (limit {limit:g})")
@@ -213,6 +219,71 @@ def check_dense(
     if student.task == "semantic":
         agreement.add_classes(out, ref)
     return agreement.metrics()
+
+
+# ----------------------------------------------------------------------------------------------- detectors
+def _pair_detections(out: list[np.ndarray], ref: list[np.ndarray], iou_min: float = 0.5) -> list[tuple[int, int]]:
+    """Greedy one-to-one pairs ``(onnx index, torch index)``: each PyTorch detection, by descending score,
+    takes the unpaired ONNX detection of its label with the highest box IoU (at least ``iou_min``)."""
+    if len(out[0]) == 0 or len(ref[0]) == 0:
+        return []
+    iou = box_iou(torch.from_numpy(ref[0]).double(), torch.from_numpy(out[0]).double()).numpy()  # (R, O)
+    iou[ref[2][:, None] != out[2][None, :]] = -1.0  # another label never pairs
+    pairs, taken = [], np.zeros(len(out[0]), dtype=bool)
+    for r in np.argsort(-ref[1], kind="stable"):
+        candidates = np.where(taken, -1.0, iou[r])
+        o = int(candidates.argmax())
+        if candidates[o] >= iou_min:
+            taken[o] = True
+            pairs.append((o, int(r)))
+    return pairs
+
+
+def check_detector(session: Any, student: LoadedModel, size: int) -> dict[str, float]:
+    """The detector graph on two seeded random images, one landscape and one portrait (so the resize and
+    the padding are exercised), prepared as ``anydistill predict`` prepares them (antialiased resize to
+    long side ``size``, zero padding), against the model's ordinary path on the same input.
+
+    Returns:
+        ``max_abs_error``, ``rel_error`` (boxes in pixels, scores, mask probabilities, over the paired
+        detections), ``detection_agreement``, ``detections`` (how many PyTorch found: a check over none
+        says little), and ``mask_iou`` for Mask R-CNN.
+    """
+    model = student.model
+    rng = np.random.default_rng(0)
+    agreement = _Agreement("model")
+    paired = total = found = 0
+    for height, width in ((round(size * 0.75), size + size // 3), (size + size // 5, size // 2 + 3)):
+        image = torch.from_numpy(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).permute(2, 0, 1)
+        h, w = long_side_shape(height, width, size)
+        x = F.interpolate(image[None].float() / 255.0, (h, w), mode="bilinear", antialias=True).clamp(0, 1)
+        x = F.pad(x, (0, size - w, 0, size - h))  # (1, 3, S, S), the frame the graph takes
+        with torch.inference_mode():
+            ref_found = model(x)[0]
+        names = ("boxes", "scores", "labels", "masks")
+        ref = [ref_found[k].float().numpy() if k != "labels" else ref_found[k].numpy() for k in names if k in ref_found]
+        out = _run(session, {"image": x.numpy()}, "model")
+        if len(out) != len(ref):
+            raise ExportCheckError(f"model: the graph has {len(out)} outputs, PyTorch's detector {len(ref)}")
+        pairs = _pair_detections(out, ref)
+        o_idx = np.array([p[0] for p in pairs], dtype=np.int64)
+        r_idx = np.array([p[1] for p in pairs], dtype=np.int64)
+        good = 0
+        if len(pairs):
+            ious = box_iou(torch.from_numpy(out[0][o_idx]).double(), torch.from_numpy(ref[0][r_idx]).double())
+            good = int((ious.diagonal() >= 0.9).sum())
+        agreement.add("boxes", out[0][o_idx], ref[0][r_idx])
+        agreement.add("scores", out[1][o_idx], ref[1][r_idx])
+        if len(ref) == 4:
+            agreement.add("masks", out[3][o_idx], ref[3][r_idx])
+            agreement.add_masks(out[3][o_idx], ref[3][r_idx], threshold=0.5)
+        paired += good
+        total += max(len(out[0]), len(ref[0]))
+        found += len(ref[0])
+    metrics = agreement.metrics()
+    metrics["detection_agreement"] = paired / total if total else 1.0
+    metrics["detections"] = float(found)
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------- SAM

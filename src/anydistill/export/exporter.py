@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from anydistill.errors import ConfigError, DataError
-from anydistill.export.check import ExportCheckError, check_all, check_dense, check_sam, open_session, verdict
+from anydistill.export.check import (
+    ExportCheckError,
+    check_all,
+    check_dense,
+    check_detector,
+    check_sam,
+    open_session,
+    verdict,
+)
 from anydistill.export.deps import require_onnx
 from anydistill.export.files import Staging, check_output_folder, commit
 from anydistill.export.graphs import (
@@ -25,6 +33,7 @@ from anydistill.export.graphs import (
     MIN_OPSET,
     GraphSpec,
     dense_graph,
+    detector_graph,
     export_graph,
     sam_decoder_graph,
     sam_encoder_graph,
@@ -93,12 +102,13 @@ def export_model(
     precision: str = "fp32",
     size: int | None = None,
     decoder_masks: str = "all",
+    min_score: float | None = None,
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> ExportResult:
     """Export ``checkpoint`` to ONNX graphs in the folder ``out`` and check them against PyTorch.
 
     Args:
-        checkpoint: an anydistill checkpoint of a depth / semantic / promptable model, or an official
+        checkpoint: an anydistill checkpoint of a depth / semantic / promptable / detect model, or an official
             segment-anything ``.pth``.
         out: a new or empty folder, or an earlier export (replaced).
         format: ``"onnx"``.
@@ -115,6 +125,8 @@ def export_model(
             default export, from which :class:`~anydistill.runtime.sam.OnnxSamPredictor` takes the 3 masks of
             an ambiguous prompt or the single one), ``"multimask"`` (3), ``"single"`` (mask token 0) or
             ``"best"`` (segment-anything's ``return_single_mask``) (:mod:`~anydistill.export.sam_decoder`).
+        min_score: detectors: the lowest score the graph keeps (default: the model's own, 0.05); the
+            threshold, NMS and top-k are inside the graph.
         external_data_threshold: tensor bytes above which a graph keeps its weights in ``<graph>.data``.
 
     Returns:
@@ -137,8 +149,14 @@ def export_model(
     loaded = load_model(path)
     if loaded.task not in EXPORT_TASKS:
         raise DataError(
-            path, f"is a {loaded.task!r} model; export supports depth, semantic and promptable models"
+            path, f"is a {loaded.task!r} model; export supports depth, semantic, promptable and detect models"
         )
+    if loaded.task == "detect" and dynamic:
+        raise ConfigError(
+            "--dynamic: a detector exports for one (1, 3, S, S) image at a time; its detections are always free"
+        )
+    if min_score is not None and (loaded.task != "detect" or not 0 <= min_score <= 1):
+        raise ConfigError(f"--min-score {min_score}: a detector's lowest kept score, in [0, 1]")
     if loaded.task == "promptable" and dynamic:
         raise ConfigError(
             "--dynamic: a promptable model's image encoder is static at its input size; its prompt "
@@ -149,6 +167,8 @@ def export_model(
     with Staging(out) as stage:
         if loaded.task == "promptable":
             files, manifest = _export_sam(loaded, stage, size, decoder_masks, **options)
+        elif loaded.task == "detect":
+            files, manifest = _export_detector(loaded, stage, size, min_score, **options)
         else:
             files, manifest = _export_dense(loaded, stage, size, dynamic, **options)
         commit(stage, out, files, manifest)
@@ -168,6 +188,7 @@ def _write(spec: GraphSpec, task: str, stage: Path, manifest: dict[str, Any], **
 
 
 def _manifest(loaded: LoadedModel, specs: list[GraphSpec], size: int, dynamic: bool, **extra: Any) -> dict:
+    """The record of ``specs`` (``extra``: opset, precision, and the task's own fields)."""
     return build_manifest(
         loaded.task,
         loaded.preprocess.with_size(size),
@@ -179,6 +200,7 @@ def _manifest(loaded: LoadedModel, specs: list[GraphSpec], size: int, dynamic: b
         source=loaded.path.name if loaded.path else "",
         dynamic_axes={spec.name: spec.input_axes() for spec in specs},
         decoder_masks=extra.get("decoder_masks"),
+        postprocess=extra.get("postprocess"),
     )
 
 
@@ -231,4 +253,23 @@ def _export_sam(
     decoder = open_session(stage / GRAPH_FILES["promptable"]["prompt_decoder"], "prompt_decoder")
     metrics = check_sam(encoder, decoder, sam, decoder_masks)
     manifest["check"] = check_all(["image_encoder", "prompt_decoder"], metrics, options["precision"])
+    return files, manifest
+
+
+def _export_detector(
+    loaded: LoadedModel, stage: Path, size: int | None, min_score: float | None, **options: Any
+) -> tuple[list[str], dict[str, Any]]:
+    """The ``model`` graph of a detector: one image in, its post-processed detections out."""
+    model = loaded.model
+    s = int(size or model.input_size)
+    if s % model.input_multiple:
+        raise ConfigError(f"--size {s}: a multiple of {model.input_multiple} (this detector's padding multiple)")
+    if min_score is not None:
+        model.set_postprocess(score_thresh=min_score)
+    spec = detector_graph(model, s)
+    post = {"arch": model.arch, **model.postprocess_settings()}
+    manifest = _manifest(loaded, [spec], s, False, postprocess=post, **options)
+    files = _write(spec, "detect", stage, manifest, **options)
+    metrics = check_detector(open_session(stage / files[0], "model"), loaded, s)
+    manifest["check"] = check_all(["model"], {"model": metrics}, options["precision"])
     return files, manifest

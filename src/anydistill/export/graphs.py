@@ -8,6 +8,10 @@ Graphs per task (every input and output float32):
   Static: ``B = 1``, ``H = W = S``. ``dynamic``: ``B`` free (axis ``batch``) and, where the model
   allows (checked at a second size, else only ``B``), ``H``/``W`` (``height``/``width``, multiples of
   ``preprocess.multiple``).
+* detect: ``model``: ``image (1, 3, S, S)`` in [0, 1], resized to long side ``S`` and zero-padded
+  (the detector normalises inside) → ``boxes (N, 4)`` xyxy in that frame's pixels, ``scores (N,)``,
+  ``labels (N,)`` int64, and for Mask R-CNN ``masks (N, 1, S, S)`` probabilities; the whole
+  post-processing (threshold, NMS, top-k) is in the graph, ``N`` free, the input static.
 * promptable: ``image_encoder``: ``image (1, 3, S, S)`` (``Sam.preprocess``'s output) →
   ``image_embeddings (1, C, S/16, S/16)``, static (SAM's position embeddings and windows are laid out
   for ``S``); ``prompt_decoder``: segment-anything's exported decoder interface
@@ -47,8 +51,11 @@ from anydistill.models.sam.sam import Sam
 __all__ = [
     "MAX_OPSET",
     "MIN_OPSET",
+    "DETECTOR_OUTPUTS",
+    "DetectorGraph",
     "GraphSpec",
     "dense_graph",
+    "detector_graph",
     "export_graph",
     "sam_decoder_graph",
     "sam_encoder_graph",
@@ -114,6 +121,37 @@ def sam_decoder_graph(sam: Sam, masks: str = "all") -> GraphSpec:
     )
     axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}
     return GraphSpec("prompt_decoder", module, example, DECODER_INPUTS, DECODER_OUTPUTS, axes)
+
+
+class DetectorGraph(nn.Module):
+    """A detector's whole inference path for one image: normalisation, backbone, FPN, head, anchor
+    decoding, score threshold, class-wise NMS and top-k (torchvision's own post-processing, which it
+    writes to ONNX with ``NonMaxSuppression`` / ``TopK`` / ``RoiAlign``), and for Mask R-CNN the mask
+    head with its masks pasted into the frame."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        found = self.model(image)[0]  # image (1, 3, S, S) in [0, 1], padded bottom/right
+        out = (found["boxes"], found["scores"], found["labels"])
+        return (*out, found["masks"]) if "masks" in found else out
+
+
+#: A detector graph's outputs, N the number of detections (free): xyxy boxes in the frame's pixels,
+#: scores, labels 0 … K-1 (int64) and, for Mask R-CNN, mask probabilities pasted into the frame.
+DETECTOR_OUTPUTS = ("boxes", "scores", "labels")
+
+
+def detector_graph(model: nn.Module, size: int) -> GraphSpec:
+    """``image (1, 3, S, S)`` in [0, 1] (resized to long side S, zero-padded bottom/right: the detector
+    normalises inside) → ``boxes (N, 4)``, ``scores (N,)``, ``labels (N,)`` [, ``masks (N, 1, S, S)``]
+    (module docstring); static input, ``N`` free."""
+    outputs = DETECTOR_OUTPUTS + (("masks",) if getattr(model, "arch", "") == "mask_rcnn" else ())
+    example = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    axes = {name: {0: "detections"} for name in outputs}
+    return GraphSpec("model", DetectorGraph(model).eval(), (example,), ("image",), outputs, axes)
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int) -> None:

@@ -3,19 +3,21 @@
 An export folder ``DIR`` holds the graphs and ``DIR/export.json``::
 
     {"format": "anydistill-onnx", "version": 1,
-     "task": "depth" | "semantic" | "promptable",
+     "task": "depth" | "semantic" | "promptable" | "detect",
      "preprocess": Preprocess.to_dict(),          # how images become the graph's "image" input
-     "classes": ClassInfo.to_dict(),              # semantic; {} otherwise
-     "graphs": {"model": "model.onnx"}            # depth / semantic
+     "classes": ClassInfo.to_dict(),              # semantic, detect; {} otherwise
+     "graphs": {"model": "model.onnx"}            # depth / semantic / detect
                | {"image_encoder": "image_encoder.onnx", "prompt_decoder": "prompt_decoder.onnx"},
      "opset": 17, "dynamic": false,
      "input_size": [H, W],                        # the static input side the graphs were checked at
      "precision": "fp32" | "fp16" | "int8",
      "mask_threshold": 0.0,                       # promptable only: a pixel is in a mask when logit > it
      "decoder_masks": "multimask" | "single" | "best" | "all",  # promptable only (see below)
+     "postprocess": {"score_thresh": 0.05, "detections_per_img": 100, "arch": "retinanet"},  # detect only
      "dynamic_axes": {graph: {input: {axis: name}}},     # which input axes are free
      "source": "best.ckpt",                       # the checkpoint's file name
-     "check": {graph: {"max_abs_error": ..., "rel_error": ..., "mask_iou" | "argmax_agreement": ...}}}
+     "check": {graph: {"max_abs_error": ..., "rel_error": ...,
+                       "mask_iou" | "argmax_agreement" | "detection_agreement": ...}}}
 
 ``decoder_masks``: the prompt decoder returns the 3 multimask outputs (``"multimask"``, mask tokens 1-3),
 mask token 0 alone (``"single"``), segment-anything's ``return_single_mask`` choice (``"best"``), or all
@@ -55,12 +57,13 @@ EXPORT_FORMAT = "anydistill-onnx"
 EXPORT_VERSION = 1
 EXPORT_JSON = "export.json"
 METADATA_KEY = "anydistill"
-EXPORT_TASKS = ("depth", "semantic", "promptable")
+EXPORT_TASKS = ("depth", "semantic", "promptable", "detect")
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Graph name → file name, per task.
 GRAPH_FILES: dict[str, dict[str, str]] = {
     "depth": {"model": "model.onnx"},
     "semantic": {"model": "model.onnx"},
+    "detect": {"model": "model.onnx"},
     "promptable": {"image_encoder": "image_encoder.onnx", "prompt_decoder": "prompt_decoder.onnx"},
 }
 
@@ -77,6 +80,7 @@ def build_manifest(
     source: str,
     dynamic_axes: dict[str, dict[str, dict[int, str]]],
     decoder_masks: str | None = None,
+    postprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``export.json`` record (module docstring), without ``"check"`` (added once checked)."""
     manifest: dict[str, Any] = {
@@ -84,7 +88,7 @@ def build_manifest(
         "version": EXPORT_VERSION,
         "task": task,
         "preprocess": preprocess.to_dict(),
-        "classes": classes.to_dict() if task == "semantic" else {},
+        "classes": classes.to_dict() if task in ("semantic", "detect") else {},
         "graphs": dict(GRAPH_FILES[task]),
         "opset": int(opset),
         "dynamic": bool(dynamic),
@@ -94,6 +98,8 @@ def build_manifest(
     if task == "promptable":
         manifest["mask_threshold"] = 0.0
         manifest["decoder_masks"] = decoder_masks or "all"
+    if task == "detect":
+        manifest["postprocess"] = dict(postprocess or {})
     manifest["dynamic_axes"] = {
         graph: {name: {str(axis): label for axis, label in axes.items()} for name, axes in inputs.items()}
         for graph, inputs in dynamic_axes.items()

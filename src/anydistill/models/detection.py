@@ -212,6 +212,13 @@ class DetectionModel(nn.Module):
             if detections_per_img is not None and hasattr(owner, "detections_per_img"):
                 owner.detections_per_img = int(detections_per_img)
 
+    def postprocess_settings(self) -> dict[str, float | int]:
+        """The inference post-processing in force: ``score_thresh``, ``nms_thresh``, ``detections_per_img``
+        (the RoI heads' for the two-stage models)."""
+        owner = getattr(self.detector, "roi_heads", None) or self.detector
+        return {"score_thresh": float(owner.score_thresh), "nms_thresh": float(owner.nms_thresh),
+                "detections_per_img": int(owner.detections_per_img)}  # fmt: skip
+
     def set_classification_loss(self, loss: DenseClassificationLoss | None) -> None:
         """Replace a RetinaNet student's classification loss (``None``: the focal loss again)."""
         head = getattr(getattr(self.detector, "head", None), "classification_head", None)
