@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--min-score", type=float, default=0.05, help="box teachers: the lowest score cached")
     pl.add_argument(
         "--classes", default=None,
-        help="box teachers from Hugging Face: the teacher's labels to keep, comma-separated (default: all)",
+        help="box teachers from Hugging Face: the teacher's labels to keep, comma-separated (default: all); "
+        "an OWL-ViT / OWLv2 teacher: the class names to look for (required)",
     )  # fmt: skip
     pl.add_argument(
         "--mask-teacher", type=Path, default=None,

@@ -11,7 +11,9 @@ Adapters:
 - :class:`AnydistillDetectorTeacher`: an anydistill ``task=detect`` checkpoint;
 - :class:`HFDetectorTeacher`: a Hugging Face ``*ForObjectDetection`` folder (DETR, Conditional /
   Deformable DETR, RT-DETR, YOLOS, …: ``AutoModelForObjectDetection`` with its image processor's
-  ``post_process_object_detection``), optionally restricted and renamed to the user's classes.
+  ``post_process_object_detection``), optionally restricted and renamed to the user's classes;
+- :class:`HFOpenVocabularyDetectorTeacher`: an OWL-ViT / OWLv2 folder (open vocabulary: the user's class
+  names become its text queries), autodistill's usual labeller.
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ from anydistill.preprocess import Preprocess, long_side_shape
 from anydistill.teachers.base import Teacher, check_images
 from anydistill.teachers.hf_utils import from_pretrained, read_config, require_transformers, stable_config
 
-__all__ = ["AnydistillDetectorTeacher", "DetectorTeacher", "HFDetectorTeacher", "is_hf_detector"]
+__all__ = [
+    "OPEN_VOCABULARY_TYPES",
+    "AnydistillDetectorTeacher",
+    "DetectorTeacher",
+    "HFDetectorTeacher",
+    "HFOpenVocabularyDetectorTeacher",
+    "is_hf_detector",
+    "is_hf_open_vocabulary_detector",
+]
+
+#: Hugging Face ``model_type`` values of the open-vocabulary (text-queried) detectors we read.
+OPEN_VOCABULARY_TYPES = ("owlv2", "owlvit")
 
 Detections = list[dict[str, Tensor]]
 
@@ -180,6 +193,78 @@ class HFDetectorTeacher(DetectorTeacher):
             keep = labels >= 0
             out.append({"boxes": r["boxes"][keep], "scores": r["scores"][keep], "labels": labels[keep]})
         return out
+
+
+class HFOpenVocabularyDetectorTeacher(DetectorTeacher):
+    """An OWL-ViT or OWLv2 folder (``AutoModelForZeroShotObjectDetection`` + ``AutoProcessor``: its image
+    processor and CLIP tokenizer), queried with one text per class of the user's.
+
+    OWLv2 pads each image to a square (bottom/right) before resizing, so its normalised boxes are
+    fractions of that square; its post-processing scales them by the padded side (OWL-ViT stretches the
+    image instead, and scales by ``(H, W)``), and :meth:`detect` clips them to the image (tested against
+    upstream on an image padded to the square by hand). Boxes are kept down to ``min_score``, the
+    ``max_detections`` best per image (OWLv2 scores one box per patch: thousands).
+
+    Args:
+        folder: the model folder.
+        classes: the class names (the query is ``prompt.format(name)``), or ``{class name: query text}``.
+        min_score: the lowest score kept.
+        prompt: the query template (OWL-ViT's paper: ``"a photo of a {}"``).
+        max_detections: the most detections kept per image.
+        device: where to run it.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        classes: Sequence[str] | Mapping[str, str] | None = None,
+        min_score: float = 0.1,
+        prompt: str = "a photo of a {}",
+        max_detections: int = 300,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__()
+        transformers = require_transformers()
+        folder = Path(folder)
+        config = read_config(folder)
+        if not classes:
+            raise DataError(
+                folder, "an open-vocabulary detector needs the class names to look for (--classes a,b,c)"
+            )
+        self.model = from_pretrained(transformers.AutoModelForZeroShotObjectDetection, folder)
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(
+                folder, f"no usable processor (tokenizer + image processor): {str(exc).splitlines()[0]}"
+            ) from None
+        wanted = dict(classes) if isinstance(classes, Mapping) else {c: prompt.format(c) for c in classes}
+        self.class_names = list(wanted)
+        self.queries = list(wanted.values())
+        self.min_score, self.max_detections = float(min_score), int(max_detections)
+        self.preprocess = Preprocess(size=1)  # informative only: the processor does the pre-processing
+        self._freeze({"folder_config": stable_config(config), "queries": self.queries, "min_score": self.min_score,
+                      "max_detections": self.max_detections})  # fmt: skip
+        self.to(device)
+
+    def _detect(self, images01: Tensor) -> Detections:
+        b, _, height, width = images01.shape
+        inputs = self.processor(text=[self.queries] * b, images=list(images01.float()), return_tensors="pt",
+                                do_rescale=False)  # fmt: skip
+        outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+        results = self.processor.post_process_grounded_object_detection(
+            outputs, threshold=self.min_score, target_sizes=[(height, width)] * b
+        )
+        out = []
+        for r in results:
+            top = r["scores"].argsort(descending=True)[: self.max_detections]
+            out.append({"boxes": r["boxes"][top], "scores": r["scores"][top], "labels": r["labels"][top]})
+        return out
+
+
+def is_hf_open_vocabulary_detector(config: Mapping[str, Any]) -> bool:
+    """Whether a Hugging Face ``config.json`` describes an OWL-ViT / OWLv2 detector."""
+    return config.get("model_type") in OPEN_VOCABULARY_TYPES
 
 
 def is_hf_detector(config: Mapping[str, Any]) -> bool:
