@@ -144,9 +144,9 @@ def test_owlv2_teacher_queries_the_class_names_and_scales_boxes_by_the_padded_sq
 
     transformers = pytest.importorskip("transformers")
     folder = save_tiny_owlv2(tmp_path / "owl")
-    teacher = load_teacher(folder, classes=["cat", "dog"], min_score=0.0)
-    assert isinstance(teacher, HFOpenVocabularyDetectorTeacher) and teacher.class_names == ["cat", "dog"]
-    assert teacher.queries == ["a photo of a cat", "a photo of a dog"]
+    teacher = load_teacher(folder, classes=["cat", "horse"], min_score=0.0)  # queries of unequal lengths
+    assert isinstance(teacher, HFOpenVocabularyDetectorTeacher) and teacher.class_names == ["cat", "horse"]
+    assert teacher.queries == ["a photo of a cat", "a photo of a horse"]
     images = torch.rand(2, 3, 48, 80)  # landscape: OWLv2 pads it to 80 x 80 before resizing
     got = teacher.detect(images)
     # upstream, on the image we pad to the square ourselves: its boxes are fractions of that square
@@ -156,7 +156,7 @@ def test_owlv2_teacher_queries_the_class_names_and_scales_boxes_by_the_padded_sq
     square[:, :, :48, :80] = images
     with torch.no_grad():
         outputs = model(**processor(text=[teacher.queries] * 2, images=list(square), return_tensors="pt",
-                                    do_rescale=False))  # fmt: skip
+                                    do_rescale=False, padding="max_length", truncation=True, max_length=16))  # fmt: skip
     expected = processor.post_process_grounded_object_detection(
         outputs, threshold=0.0, target_sizes=[(80, 80)] * 2
     )
@@ -170,8 +170,8 @@ def test_owlv2_teacher_queries_the_class_names_and_scales_boxes_by_the_padded_sq
             g["boxes"], torch.minimum(e["boxes"][order].clamp_min(0), limits), atol=1e-3, rtol=0
         )
     # a mapping gives the query text itself; the fingerprint follows the queries
-    named = load_teacher(folder, classes={"cat": "a small cat", "dog": "a dog"}, min_score=0.0)
-    assert named.queries == ["a small cat", "a dog"] and named.fingerprint != teacher.fingerprint
+    named = load_teacher(folder, classes={"cat": "a small cat", "horse": "a horse"}, min_score=0.0)
+    assert named.queries == ["a small cat", "a horse"] and named.fingerprint != teacher.fingerprint
     few = load_teacher(folder, classes=["cat"], min_score=0.0, max_detections=5)
     assert all(len(d["boxes"]) == 5 for d in few.detect(images))
 
@@ -204,10 +204,10 @@ def test_pseudo_label_with_an_owlv2_folder_caches_the_asked_classes(tmp_path: Pa
             tmp_path / "img" / f"{i}.png"
         )
     assert main(["pseudo-label", "--teacher", str(folder), "--images", str(tmp_path / "img"), "--out",
-                 str(tmp_path / "cache"), "--task", "detect", "--classes", "cat,dog", "--min-score", "0.0",
+                 str(tmp_path / "cache"), "--task", "detect", "--classes", "cat,dog,a very long class name", "--min-score", "0.0",
                  "--num-workers", "0"]) == 0  # fmt: skip
     cache = PseudoLabelDataset(tmp_path / "cache")
-    assert cache.manifest.classes == ["cat", "dog"] and len(cache) == 3
+    assert cache.manifest.classes == ["cat", "dog", "a very long class name"] and len(cache) == 3
     sample = cache[0]
-    assert sample["boxes"].shape == (16, 4) and set(sample["labels"].tolist()) <= {0, 1}
+    assert sample["boxes"].shape == (16, 4) and set(sample["labels"].tolist()) <= {0, 1, 2}
     assert (sample["boxes"][:, 2] <= 56).all() and (sample["boxes"][:, 3] <= 40).all()

@@ -242,6 +242,7 @@ class HFOpenVocabularyDetectorTeacher(DetectorTeacher):
         self.class_names = list(wanted)
         self.queries = list(wanted.values())
         self.min_score, self.max_detections = float(min_score), int(max_detections)
+        self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
         self.preprocess = Preprocess(size=1)  # informative only: the processor does the pre-processing
         self._freeze({"folder_config": stable_config(config), "queries": self.queries, "min_score": self.min_score,
                       "max_detections": self.max_detections})  # fmt: skip
@@ -249,8 +250,11 @@ class HFOpenVocabularyDetectorTeacher(DetectorTeacher):
 
     def _detect(self, images01: Tensor) -> Detections:
         b, _, height, width = images01.shape
+        # queries of different lengths: padded (and cut) to the text encoder's positions, as OWL's processor
+        # did by default (16 tokens)
         inputs = self.processor(text=[self.queries] * b, images=list(images01.float()), return_tensors="pt",
-                                do_rescale=False)  # fmt: skip
+                                do_rescale=False, padding="max_length", truncation=True,
+                                max_length=self.max_text_length)  # fmt: skip
         outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
         results = self.processor.post_process_grounded_object_detection(
             outputs, threshold=self.min_score, target_sizes=[(height, width)] * b
