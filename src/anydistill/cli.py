@@ -253,6 +253,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
         if args.size is not None:
             raise ConfigError("--size: an exported graph has a fixed input size; export again with --size")
+        from anydistill.runtime.export_folder import ExportFolder
+
+        if ExportFolder.read(args.checkpoint).task == "detect":
+            from anydistill.runtime.detect import predict_detections_onnx
+
+            report = predict_detections_onnx(args.checkpoint, args.images, args.out, threads=args.threads or 0)
+            print(report.summary())
+            print(f"outputs in {args.out}")
+            return
         report = predict_folder_onnx(
             args.checkpoint, args.images, args.out, batch_size=args.batch_size, threads=args.threads or 0
         )

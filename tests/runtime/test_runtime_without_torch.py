@@ -119,3 +119,50 @@ def test_bad_export_folders_are_one_line(exported, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(folder), "--images", str(images), "--out", str(tmp_path / "o"),
                  "--size", "96"]) == 2  # fmt: skip
     assert "fixed input size" in capsys.readouterr().err
+
+
+def test_a_detector_export_predicts_without_torch_and_matches_pytorch(tmp_path):
+    from tiny_students import save_tiny_detector
+
+    from anydistill.eval.detection import predict_detections
+    from anydistill.promptable.mask_utils import decode_rle
+
+    ckpt = save_tiny_detector(tmp_path / "det.ckpt", size=64, name="det_tiny_maskrcnn")
+    export_model(ckpt, tmp_path / "export", min_score=0.0)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(48, 80), (100, 40)]):  # one downscaled, one larger than the frame
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "onnx_out"
+    proc = subprocess.run([sys.executable, "-c", _PROBE, "predict", "--checkpoint", str(tmp_path / "export"),
+                           "--images", str(images), "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY \n" in proc.stdout, proc.stdout
+    assert "skipped 1 unreadable image" in proc.stdout and (out / "overlays" / "im1.png").is_file()
+    ours = json.loads((out / "detections.json").read_text())
+    predict_detections(ckpt, images, tmp_path / "torch_out", min_score=0.0)
+    theirs = json.loads((tmp_path / "torch_out" / "detections.json").read_text())
+    assert ours["images"] == theirs["images"] and ours["categories"] == theirs["categories"]
+    assert 100 < len(ours["annotations"]) <= 200  # min_score 0: the top 100 of each image, inside it
+    assert all(a["bbox"][2] > 0 and a["bbox"][3] > 0 for a in ours["annotations"])
+    # the same graph on inputs resized by Pillow here and by torch there: the near-tied scores of an
+    # untrained detector may swap places, so detections are paired, not compared in order
+    from anydistill.export.check import _pair_detections
+
+    def arrays(record, image_id):
+        anns = [a for a in record["annotations"] if a["image_id"] == image_id]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32)
+        return [boxes, np.array([a["score"] for a in anns]), np.array([a["category_id"] for a in anns]),
+                [decode_rle(a["segmentation"]) for a in anns]]  # fmt: skip
+
+    for image_id in (1, 2):
+        a, b = arrays(ours, image_id), arrays(theirs, image_id)
+        pairs = _pair_detections(a, b, iou_min=0.9)
+        # the best detections in the same order; near the top-100 cut, near-ties may swap in or out
+        assert all((i, i) in pairs for i in range(30)), (image_id, pairs[:30])
+        assert len(pairs) >= 0.8 * max(len(a[0]), len(b[0])), (image_id, len(pairs), len(a[0]), len(b[0]))
+        inter = sum(int((a[3][i] & b[3][j]).sum()) for i, j in pairs)
+        union = sum(int((a[3][i] | b[3][j]).sum()) for i, j in pairs)
+        assert inter / max(union, 1) > 0.95 and union > 0

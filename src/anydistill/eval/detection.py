@@ -10,8 +10,6 @@ are scored the same way (``iou_type="segm"``, keys ``mask_map`` …), on masks r
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +17,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from tqdm import tqdm
 
 from anydistill.checkpoints import detect_kind
 from anydistill.data.detection import CocoDetection, DetectionDataset, ToyWorldDetection, collate_detection
+from anydistill.data.detection_files import CocoResults, inside_image, save_detection_overlay
 from anydistill.data.io import find_images, read_image
 from anydistill.data.outputs import make_output_folder
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
@@ -35,7 +32,6 @@ from anydistill.errors import ConfigError, DataError
 from anydistill.eval.evaluate import check_at_least, write_metrics_json
 from anydistill.loading import load_model
 from anydistill.preprocess import long_side_shape
-from anydistill.promptable.mask_utils import encode_rle
 
 __all__ = [
     "DETECTION_KEYS",
@@ -249,8 +245,7 @@ def predict_detections(
     names = list(loaded.classes.names)
     out = make_output_folder(Path(out))
     report = DetectionPredictions()
-    coco: dict[str, Any] = {"images": [], "annotations": [],
-                            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}  # fmt: skip
+    coco = CocoResults(names)
     for path in tqdm(files, desc="predict", unit="img"):
         try:
             array = read_image(path)  # (H, W, 3) uint8
@@ -265,54 +260,31 @@ def predict_detections(
             if (h, w) == (height, width)
             else F.interpolate(image, (h, w), mode="bilinear", antialias=True)
         )
-        found = loaded.model(x.clamp(0, 1))[0]
+        x = F.pad(x.clamp(0, 1), (0, size - w, 0, size - h))  # (1, 3, S, S): the frame an export takes
+        found = loaded.model(x)[0]
         keep = found["scores"] >= min_score
         masks = (
-            masks_to_source_frame(found["masks"][keep].cpu(), (h, w), (height, width), 0.5)
+            masks_to_source_frame(found["masks"][keep].cpu(), (h, w), (height, width), 0.5).numpy()
             if "masks" in found
             else None
         )  # (N, H, W) bool: a Mask R-CNN's instance masks in the image's pixels
         boxes = to_source_frame(found["boxes"][keep].float().cpu(), torch.tensor([h / height, w / width]))
         boxes = torch.minimum(
             boxes.clamp_min(0), torch.tensor([width, height, width, height], dtype=torch.float32)
-        )
-        scores, labels = found["scores"][keep].float().cpu(), found["labels"][keep].cpu()
+        ).numpy()
+        scores, labels = found["scores"][keep].float().cpu().numpy(), found["labels"][keep].cpu().numpy()
+        inside = inside_image(boxes)  # a box wholly in the square frame's padding clips to nothing
+        boxes, scores, labels = boxes[inside], scores[inside], labels[inside]
+        masks = masks[inside] if masks is not None else None
         rel = path.relative_to(base).as_posix()
-        image_id = len(coco["images"]) + 1
-        coco["images"].append({"id": image_id, "file_name": rel, "height": height, "width": width})
-        rles = encode_rle(masks) if masks is not None else [None] * len(boxes)
-        for box, score, label, rle in zip(boxes.tolist(), scores.tolist(), labels.tolist(), rles, strict=True):
-            annotation = {
-                "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2), round(box[3] - box[1], 2)],
-                "area": round((box[2] - box[0]) * (box[3] - box[1]), 2), "score": round(float(score), 5), "iscrowd": 0,
-            }  # fmt: skip
-            if rle is not None:  # COCO's result format for instance segmentation: the mask as RLE
-                annotation["segmentation"] = rle
-            coco["annotations"].append(annotation)
+        coco.add(rel, height, width, boxes, scores, labels, masks)
         if overlays:
-            text = [
-                f"{names[int(k)] if int(k) < len(names) else k} {s:.2f}"
-                for k, s in zip(labels, scores, strict=True)
-            ]
-            drawn = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W) uint8
-            if masks is not None and len(masks):
-                drawn = draw_segmentation_masks(drawn, masks, alpha=0.4)
-            if len(boxes):  # torchvision warns on an empty box list
-                drawn = draw_bounding_boxes(drawn, boxes, text, colors="red", width=2)
+            text = [f"{names[int(k)] if int(k) < len(names) else k} {s:.2f}" for k, s in zip(labels, scores, strict=True)]
             target = out / "overlays" / Path(rel).with_suffix(".png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.stem + ".tmp.png")
-            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(tmp)
-            os.replace(tmp, target)
-            report.written.append(target)
+            report.written.append(save_detection_overlay(target, array, boxes, text, masks))
         report.images += 1
         report.detections += len(boxes)
     if report.images == 0 and not report.skipped:
         raise DataError(root, "no images to predict")
-    json_path = out / "detections.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(coco, indent=1))
-    os.replace(tmp, json_path)
-    report.written.insert(0, json_path)
+    report.written.insert(0, coco.write(out / "detections.json"))
     return report

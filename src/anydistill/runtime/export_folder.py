@@ -27,7 +27,12 @@ EXPORT_FILE = "export.json"
 EXPORT_FORMAT = "anydistill-onnx"
 EXPORT_VERSION = 1
 #: The graphs each task's folder must name.
-TASK_GRAPHS = {"depth": ("model",), "semantic": ("model",), "promptable": ("image_encoder", "prompt_decoder")}
+TASK_GRAPHS = {
+    "depth": ("model",),
+    "semantic": ("model",),
+    "detect": ("model",),
+    "promptable": ("image_encoder", "prompt_decoder"),
+}
 
 
 def is_export_folder(path: str | Path) -> bool:
