@@ -16,6 +16,7 @@ from tiny_students import save_tiny_detector  # noqa: E402
 
 from anydistill.errors import ConfigError  # noqa: E402
 from anydistill.export import EXPORT_JSON, METADATA_KEY, ExportCheckError, export_model  # noqa: E402
+from anydistill.export import exporter as exporter_module  # noqa: E402
 from anydistill.export.check import _pair_detections  # noqa: E402
 from anydistill.export.graphs import DetectorGraph  # noqa: E402
 from anydistill.loading import load_model  # noqa: E402
@@ -51,6 +52,9 @@ def test_a_detector_graph_gives_the_models_detections_and_carries_its_record(ret
         "detections_per_img": 100,
     }
     assert m["check"]["model"]["detection_agreement"] >= 0.99 and m["check"]["model"]["detections"] == 200
+    assert "detections_at_threshold" not in m["check"]["model"]  # threshold 0: the graph is its own probe
+    # the record describes the graph's input: [0, 1] pixels, normalised inside the graph
+    assert m["preprocess"]["mean"] == [0.0, 0.0, 0.0] and m["preprocess"]["std"] == [1.0, 1.0, 1.0]
     assert json.loads((result.out / EXPORT_JSON).read_text())["task"] == "detect"
     graph = onnx.load(str(result.out / "model.onnx"))
     assert json.loads({p.key: p.value for p in graph.metadata_props}[METADATA_KEY])["task"] == "detect"
@@ -72,9 +76,18 @@ def test_the_model_score_threshold_is_baked_in_by_default(tmp_path) -> None:
     ckpt = save_tiny_detector(tmp_path / "det.ckpt", size=64)
     result = export_model(ckpt, tmp_path / "onnx")
     assert result.manifest["postprocess"]["score_thresh"] == 0.05
+    check = result.manifest["check"]["model"]
+    # an untrained detector finds nothing above 0.05 on noise: the threshold-0 probe is what was compared
+    assert check["detections_at_threshold"] == 0 and check["detections"] == 200
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["export.json", "model.onnx"]  # no probe left
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    _, scores, _ = session.run(None, {"image": _frame(48, 64, 64, seed=1).numpy()})
-    assert (scores >= 0.05).all()  # an untrained detector: few or none, all above the threshold
+    model = load_model(ckpt).model.eval()
+    for seed in range(3):
+        x = _frame(48, 64, 64, seed=seed)
+        _, scores, _ = session.run(None, {"image": x.numpy()})
+        with torch.inference_mode():
+            expected = model(x)[0]["scores"]  # the checkpoint's own threshold, 0.05
+        assert len(scores) == len(expected) and (scores >= 0.05).all()
 
 
 def test_a_mask_rcnn_graph_gives_its_masks(tmp_path) -> None:
@@ -129,3 +142,12 @@ def test_detections_pair_one_to_one_by_label_and_overlap() -> None:
     other = [out[0], out[1], np.array([4, 4, 4])]
     assert _pair_detections(other, ref) == []
     assert _pair_detections([np.zeros((0, 4), np.float32), np.zeros(0), np.zeros(0, int)], ref) == []
+
+
+def test_a_check_that_compared_no_detections_is_refused(tmp_path, monkeypatch) -> None:
+    ckpt = save_tiny_detector(tmp_path / "det.ckpt", size=64)
+    empty = {"max_abs_error": 0.0, "rel_error": 0.0, "detection_agreement": 1.0, "detections": 0.0}
+    monkeypatch.setattr(exporter_module, "check_detector", lambda *a, **k: dict(empty))
+    with pytest.raises(ExportCheckError, match="compared no detections"):
+        export_model(ckpt, tmp_path / "onnx")
+    assert not (tmp_path / "onnx" / "model.onnx").exists()

@@ -325,6 +325,34 @@ def test_a_mask_rcnn_student_trains_on_toyworld_masks_and_reports_mask_map(tmp_p
     assert -1.0 <= figures["mask_map"] <= 1.0 and "mask_map_small" in figures
     plain = DetectionDataModule(cfg.data)
     assert "masks" not in plain.train_set[0]  # box students do not pay for masks
+    # a box-only COCO file: a Mask R-CNN is scored on its boxes alone
+    coco = _coco_folder(tmp_path / "coco", ["sphere", "box", "cylinder", "cone", "ellipsoid"])
+    boxes_only = api.evaluate(result.best_checkpoint, str(coco), progress=False)
+    assert "map" in boxes_only and "mask_map" not in boxes_only
+
+
+def test_coco_masks_polygons_rle_and_a_crowd_region_without_one(tmp_path: Path) -> None:
+    from anydistill.data.detection import CocoDetection
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 6],
+             "segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [15, 5, 5, 5], "iscrowd": 1}]  # fmt: skip
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}],
+                                "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))  # fmt: skip
+    source = CocoDetection(path, tmp_path / "images", with_masks=True, quiet=True)
+    assert source.has_segmentation
+    masks = source[0].masks()
+    assert masks.shape == (2, 20, 30) and masks[0, 3:8, 3:12].all() and not masks[0, 12:].any()
+    assert not masks[1].any()  # the crowd region has no mask: no pixels (its box marks what to ignore)
+    del anns[0]["segmentation"]
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}],
+                                "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}))  # fmt: skip
+    assert not CocoDetection(path, tmp_path / "images", quiet=True).has_segmentation
+    with pytest.raises(DataError, match="has no segmentation, and instance masks were asked for"):
+        CocoDetection(path, tmp_path / "images", with_masks=True, quiet=True)
 
 
 def test_distill_a_mask_rcnn_student_needs_a_cache_with_masks(tmp_path: Path) -> None:

@@ -180,6 +180,9 @@ def test_an_open_vocabulary_teacher_needs_classes_and_other_text_detectors_are_n
     folder = save_tiny_owlv2(tmp_path / "owl")
     with pytest.raises(DataError, match="needs the class names to look for"):
         load_teacher(folder)
+    # the tiny vocabulary spells letter by letter: 16 positions hold "a photo of a cat" and no more
+    with pytest.raises(DataError, match="class 'giraffe': its query 'a photo of a giraffe' is .* tokens; the text encoder takes 16"):
+        load_teacher(folder, classes=["cat", "giraffe"])
     config = json.loads((folder / "config.json").read_text())
     other = tmp_path / "gdino"
     other.mkdir()
@@ -204,10 +207,10 @@ def test_pseudo_label_with_an_owlv2_folder_caches_the_asked_classes(tmp_path: Pa
             tmp_path / "img" / f"{i}.png"
         )
     assert main(["pseudo-label", "--teacher", str(folder), "--images", str(tmp_path / "img"), "--out",
-                 str(tmp_path / "cache"), "--task", "detect", "--classes", "cat,dog,a very long class name", "--min-score", "0.0",
+                 str(tmp_path / "cache"), "--task", "detect", "--classes", "cat,dog,emu", "--min-score", "0.0",
                  "--num-workers", "0"]) == 0  # fmt: skip
     cache = PseudoLabelDataset(tmp_path / "cache")
-    assert cache.manifest.classes == ["cat", "dog", "a very long class name"] and len(cache) == 3
+    assert cache.manifest.classes == ["cat", "dog", "emu"] and len(cache) == 3
     sample = cache[0]
     assert sample["boxes"].shape == (16, 4) and set(sample["labels"].tolist()) <= {0, 1, 2}
     assert (sample["boxes"][:, 2] <= 56).all() and (sample["boxes"][:, 3] <= 40).all()

@@ -292,7 +292,7 @@ class CocoDetection:
             if box != [x, y, x + w, y + h]:
                 self.skipped["boxes clipped to their image (kept)"] += 1
             if with_masks and not ann.get("iscrowd", 0) and "segmentation" not in ann:
-                raise DataError(path, f"{name} has no segmentation (with_masks=True)")
+                raise DataError(path, f"{name} has no segmentation, and instance masks were asked for")
             self._objects[int(ann["image_id"])].append(
                 (box, label_of[int(ann["category_id"])], bool(ann.get("iscrowd", 0)), ann)
             )
@@ -338,8 +338,15 @@ class CocoDetection:
 
         return DetectionRecord(image, str(entry["file_name"]), boxes, labels, crowd, decode)
 
+    @property
+    def has_segmentation(self) -> bool:
+        """Whether every non-crowd annotation has a ``segmentation`` (instance masks can be read)."""
+        return all(crowd or "segmentation" in ann for objects in self._objects.values() for _, _, crowd, ann in objects)
+
     def _mask(self, ann: dict[str, Any], height: int, width: int) -> np.ndarray:
         segm = ann.get("segmentation")
+        if segm is None:  # a crowd region without one: no pixels (its box still marks the region to ignore)
+            return np.zeros((height, width), dtype=bool)
         if isinstance(segm, list):
             polygons = [p for p in segm if isinstance(p, list) and len(p) >= 6]
             if not polygons:

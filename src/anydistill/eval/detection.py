@@ -39,6 +39,7 @@ __all__ = [
     "detection_eval_source",
     "evaluate_detector",
     "masks_to_source_frame",
+    "source_target",
     "to_source_frame",
 ]
 
@@ -46,7 +47,9 @@ __all__ = [
 DETECTION_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
 
 
-def masks_to_source_frame(masks: Tensor, valid: Sequence[int], size: Sequence[int], threshold: float | None) -> Tensor:
+def masks_to_source_frame(
+    masks: Tensor, valid: Sequence[int], size: Sequence[int], threshold: float | None
+) -> Tensor:
     """Masks in the model's padded frame ``(N, S, S)`` (or a Mask R-CNN's ``(N, 1, S, S)`` probabilities)
     → bool ``(N, H, W)`` in the source image's pixels: crop the unpadded ``valid = (h, w)``, resize to
     ``size = (H, W)`` (bilinear on probabilities, then ``> threshold``; nearest on bool masks with
@@ -57,7 +60,9 @@ def masks_to_source_frame(masks: Tensor, valid: Sequence[int], size: Sequence[in
         return torch.zeros((0, int(size[0]), int(size[1])), dtype=torch.bool)
     if threshold is None:
         return F.interpolate(x, tuple(int(v) for v in size), mode="nearest")[:, 0] > 0.5
-    return F.interpolate(x, tuple(int(v) for v in size), mode="bilinear", align_corners=False)[:, 0] > threshold
+    return (
+        F.interpolate(x, tuple(int(v) for v in size), mode="bilinear", align_corners=False)[:, 0] > threshold
+    )
 
 
 def to_source_frame(boxes: Tensor, scale: Tensor) -> Tensor:
@@ -91,29 +96,48 @@ class DetectionMetrics:
         if self.mask_metric is not None:
             self.mask_metric.reset()
 
-    def update(self, predictions: list[dict[str, Tensor]], batch: dict[str, Any]) -> None:
-        """``predictions``: the model's eval output for ``batch`` (a :func:`collate_detection` batch)."""
-        preds, targets = [], []
-        for pred, target, scale in zip(predictions, batch["targets"], batch["scale"], strict=True):
-            preds.append({"boxes": to_source_frame(pred["boxes"].detach().float().cpu(), scale),
-                          "scores": pred["scores"].detach().float().cpu(), "labels": pred["labels"].cpu()})  # fmt: skip
-            targets.append({"boxes": to_source_frame(target["boxes"].float().cpu(), scale),
-                            "labels": target["labels"].cpu(), "iscrowd": target["iscrowd"].cpu().long()})  # fmt: skip
-        self.metric.update(preds, targets)
-        if self.mask_metric is not None:
-            self.mask_metric.update(*self._masks(predictions, batch))
+    def update(
+        self,
+        predictions: list[dict[str, Tensor]],
+        batch: dict[str, Any],
+        source_targets: list[dict[str, Tensor]] | None = None,
+    ) -> None:
+        """``predictions``: the model's eval output for ``batch`` (a :func:`collate_detection` batch).
 
-    def _masks(self, predictions: list[dict[str, Tensor]], batch: dict[str, Any]) -> tuple[list, list]:
-        preds, targets = [], []
-        for b, (pred, target) in enumerate(zip(predictions, batch["targets"], strict=True)):
+        The ground truth is the batch's, mapped back to the source pixels (exact for boxes; masks resized
+        back from the model's frame lose detail), or ``source_targets``: per image ``boxes (N, 4)``,
+        ``labels``, ``iscrowd`` [, ``masks`` bool ``(N, H, W)``] in its own pixels
+        (:func:`source_target`), what :func:`evaluate_detector` scores against."""
+        targets = source_targets or [
+            {"boxes": to_source_frame(t["boxes"].float().cpu(), scale), "labels": t["labels"].cpu(),
+             "iscrowd": t["iscrowd"].cpu().long(),
+             **({"masks": masks_to_source_frame(t["masks"].cpu(), batch["image_size"][b].tolist(),
+                                                batch["original_size"][b].tolist(), None)} if "masks" in t else {})}
+            for b, (t, scale) in enumerate(zip(batch["targets"], batch["scale"], strict=True))
+        ]  # fmt: skip
+        preds = [{"boxes": to_source_frame(p["boxes"].detach().float().cpu(), scale),
+                  "scores": p["scores"].detach().float().cpu(), "labels": p["labels"].cpu()}
+                 for p, scale in zip(predictions, batch["scale"], strict=True)]  # fmt: skip
+        self.metric.update(preds, [{k: t[k] for k in ("boxes", "labels", "iscrowd")} for t in targets])
+        if self.mask_metric is not None:
+            self.mask_metric.update(*self._masks(predictions, batch, targets))
+
+    def _masks(
+        self, predictions: list[dict[str, Tensor]], batch: dict[str, Any], targets: list[dict[str, Tensor]]
+    ) -> tuple[list, list]:
+        preds, truth = [], []
+        for b, (pred, target) in enumerate(zip(predictions, targets, strict=True)):
             if "masks" not in pred or "masks" not in target:
-                raise ValueError("mask mAP needs masks in the predictions and the targets (a mask_rcnn model)")
+                raise ValueError(
+                    "mask mAP needs masks in the predictions and the targets (a mask_rcnn model)"
+                )
             valid, size = batch["image_size"][b].tolist(), batch["original_size"][b].tolist()
             preds.append({"masks": masks_to_source_frame(pred["masks"].detach().cpu(), valid, size, 0.5),
                           "scores": pred["scores"].detach().float().cpu(), "labels": pred["labels"].cpu()})  # fmt: skip
-            targets.append({"masks": masks_to_source_frame(target["masks"].cpu(), valid, size, None),
-                            "labels": target["labels"].cpu(), "iscrowd": target["iscrowd"].cpu().long()})  # fmt: skip
-        return preds, targets
+            truth.append(
+                {"masks": target["masks"].bool(), "labels": target["labels"], "iscrowd": target["iscrowd"]}
+            )
+        return preds, truth
 
     def compute(self) -> dict[str, float]:
         out = self.metric.compute()
@@ -133,9 +157,20 @@ class DetectionMetrics:
         return figures
 
 
+def source_target(record: Any, masks: bool = False) -> dict[str, Tensor]:
+    """A :class:`~anydistill.data.detection.DetectionRecord`'s ground truth in its own pixels, as
+    :meth:`DetectionMetrics.update` takes it (``masks``: with its instance masks at full resolution)."""
+    target = {"boxes": torch.from_numpy(record.boxes).float(), "labels": torch.from_numpy(record.labels),
+              "iscrowd": torch.from_numpy(record.iscrowd).long()}  # fmt: skip
+    if masks:
+        target["masks"] = torch.from_numpy(record.masks())
+    return target
+
+
 def detection_eval_source(data: str, size: int, count: int, seed: int, masks: bool = False) -> Sequence[Any]:
     """``toyworld:<domain>`` (``count`` held-out images rendered at ``size``) or a COCO JSON file whose
-    images lie under ``<json folder>/images`` (else beside the JSON); ``masks``: with instance masks."""
+    images lie under ``<json folder>/images`` (else beside the JSON); ``masks``: with instance masks (a COCO
+    file whose annotations have no ``segmentation`` gives boxes only: its ``with_masks`` is False)."""
     if data.startswith("toyworld"):
         domain = data.partition(":")[2] or "wide"
         return ToyWorldDetection(domain, size, count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET)
@@ -143,7 +178,9 @@ def detection_eval_source(data: str, size: int, count: int, seed: int, masks: bo
     if path.suffix.lower() != ".json" or not path.is_file():
         raise DataError(path, "detection evaluation data must be toyworld:<domain> or a COCO JSON file")
     images = path.parent / "images"
-    return CocoDetection(path, images if images.is_dir() else path.parent, with_masks=masks)
+    source = CocoDetection(path, images if images.is_dir() else path.parent)
+    source.with_masks = masks and source.has_segmentation  # a box-only file: box mAP alone
+    return source
 
 
 @torch.inference_mode()
@@ -167,16 +204,21 @@ def evaluate_detector(
     if loaded.task != "detect":
         raise DataError(checkpoint, f"is a {loaded.task!r} model, not a detector (task=detect)")
     size = int(image_size or loaded.model.input_size)
-    masks = loaded.model.arch == "mask_rcnn"
-    source = detection_eval_source(str(data), size, count, seed, masks=masks)
+    source = detection_eval_source(str(data), size, count, seed, masks=loaded.model.arch == "mask_rcnn")
+    masks = bool(getattr(source, "with_masks", loaded.model.arch == "mask_rcnn"))  # COCO without masks: boxes
     if len(source) == 0:
         raise DataError(data, "no images to evaluate")
     loader = DataLoader(
         DetectionDataset(source, size, masks=masks), batch_size=batch_size, collate_fn=collate_detection
     )
     metrics = DetectionMetrics(class_metrics=True, class_names=loaded.classes.names, masks=masks)
+    start = 0
     for batch in tqdm(loader, desc="evaluate", disable=not progress, unit="batch"):
-        metrics.update(loaded.model(batch["image"].to(device)), batch)
+        n = len(batch["id"])
+        # scored against each image's own annotations, at full resolution (masks), not the resized ones
+        truth = [source_target(source[k], masks) for k in range(start, start + n)]
+        metrics.update(loaded.model(batch["image"].to(device)), batch, truth)
+        start += n
     figures = {**metrics.compute(), "images": float(len(source))}
     if out_json is not None:
         write_metrics_json(out_json, checkpoint, str(data), figures)
@@ -279,7 +321,10 @@ def predict_detections(
         rel = path.relative_to(base).as_posix()
         coco.add(rel, height, width, boxes, scores, labels, masks)
         if overlays:
-            text = [f"{names[int(k)] if int(k) < len(names) else k} {s:.2f}" for k, s in zip(labels, scores, strict=True)]
+            text = [
+                f"{names[int(k)] if int(k) < len(names) else k} {s:.2f}"
+                for k, s in zip(labels, scores, strict=True)
+            ]
             target = out / "overlays" / Path(rel).with_suffix(".png")
             report.written.append(save_detection_overlay(target, array, boxes, text, masks))
         report.images += 1

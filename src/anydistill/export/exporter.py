@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +191,7 @@ def _manifest(loaded: LoadedModel, specs: list[GraphSpec], size: int, dynamic: b
     """The record of ``specs`` (``extra``: opset, precision, and the task's own fields)."""
     return build_manifest(
         loaded.task,
-        loaded.preprocess.with_size(size),
+        extra.get("preprocess") or loaded.preprocess.with_size(size),
         loaded.classes,
         opset=extra["opset"],
         dynamic=dynamic,
@@ -259,17 +259,39 @@ def _export_sam(
 def _export_detector(
     loaded: LoadedModel, stage: Path, size: int | None, min_score: float | None, **options: Any
 ) -> tuple[list[str], dict[str, Any]]:
-    """The ``model`` graph of a detector: one image in, its post-processed detections out."""
+    """The ``model`` graph of a detector: one image in, its post-processed detections out.
+
+    At a positive score threshold the check's random images may leave no detection to compare, so the
+    same network is also traced with threshold 0 (a probe graph, checked, then deleted): every export is
+    checked on the detector's full top-k, and on its real graph as well."""
     model = loaded.model
     s = int(size or model.input_size)
     if s % model.input_multiple:
         raise ConfigError(f"--size {s}: a multiple of {model.input_multiple} (this detector's padding multiple)")
     if min_score is not None:
         model.set_postprocess(score_thresh=min_score)
-    spec = detector_graph(model, s)
     post = {"arch": model.arch, **model.postprocess_settings()}
-    manifest = _manifest(loaded, [spec], s, False, postprocess=post, **options)
+    spec = detector_graph(model, s)
+    # the graph takes [0, 1] pixels and normalises inside: the record says so (mean 0, std 1)
+    frame = replace(loaded.preprocess.with_size(s), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    manifest = _manifest(loaded, [spec], s, False, postprocess=post, preprocess=frame, **options)
     files = _write(spec, "detect", stage, manifest, **options)
     metrics = check_detector(open_session(stage / files[0], "model"), loaded, s)
+    if post["score_thresh"] > 0:
+        probe_dir = stage / "probe"
+        probe_dir.mkdir()
+        model.set_postprocess(score_thresh=0.0)
+        try:
+            export_graph(detector_graph(model, s), probe_dir / "traced.onnx", options["opset"])
+            finish_graph(probe_dir / "traced.onnx", probe_dir / "probe.onnx", options["precision"],
+                         graph_metadata(manifest), options["threshold"])  # fmt: skip
+            probe = check_detector(open_session(probe_dir / "probe.onnx", "model"), loaded, s)
+        finally:
+            model.set_postprocess(score_thresh=post["score_thresh"])
+            shutil.rmtree(probe_dir, ignore_errors=True)
+        metrics = {**_worst(metrics, probe), "detections": probe["detections"],
+                   "detections_at_threshold": metrics["detections"]}  # fmt: skip
+    if not metrics["detections"] > 0:
+        raise ExportCheckError("model: the check compared no detections (the detector found none); nothing kept")
     manifest["check"] = check_all(["model"], {"model": metrics}, options["precision"])
     return files, manifest

@@ -22,6 +22,7 @@ from torch import Tensor
 from anydistill.errors import DataError
 from anydistill.promptable.batched import decode_prompts
 from anydistill.promptable.loading import load_promptable
+from anydistill.teachers.base import check_images
 from anydistill.teachers.detectors import Detections, DetectorTeacher
 from anydistill.teachers.load import load_teacher
 from anydistill.teachers.sam import sam_resize
@@ -36,7 +37,8 @@ class BoxPromptedSamTeacher(DetectorTeacher):
     Args:
         box_teacher: any :class:`~anydistill.teachers.detectors.DetectorTeacher`.
         sam_checkpoint: an official segment-anything ``.pth`` or an anydistill promptable checkpoint.
-        prompts_per_call: boxes decoded per mask-decoder call (bounds the memory of the full-size masks).
+        prompts_per_call: boxes decoded per mask-decoder call: bounds the memory of their full-size float
+            logits (16 × 4 bytes × H·W: 770 MB for a 12-megapixel photo; the boolean masks kept are N·H·W bytes).
         device: where to run both.
     """
 
@@ -46,7 +48,7 @@ class BoxPromptedSamTeacher(DetectorTeacher):
         self,
         box_teacher: DetectorTeacher,
         sam_checkpoint: str | Path,
-        prompts_per_call: int = 64,
+        prompts_per_call: int = 16,
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
@@ -85,6 +87,7 @@ class BoxPromptedSamTeacher(DetectorTeacher):
 
     def detect(self, images01: Tensor) -> Detections:
         """As :meth:`DetectorTeacher.detect`, with ``masks`` bool ``(N, H, W)`` per image."""
+        check_images(images01)
         with torch.no_grad():
             out = self._detect(images01.to(self.device, self.dtype))
         return [{**d, "boxes": d["boxes"].float().cpu(), "scores": d["scores"].float().cpu(),

@@ -243,6 +243,13 @@ class HFOpenVocabularyDetectorTeacher(DetectorTeacher):
         self.queries = list(wanted.values())
         self.min_score, self.max_detections = float(min_score), int(max_detections)
         self.max_text_length = int(self.model.config.text_config.max_position_embeddings)
+        lengths = [len(ids) for ids in self.processor.tokenizer(self.queries)["input_ids"]]
+        for name, query, n in zip(self.class_names, self.queries, lengths, strict=True):
+            if n > self.max_text_length:  # cut, it would lose the end token CLIP pools on
+                raise DataError(
+                    folder, f"class {name!r}: its query {query!r} is {n} tokens; the text encoder takes "
+                    f"{self.max_text_length} (name it shorter, or give {{name: shorter query}})",
+                )  # fmt: skip
         self.preprocess = Preprocess(size=1)  # informative only: the processor does the pre-processing
         self._freeze({"folder_config": stable_config(config), "queries": self.queries, "min_score": self.min_score,
                       "max_detections": self.max_detections})  # fmt: skip
