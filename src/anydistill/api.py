@@ -16,6 +16,7 @@ from anydistill.config import TrainConfig, load_config
 from anydistill.data.toyworld import write_toyworld
 from anydistill.data.toyworld.writer import check_toyworld_args
 from anydistill.demos import run_demo
+from anydistill.errors import ConfigError
 from anydistill.eval.classify import (
     ClassPredictions,
     evaluate_classifier,
@@ -23,6 +24,7 @@ from anydistill.eval.classify import (
     predict_classes,
 )
 from anydistill.eval.detection import (
+    DETECTION_MIN_SCORE,
     DetectionPredictions,
     evaluate_detector,
     is_detector_checkpoint,
@@ -151,12 +153,17 @@ def predict(
     batch_size: int = 8,
     image_size: int | None = None,
     device: str = "cpu",
+    min_score: float | None = None,
 ) -> PredictReport | ClassPredictions | DetectionPredictions:
     """Predict every image under ``images`` into ``out`` (see :func:`anydistill.inference.predict_folder`;
     a classifier's top-5 classes: :func:`anydistill.eval.classify.predict_classes`; a detector's boxes as COCO
-    JSON and overlays: :func:`anydistill.eval.detection.predict_detections`)."""
+    JSON and overlays: :func:`anydistill.eval.detection.predict_detections`, detections below ``min_score``,
+    default 0.3, left out)."""
     if is_detector_checkpoint(checkpoint):
-        return predict_detections(checkpoint, images, out, image_size=image_size, device=device)
+        score = DETECTION_MIN_SCORE if min_score is None else min_score
+        return predict_detections(checkpoint, images, out, image_size=image_size, device=device, min_score=score)
+    if min_score is not None:
+        raise ConfigError("min_score: for detectors (task=detect) only")
     if is_classifier_checkpoint(checkpoint):
         return predict_classes(
             checkpoint, images, out, batch_size=batch_size, image_size=image_size, device=device

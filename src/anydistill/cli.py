@@ -256,12 +256,18 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         from anydistill.runtime.export_folder import ExportFolder
 
         if ExportFolder.read(args.checkpoint).task == "detect":
+            from anydistill.data.detection_files import DETECTION_MIN_SCORE
             from anydistill.runtime.detect import predict_detections_onnx
 
-            report = predict_detections_onnx(args.checkpoint, args.images, args.out, threads=args.threads or 0)
+            score = DETECTION_MIN_SCORE if args.min_score is None else args.min_score
+            report = predict_detections_onnx(
+                args.checkpoint, args.images, args.out, min_score=score, threads=args.threads or 0
+            )
             print(report.summary())
             print(f"outputs in {args.out}")
             return
+        if args.min_score is not None:
+            raise ConfigError("--min-score: for detectors (task=detect) only")
         report = predict_folder_onnx(
             args.checkpoint, args.images, args.out, batch_size=args.batch_size, threads=args.threads or 0
         )
@@ -271,8 +277,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from anydistill import api
 
     report = api.predict(
-        args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size
-    )
+        args.checkpoint, args.images, args.out, batch_size=args.batch_size, image_size=args.size,
+        min_score=args.min_score,
+    )  # fmt: skip
     print(report.summary())
     print(f"outputs in {args.out}")
 
@@ -628,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx: run an export folder with onnxruntime, without torch (auto: onnx for an export folder)",
     )
     pr.add_argument("--threads", type=int, default=None, help="--runtime onnx: intra-op threads")
+    pr.add_argument(
+        "--min-score", type=float, default=None, help="detectors: the lowest score written (default 0.3)"
+    )
     pr.set_defaults(func=_cmd_predict)
 
     exp = sub.add_parser(

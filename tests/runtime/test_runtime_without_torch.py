@@ -137,7 +137,8 @@ def test_a_detector_export_predicts_without_torch_and_matches_pytorch(tmp_path):
     (images / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "onnx_out"
     proc = subprocess.run([sys.executable, "-c", _PROBE, "predict", "--checkpoint", str(tmp_path / "export"),
-                           "--images", str(images), "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+                           "--images", str(images), "--out", str(out), "--min-score", "0"], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY \n" in proc.stdout, proc.stdout
     assert "skipped 1 unreadable image" in proc.stdout and (out / "overlays" / "im1.png").is_file()

@@ -23,7 +23,10 @@ from PIL import Image, ImageDraw
 from anydistill.atomic import atomic_path
 from anydistill.viz import default_palette
 
-__all__ = ["CocoResults", "inside_image", "save_detection_overlay"]
+__all__ = ["DETECTION_MIN_SCORE", "CocoResults", "inside_image", "save_detection_overlay"]
+
+#: ``predict``'s default lowest score for a detection to be written (both runtimes).
+DETECTION_MIN_SCORE = 0.3
 
 
 def inside_image(boxes: np.ndarray) -> np.ndarray:

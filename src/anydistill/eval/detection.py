@@ -24,7 +24,12 @@ from tqdm import tqdm
 
 from anydistill.checkpoints import detect_kind
 from anydistill.data.detection import CocoDetection, DetectionDataset, ToyWorldDetection, collate_detection
-from anydistill.data.detection_files import CocoResults, inside_image, save_detection_overlay
+from anydistill.data.detection_files import (
+    DETECTION_MIN_SCORE,
+    CocoResults,
+    inside_image,
+    save_detection_overlay,
+)
 from anydistill.data.io import find_images, read_image
 from anydistill.data.outputs import make_output_folder
 from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
@@ -35,6 +40,7 @@ from anydistill.preprocess import long_side_shape
 
 __all__ = [
     "DETECTION_KEYS",
+    "DETECTION_MIN_SCORE",
     "DetectionMetrics",
     "detection_eval_source",
     "evaluate_detector",
@@ -261,7 +267,7 @@ def predict_detections(
     images: str | Path,
     out: str | Path,
     image_size: int | None = None,
-    min_score: float = 0.3,
+    min_score: float = DETECTION_MIN_SCORE,
     device: str = "cpu",
     overlays: bool = True,
 ) -> DetectionPredictions:

@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from anydistill.data.detection_files import CocoResults, inside_image, save_detection_overlay
+from anydistill.data.detection_files import (
+    DETECTION_MIN_SCORE,
+    CocoResults,
+    inside_image,
+    save_detection_overlay,
+)
 from anydistill.data.io import find_images, read_image
 from anydistill.data.prediction_files import check_output_folder, prepare_output_folder
 from anydistill.errors import ConfigError, DataError
@@ -101,20 +106,20 @@ def predict_detections_onnx(
     folder: str | Path,
     images: str | Path,
     out: str | Path,
-    min_score: float | None = None,
+    min_score: float = DETECTION_MIN_SCORE,
     threads: int = 0,
     overlays: bool = True,
     progress: bool = True,
 ) -> DetectReport:
     """:func:`anydistill.eval.detection.predict_detections` with an exported detector: ``out/detections.json``
-    (COCO) and ``out/overlays/``; unreadable images skipped and listed. ``min_score`` drops detections
-    below it (the graph's own threshold, ``export --min-score``, applies first).
+    (COCO) and ``out/overlays/``; unreadable images skipped and listed. ``min_score`` (default 0.3, as the
+    PyTorch path) drops detections below it; the graph's own threshold (``export --min-score``) applies first.
 
     Raises:
         ConfigError: ``min_score`` outside [0, 1], or onnxruntime missing.
         DataError: no images, a bad export folder, or an output folder that cannot be written.
     """
-    if min_score is not None and not 0 <= min_score <= 1:
+    if not 0 <= min_score <= 1:
         raise ConfigError(f"min_score: must be in [0, 1], got {min_score}")
     root = Path(images)
     files = find_images(root)
@@ -133,9 +138,8 @@ def predict_detections_onnx(
             report.skipped.append((path, exc.problem))
             continue
         found = detector.detect(image)
-        keep = inside_image(found["boxes"])  # a box wholly in the square frame's padding clips to nothing
-        if min_score is not None:
-            keep &= found["scores"] >= min_score
+        # a box wholly in the square frame's padding clips to nothing
+        keep = inside_image(found["boxes"]) & (found["scores"] >= min_score)
         found = {k: v[keep] for k, v in found.items()}
         rel = path.relative_to(base).as_posix()
         coco.add(rel, image.shape[0], image.shape[1], found["boxes"], found["scores"], found["labels"],
