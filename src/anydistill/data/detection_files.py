@@ -13,6 +13,7 @@ written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ from PIL import Image, ImageDraw
 from anydistill.atomic import atomic_path
 from anydistill.viz import default_palette
 
-__all__ = ["DETECTION_MIN_SCORE", "CocoResults", "inside_image", "save_detection_overlay"]
+__all__ = [
+    "DETECTION_MIN_SCORE",
+    "CocoResults",
+    "DetectionPredictions",
+    "inside_image",
+    "save_detection_overlay",
+]
 
 #: ``predict``'s default lowest score for a detection to be written (both runtimes).
 DETECTION_MIN_SCORE = 0.3
@@ -34,6 +41,25 @@ def inside_image(boxes: np.ndarray) -> np.ndarray:
     that lay wholly in the padding of the model's square frame clips to zero width or height."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+@dataclass
+class DetectionPredictions:
+    """What a detection ``predict`` wrote (``detections.json`` first, then the overlays) and what it could
+    not read; both runtimes return it."""
+
+    written: list[Path] = field(default_factory=list)
+    images: int = 0
+    detections: int = 0
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"{self.detections} detection(s) in {self.images} image(s): {self.written[0] if self.written else '-'}"
+                 + (f" and {len(self.written) - 1} overlay(s)" if len(self.written) > 1 else "")]  # fmt: skip
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} unreadable image(s):")
+            lines += [f"  {p}: {why}" for p, why in self.skipped]
+        return "\n".join(lines)
 
 
 class CocoResults:

@@ -11,7 +11,6 @@ are scored the same way (``iou_type="segm"``, keys ``mask_map`` …), on masks r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from anydistill.data.detection import CocoDetection, DetectionDataset, ToyWorldD
 from anydistill.data.detection_files import (
     DETECTION_MIN_SCORE,
     CocoResults,
+    DetectionPredictions,
     inside_image,
     save_detection_overlay,
 )
@@ -241,24 +241,6 @@ def is_detector_checkpoint(path: str | Path) -> bool:
         return detect_kind(path).task == "detect"
     except DataError:
         return False
-
-
-@dataclass
-class DetectionPredictions:
-    """What :func:`predict_detections` wrote and what it could not read."""
-
-    written: list[Path] = field(default_factory=list)
-    images: int = 0
-    detections: int = 0
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lines = [f"{self.detections} detection(s) in {self.images} image(s): {self.written[0] if self.written else '-'}"
-                 + (f" and {len(self.written) - 1} overlay(s)" if len(self.written) > 1 else "")]  # fmt: skip
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable image(s):")
-            lines += [f"  {p}: {why}" for p, why in self.skipped]
-        return "\n".join(lines)
 
 
 @torch.inference_mode()

@@ -10,7 +10,6 @@ detections in that frame. :class:`OnnxDetector` prepares images the way ``anydis
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from anydistill.data.detection_files import (
     DETECTION_MIN_SCORE,
     CocoResults,
+    DetectionPredictions,
     inside_image,
     save_detection_overlay,
 )
@@ -28,7 +28,7 @@ from anydistill.errors import ConfigError, DataError
 from anydistill.runtime.export_folder import ExportFolder
 from anydistill.runtime.image_ops import resize_channels
 
-__all__ = ["DetectReport", "OnnxDetector", "predict_detections_onnx"]
+__all__ = ["OnnxDetector", "predict_detections_onnx"]
 
 
 class OnnxDetector:
@@ -84,24 +84,6 @@ class OnnxDetector:
         return found
 
 
-@dataclass
-class DetectReport:
-    """What :func:`predict_detections_onnx` wrote and what it could not read."""
-
-    written: list[Path] = field(default_factory=list)
-    images: int = 0
-    detections: int = 0
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lines = [f"{self.detections} detection(s) in {self.images} image(s): {self.written[0] if self.written else '-'}"
-                 + (f" and {len(self.written) - 1} overlay(s)" if len(self.written) > 1 else "")]  # fmt: skip
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} unreadable image(s):")
-            lines += [f"  {p}: {why}" for p, why in self.skipped]
-        return "\n".join(lines)
-
-
 def predict_detections_onnx(
     folder: str | Path,
     images: str | Path,
@@ -110,7 +92,7 @@ def predict_detections_onnx(
     threads: int = 0,
     overlays: bool = True,
     progress: bool = True,
-) -> DetectReport:
+) -> DetectionPredictions:
     """:func:`anydistill.eval.detection.predict_detections` with an exported detector: ``out/detections.json``
     (COCO) and ``out/overlays/``; unreadable images skipped and listed. ``min_score`` (default 0.3, as the
     PyTorch path) drops detections below it; the graph's own threshold (``export --min-score``) applies first.
@@ -130,7 +112,7 @@ def predict_detections_onnx(
     prepare_output_folder(out)
     names = detector.class_names
     coco = CocoResults(names)
-    report = DetectReport()
+    report = DetectionPredictions()
     for path in tqdm(files, desc="predict", disable=not progress, unit="img"):
         try:
             image = read_image(path)

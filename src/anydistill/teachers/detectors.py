@@ -30,7 +30,13 @@ from anydistill.errors import DataError
 from anydistill.loading import load_model
 from anydistill.preprocess import Preprocess, long_side_shape
 from anydistill.teachers.base import Teacher, check_images
-from anydistill.teachers.hf_utils import from_pretrained, read_config, require_transformers, stable_config
+from anydistill.teachers.hf_utils import (
+    from_pretrained,
+    processor_from_pretrained,
+    read_config,
+    require_transformers,
+    stable_config,
+)
 
 __all__ = [
     "OPEN_VOCABULARY_TYPES",
@@ -151,14 +157,9 @@ class HFDetectorTeacher(DetectorTeacher):
         folder = Path(folder)
         config = read_config(folder)
         self.model = from_pretrained(transformers.AutoModelForObjectDetection, folder)
-        try:
-            self.processor = transformers.AutoImageProcessor.from_pretrained(
-                str(folder), local_files_only=True
-            )
-        except (OSError, ValueError) as exc:
-            raise DataError(
-                folder, f"no usable image processor (preprocessor_config.json): {str(exc).splitlines()[0]}"
-            ) from None
+        self.processor = processor_from_pretrained(
+            transformers.AutoImageProcessor, folder, "image processor (preprocessor_config.json)"
+        )
         id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
         wanted = (
             dict(classes) if isinstance(classes, Mapping) else {c: c for c in (classes or id2label.values())}
@@ -232,12 +233,9 @@ class HFOpenVocabularyDetectorTeacher(DetectorTeacher):
                 folder, "an open-vocabulary detector needs the class names to look for (--classes a,b,c)"
             )
         self.model = from_pretrained(transformers.AutoModelForZeroShotObjectDetection, folder)
-        try:
-            self.processor = transformers.AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError, TypeError) as exc:
-            raise DataError(
-                folder, f"no usable processor (tokenizer + image processor): {str(exc).splitlines()[0]}"
-            ) from None
+        self.processor = processor_from_pretrained(
+            transformers.AutoProcessor, folder, "processor (tokenizer + image processor)"
+        )
         wanted = dict(classes) if isinstance(classes, Mapping) else {c: prompt.format(c) for c in classes}
         self.class_names = list(wanted)
         self.queries = list(wanted.values())

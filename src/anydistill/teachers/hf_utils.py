@@ -89,3 +89,14 @@ def from_pretrained(auto_class: Any, folder: Path) -> Any:
             f"wrong shape {[str(m[0]) if isinstance(m, tuple) else str(m) for m in mismatched[:5]]}",
         )
     return model
+
+
+def processor_from_pretrained(auto_class: Any, folder: Path, what: str) -> Any:
+    """``auto_class.from_pretrained(folder, local_files_only=True)`` for a processor; a missing or broken
+    one → DataError naming the folder and ``what`` it should hold."""
+    try:
+        return auto_class.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(
+            folder, f"no usable {what}: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
+        ) from None
