@@ -9,14 +9,25 @@ with ``--threads`` torch threads, through the product's own path (``api.train`` 
 ``api.evaluate``); results are stored in ``_out/detection/<row>-s<seed>.json`` (resumable; ``--report``
 rebuilds the table). Rows:
 
-* ``teacher``: ``det_small`` on the labeled images, ``--teacher-steps`` (seed 0 only: one teacher);
+* ``teacher``: ``det_small`` on its own ``--teacher-labeled`` ``wide`` images, ``--teacher-steps`` (seed 0
+  only: one teacher). As in the depth demo, the teacher stands for a big model trained on much more, and
+  wider, labeled data than the user has; a teacher trained on the user's ``narrow`` labels could not teach
+  the kinds those labels never show (``narrow`` has 3 of the 5 object kinds);
 * ``labels``: ``det_tiny`` on the labeled images, ``--steps``;
 * ``distilled``: ``det_tiny`` on the labeled images plus the teacher's cached boxes on the unlabeled ones
   (``anydistill pseudo-label --task detect``; ``detect.pseudo_score`` 0.3, class-wise NMS 0.5), ``--steps``;
 * ``labels+ce``, ``labels+ce_hard_negatives``: ``labels`` with plain / hard-negative-mined cross-entropy
   instead of the focal loss (the seeds' claim);
 * ``frcnn_mnv3``: torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` without weights, on the labeled
-  images (registered in this process as a zoo model, so it trains through the same path).
+  images (registered in this process as a zoo model, so it trains through the same path);
+* ``yolov8n``: ultralytics' YOLOv8n from ``yolov8n.yaml`` (random initialisation), trained by ultralytics'
+  own trainer and recipe (its augmentation, optimiser choice and schedule: a peer is run the way its users
+  run it) on the same labeled images written once in YOLO format, for the same number of optimiser steps
+  (epochs = ⌈steps × batch / labeled⌉), the checkpoint chosen on the same validation images, scored by the
+  same COCO mAP code on the same test images. A benchmark peer only: ``pip install ultralytics`` to run
+  the row (AGPL; never a dependency of anydistill); without it the row is skipped with a message.
+
+A run killed part-way resumes from its own ``last.ckpt`` when started again with the same settings.
 
 Latency (``--latency``): batch-1 forward + post-processing at the input size, round-robin over the rows'
 networks in one process, threads pinned (on a quiet machine).
@@ -28,6 +39,7 @@ networks in one process, threads pinned (on a quiet machine).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -43,8 +55,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 STATE = Path(__file__).resolve().parent / "_out" / "detection"
-ROWS = ("teacher", "labels", "distilled", "labels+ce", "labels+ce_hard_negatives", "frcnn_mnv3")
+ROWS = ("teacher", "labels", "distilled", "labels+ce", "labels+ce_hard_negatives", "frcnn_mnv3", "yolov8n")
 TEST_SEED = 1000  # evaluate(seed=1000): renders seeds disjoint from training (0) and validation (offset)
+TEACHER_DATA_SEED = 7000  # the teacher's own wide labeled images (the students' labeled images: seed 0, 1)
 
 
 # ------------------------------------------------------------------------------------------- peer
@@ -78,6 +91,9 @@ def register_peer() -> None:
 
 
 # ------------------------------------------------------------------------------------------- runs
+RUN_SETTINGS = ("row", "seed", "steps", "base", "threads", "teacher_labeled")
+
+
 def base_overrides(args: argparse.Namespace) -> list[str]:
     return ["task=detect", "data.source=toyworld", "data.train_domain=narrow", "data.val_domain=wide",
             f"data.train_count={args.labeled}", f"data.val_count={16 if args.quick else 128}",
@@ -89,6 +105,8 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
 def child(spec: dict) -> dict:
     """One row and seed: train (or distill), then the test evaluation, in this fresh process."""
     torch.set_num_threads(spec["threads"])
+    if spec["row"] == "yolov8n":
+        return yolo_child(spec)
     register_peer()
     from anydistill import api
 
@@ -98,6 +116,10 @@ def child(spec: dict) -> dict:
                  f"trainer.max_steps={spec['steps']}"]  # fmt: skip
     if "+" in row:
         overrides.append(f"detect.classification_loss={row.split('+', 1)[1]}")
+    if row == "teacher":
+        # its own wide labeled images; the run seed fixes the scenes, so the teacher's seed is its data's
+        overrides += ["data.train_domain=wide", f"data.train_count={spec['teacher_labeled']}",
+                      f"seed={TEACHER_DATA_SEED}"]  # fmt: skip
     start = time.perf_counter()
     if row == "distilled":
         result = api.distill(None, [*overrides, f"distill.cache={spec['cache']}"])
@@ -117,14 +139,121 @@ def run(spec: dict) -> dict:
 
     def compute() -> dict:
         run_dir = path.with_suffix("")
-        shutil.rmtree(run_dir, ignore_errors=True)
+        settings = run_dir / "settings.json"
+        same = {k: spec.get(k) for k in RUN_SETTINGS}
+        if not settings.exists() or json.loads(settings.read_text()) != same:
+            shutil.rmtree(run_dir, ignore_errors=True)  # another setting: start again
+            run_dir.mkdir(parents=True)
+            settings.write_text(json.dumps(same))
+        # else: the same run killed part-way resumes from its last.ckpt (api.train / ultralytics' resume)
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps({**spec, "run_dir": str(run_dir)})],
                               cwd=REPO, capture_output=True, text=True)  # fmt: skip
         if done.returncode != 0:
             raise SystemExit(f"{spec['row']} seed {spec['seed']} failed:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    return common.cached_result(path, spec, ("row", "seed", "steps", "base", "threads"), compute)
+    return common.cached_result(path, spec, RUN_SETTINGS, compute)
+
+
+def ultralytics_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ultralytics") is not None
+
+
+def yolo_dataset(spec: dict, root: Path) -> Path:
+    """The row's labeled (``narrow``, run seed) and validation (``wide``, held-out seed) images in YOLO's
+    folder format (``images/<split>/*.png``, ``labels/<split>/*.txt`` of ``class cx cy w h`` in [0, 1]),
+    the same scenes and boxes (``detect.min_area``) as the product's data module renders; written once."""
+    from PIL import Image
+
+    from anydistill.data.detection import ToyWorldDetection
+    from anydistill.data.toyworld import TOYWORLD_HELDOUT_SEED_OFFSET
+
+    values = dict(o.split("=", 1) for o in spec["base"])
+    size, count, val_count = (
+        int(values["data.image_size"]),
+        int(values["data.train_count"]),
+        int(values["data.val_count"]),
+    )
+    seed = spec["seed"]
+    done = root / "done"
+    if done.exists():
+        return root / "data.yaml"
+    shutil.rmtree(root, ignore_errors=True)
+    splits = {"train": ToyWorldDetection("narrow", size, count, seed=seed),
+              "val": ToyWorldDetection("wide", size, val_count, seed=seed + TOYWORLD_HELDOUT_SEED_OFFSET)}  # fmt: skip
+    for split, source in splits.items():
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(len(source)):
+            record = source[i]
+            h, w = record.image.shape[:2]
+            Image.fromarray(record.image).save(root / "images" / split / f"{i:06d}.png")
+            lines = [f"{label} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+                     f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+                     for b, label in zip(record.boxes, record.labels, strict=True)]  # fmt: skip
+            (root / "labels" / split / f"{i:06d}.txt").write_text("\n".join(lines))
+    names = list(ToyWorldDetection.classes)
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: {names}\n")
+    done.write_text("")
+    return root / "data.yaml"
+
+
+def yolo_predict(model: Any, image: Any, size: int) -> dict:
+    """One image's detections from an ultralytics model, as torchmetrics takes them (COCO protocol:
+    every detection down to score 0.001, at most 100, NMS IoU 0.7: ultralytics' own validation settings)."""
+    from PIL import Image
+
+    result = model.predict(Image.fromarray(image), imgsz=size, conf=0.001, iou=0.7, max_det=100,
+                           device="cpu", verbose=False)[0].boxes  # fmt: skip
+    return {"boxes": result.xyxy.float().cpu(), "scores": result.conf.float().cpu(),
+            "labels": result.cls.long().cpu()}  # fmt: skip
+
+
+def yolo_child(spec: dict) -> dict:
+    """The ``yolov8n`` row: ultralytics' trainer on the row's data, then the same test as the other rows."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # no update or hub checks (nothing outside is reachable)
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise SystemExit("the yolov8n row needs ultralytics: pip install ultralytics") from None
+    from anydistill.eval.detection import DetectionMetrics, detection_eval_source, source_target
+
+    values = dict(o.split("=", 1) for o in spec["base"])
+    size, batch, count = (
+        int(values["data.image_size"]),
+        int(values["data.batch_size"]),
+        int(values["data.train_count"]),
+    )
+    run_dir = Path(spec["run_dir"])
+    data = yolo_dataset(spec, STATE / f"yolo-data-s{spec['seed']}{'-quick' if spec['quick'] else ''}")
+    epochs = max(1, -(-spec["steps"] * batch // count))
+    last = run_dir / "train" / "weights" / "last.pt"
+    start = time.perf_counter()
+    if last.exists():  # killed part-way: ultralytics resumes its own run
+        YOLO(str(last)).train(resume=True)
+    else:
+        YOLO("yolov8n.yaml").train(
+            data=str(data), epochs=epochs, imgsz=size, batch=batch, workers=1, device="cpu", seed=spec["seed"],
+            deterministic=True, pretrained=False, amp=False, plots=False, verbose=False,
+            project=str(run_dir), name="train", exist_ok=True,
+        )  # fmt: skip
+    seconds = time.perf_counter() - start
+    best = run_dir / "train" / "weights" / "best.pt"
+    model = YOLO(str(best))
+    source = detection_eval_source("toyworld:wide", size, spec["test_count"], TEST_SEED)
+    metrics = DetectionMetrics(class_metrics=True, class_names=list(source.classes))
+    for k in range(len(source)):
+        record = source[k]
+        metrics.metric.update([yolo_predict(model, record.image, size)], [
+            {key: v for key, v in source_target(record).items() if key in ("boxes", "labels", "iscrowd")}
+        ])  # fmt: skip
+    csv = (run_dir / "train" / "results.csv").read_text().splitlines()
+    header = [h.strip() for h in csv[0].split(",")]
+    maps = [float(line.split(",")[header.index("metrics/mAP50-95(B)")]) for line in csv[1:]]
+    return {**spec, "test": metrics.compute(), "val": {"val/map": max(maps), "epochs": epochs},
+            "train_seconds": seconds, "checkpoint": str(best), "load": os.getloadavg()[0]}  # fmt: skip
 
 
 def teacher_cache(teacher: dict, args: argparse.Namespace) -> Path:
@@ -139,7 +268,9 @@ def teacher_cache(teacher: dict, args: argparse.Namespace) -> Path:
         shutil.rmtree(images, ignore_errors=True)
         write_toyworld(images, count=args.unlabeled, size=args.size, domain="wide", seed=9200, progress=False)
         (images / "done").write_text("")
-    cache = STATE / f"cache{suffix}"
+    # one cache per teacher (its settings name the folder): a retrained teacher never meets an old cache
+    key = hashlib.sha256(json.dumps({k: teacher.get(k) for k in RUN_SETTINGS}, sort_keys=True).encode())
+    cache = STATE / f"cache-{key.hexdigest()[:10]}{suffix}"
     run_teacher_pass(load_teacher(teacher["checkpoint"]), images, cache, num_workers=1, progress=False)
     return cache
 
@@ -156,6 +287,14 @@ def latency(results: list[dict], size: int, threads: int, rounds: int) -> dict:
     calls, params = {}, {}
     for r in results:
         if r["row"] in calls or "+" in r["row"]:
+            continue
+        if r["row"] == "yolov8n":
+            from ultralytics import YOLO
+
+            yolo = YOLO(r["checkpoint"])
+            params[r["row"]] = sum(p.numel() for p in yolo.model.parameters()) / 1e6
+            image = (x[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
+            calls[r["row"]] = lambda yolo=yolo, image=image: yolo_predict(yolo, image, size)
             continue
         model = load_model(r["checkpoint"]).model.eval()
         params[r["row"]] = sum(p.numel() for p in model.parameters()) / 1e6
@@ -179,9 +318,11 @@ def report(results: list[dict], lat: dict, args: argparse.Namespace) -> str:
         if not runs:
             continue
         t = lat.get(row, {})
-        model = {"teacher": "det_small", "frcnn_mnv3": "torchvision Faster R-CNN MobileNetV3-FPN"}.get(
-            row, "det_tiny"
-        )
+        model = {
+            "teacher": "det_small",
+            "frcnn_mnv3": "torchvision Faster R-CNN MobileNetV3-FPN",
+            "yolov8n": "ultralytics YOLOv8n (its trainer)",
+        }.get(row, "det_tiny")
         rows.append([f"`{row}`", model, f"{t['params_m']:.2f}" if t else "–", f"{t['ms']:.1f}" if t else "–",
                      common.mean_sd([r["test"]["map"] for r in runs]), common.mean_sd([r["test"]["map_50"] for r in runs]),
                      common.mean_sd([r["val"]["val/map"] for r in runs]),
@@ -198,8 +339,10 @@ def report(results: list[dict], lat: dict, args: argparse.Namespace) -> str:
         lines.append(f"Distilled student: {ratio:.0%} of the teacher's test mAP, {speed:.1f}× its speed.")
     loads = [r["load"] for r in results] or [float("nan")]
     lines.append(f"Toyworld at {args.size}²: {args.labeled} labeled narrow images, {args.unlabeled} unlabeled wide "
-                 f"images (teacher's boxes), {args.test} test wide images (seed {TEST_SEED}); students {args.steps} "
-                 f"steps, teacher {args.teacher_steps}, batch {args.batch}; mean ± sample SD over seeds. 1-minute "
+                 f"images (teacher's boxes), {args.test} test wide images (seed {TEST_SEED}); the teacher learned from "
+                 f"{args.teacher_labeled} labeled wide images of its own; students {args.steps} "
+                 f"steps, teacher {args.teacher_steps}, batch {args.batch}; mean ± sample SD over seeds; YOLOv8n's "
+                 f"val mAP is ultralytics' own (its trainer chose its checkpoint), its test mAP the same code as the others'. 1-minute "
                  f"load at the end of the runs {min(loads):.1f}–{max(loads):.1f} (quality does not depend on it).")  # fmt: skip
     return "\n".join(lines)
 
@@ -214,6 +357,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--labeled", type=int, default=600)
     parser.add_argument("--unlabeled", type=int, default=1200)
+    parser.add_argument(
+        "--teacher-labeled", type=int, default=2000, help="the teacher's own wide labeled images"
+    )
     parser.add_argument("--test", type=int, default=256)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--teacher-steps", type=int, default=1500)
@@ -237,6 +383,7 @@ def main() -> None:
             3,
             3,
         )
+        args.teacher_labeled = 16
         args.batch = 4
     base = base_overrides(args)
     spec0 = {"threads": args.threads, "quick": args.quick, "base": base, "test_count": args.test}
@@ -248,6 +395,7 @@ def main() -> None:
             "row": row,
             "seed": seed,
             "steps": args.teacher_steps if row == "teacher" else args.steps,
+            **({"teacher_labeled": args.teacher_labeled} if row == "teacher" else {}),
             **extra,
         }
         key = STATE / f"{row.replace('+', '_')}-s{seed}{'-quick' if args.quick else ''}.json"
@@ -269,6 +417,8 @@ def main() -> None:
                 if teacher is None:
                     continue
                 go(row, seed, cache=str(teacher_cache(teacher, args)))
+            elif row == "yolov8n" and not ultralytics_available():
+                print("yolov8n: skipped (pip install ultralytics to run this peer row)", flush=True)
             else:
                 go(row, seed)
     lat_path = STATE / f"latency{'-quick' if args.quick else ''}.json"
@@ -282,7 +432,8 @@ def main() -> None:
     print(table)
     if not args.quick:
         command = (f"python benchmarks/bench_detection.py --rows {' '.join(args.rows)} --seeds {args.seeds} "
-                   f"--threads {args.threads} --size {args.size} --steps {args.steps} --teacher-steps {args.teacher_steps}")  # fmt: skip
+                   f"--threads {args.threads} --size {args.size} --steps {args.steps} --teacher-steps {args.teacher_steps} "
+                   f"--teacher-labeled {args.teacher_labeled}")  # fmt: skip
         common.write_results(args.name, table, {"runs": results, "latency": lat}, command)
 
 
