@@ -220,3 +220,18 @@ def test_unet_entries_are_the_benchmarked_ablation_rows(name, base, widths, outp
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     x = torch.rand(1, 3, 64, 96)
     assert entry.eval()(x).shape == (1, 3, 64, 96)  # full-resolution logits
+
+
+def test_seg_r18_unet_is_the_benchmarked_row() -> None:
+    """``seg_r18_unet`` is, weight for weight, bench_semantic_peer.py's row ``seg_small_unet`` +
+    ``backbone=resnet18``, ``output_stride=2``, widths 256-128-64-32 (the figures its docstring quotes)."""
+    torch.manual_seed(0)
+    entry = build_model("seg_r18_unet", num_classes=2)
+    torch.manual_seed(0)
+    row = build_model("seg_small_unet", num_classes=2, backbone="resnet18", output_stride=2,
+                      decoder_channels=[256, 128, 64, 32])  # fmt: skip
+    a, b = entry.state_dict(), row.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert entry.backbone.name == "resnet18"
+    x = torch.rand(1, 3, 64, 96)
+    assert entry.eval()(x).shape == (1, 2, 64, 96)

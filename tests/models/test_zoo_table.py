@@ -75,3 +75,22 @@ def test_a_model_a_user_registers_gets_its_task_from_its_type(monkeypatch):
     MODELS.register("unet_for_cells")(lambda **kw: seg_tiny(num_classes=2, **kw))
     rows = {r.name: r for r in zoo_table()}
     assert (rows["my_depth_net"].task, rows["unet_for_cells"].task) == ("depth", "semantic")
+
+
+def test_quality_is_the_committed_semantic_benchmark(table):
+    """The table's test mIoU is the mean and SD over seeds of bench_semantic_peer.py's committed runs."""
+    results = BENCH.parents[1]
+    if not (results / "semantic_peer_toyworld.json").is_file():
+        pytest.skip("benchmarks/results is not in this checkout")
+    runs = json.loads((results / "semantic_peer_toyworld.json").read_text())["runs"]
+    values = [r["test"]["miou"] for r in runs if r["row"] == "seg_tiny" and r.get("minutes") is None]
+    assert len(values) >= 2
+    toyworld = {f["data"]: f for f in table["seg_tiny"].quality}["toyworld"]
+    assert toyworld["mean"] == pytest.approx(sum(values) / len(values))
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    assert toyworld["sd"] == pytest.approx(sd) and toyworld["seeds"] == len(values)
+    assert table["sam_vit_h"].quality == ()  # nothing measured: –
+    text = markdown_table([table["seg_tiny"], table["sam_vit_h"]])
+    assert f"{mean:.3f} ± {sd:.3f} toyworld ({len(values)} seeds)" in text
+    assert text.splitlines()[3].endswith("| – |")

@@ -1,11 +1,12 @@
 """What ``anydistill models`` prints: each zoo model's task, backbone, size, compute and input, and the
-latency measured by the committed benchmark where there is one.
+latency and test quality measured by the committed benchmarks where there are some.
 
 Parameters and GFLOPs are counted on the ``meta`` device (no weights are allocated and nothing is
 computed), so even ``sam_vit_h`` (641 M parameters, 6 TFLOPs at 1024²) is listed in a fraction of a
 second. Measured figures come from ``measured.json`` beside this module, written from
-``benchmarks/results/bench_zoo/bench.json`` by ``python benchmarks/update_zoo_figures.py``: the
-machine and thread count they were measured on travel with them.
+``benchmarks/results/bench_zoo/bench.json`` (latency) and the semantic peer benchmark's results (test
+mIoU on em-membranes and toyworld, mean ± SD over seeds) by ``python benchmarks/update_zoo_figures.py``:
+the machine and thread count, the data and the result file travel with them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ LISTED_SIZE = 518
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One row of the zoo table; ``latency_ms`` / ``fastest_ms`` are ``None`` where nothing was measured."""
+    """One row of the zoo table; ``latency_ms`` / ``fastest_ms`` are ``None`` where nothing was measured;
+    ``quality``: the committed benchmarks' test figures, each ``{"metric", "data", "mean", "sd", "seeds",
+    "source"}`` (empty where none)."""
 
     name: str
     task: str
@@ -42,6 +45,7 @@ class ZooEntry:
     latency_ms: float | None = None
     fastest_ms: float | None = None
     fastest_backend: str | None = None
+    quality: tuple[dict[str, Any], ...] = ()
 
 
 def _task(model: nn.Module) -> str:
@@ -96,19 +100,33 @@ def zoo_table() -> list[ZooEntry]:
             name=name, task=task, backbone=_backbone(model), params_m=sum(p.numel() for p in model.parameters()) / 1e6,
             gflops=counter.get_total_flops() / 1e9, input_size=side, latency_ms=figures.get("eager_ms"),
             fastest_ms=figures.get("fastest_ms"), fastest_backend=figures.get("fastest_backend"),
+            quality=tuple(figures.get("quality", ())),
         ))  # fmt: skip
     return rows
 
 
+def quality_text(figures: tuple[dict[str, Any], ...]) -> str:
+    """``test mIoU 0.754 ± 0.000 em-membranes (2 seeds); 0.242 ± 0.002 toyworld (2 seeds)`` (– for none)."""
+    parts, metric = [], None
+    for f in figures:
+        spread = "" if f["sd"] is None else f" ± {f['sd']:.3f}"
+        name = "" if f["metric"] == metric else f"{f['metric']} "
+        metric = f["metric"]
+        seeds = f"{f['seeds']} seed{'s' if f['seeds'] > 1 else ''}"
+        parts.append(f"{name}{f['mean']:.3f}{spread} {f['data']} ({seeds})")
+    return "; ".join(parts) or "–"
+
+
 def markdown_table(rows: list[ZooEntry]) -> str:
     """The table ``anydistill models`` prints, with the measurement's conditions below it."""
-    head = ["model", "task", "backbone", "params (M)", "GFLOPs", "input", "ms eager", "ms fastest (backend)"]
+    head = ["model", "task", "backbone", "params (M)", "GFLOPs", "input", "ms eager", "ms fastest (backend)",
+            "test quality (benchmark)"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         eager = "–" if r.latency_ms is None else f"{r.latency_ms:.0f}"
         fastest = "–" if r.fastest_ms is None else f"{r.fastest_ms:.0f} ({r.fastest_backend})"
         lines.append(f"| {r.name} | {r.task} | {r.backbone} | {r.params_m:.2f} | {r.gflops:.1f} | "
-                     f"{r.input_size}² | {eager} | {fastest} |")  # fmt: skip
+                     f"{r.input_size}² | {eager} | {fastest} | {quality_text(r.quality)} |")  # fmt: skip
     info = measured_figures()
     lines.append("")
     lines.append(
@@ -118,6 +136,11 @@ def markdown_table(rows: list[ZooEntry]) -> str:
     if info:
         lines.append(f"Latency at batch 1, measured by `{info['command']}` on {info['machine']}, {info['threads']} "
                      "thread(s); – : not measured.")  # fmt: skip
+    sources = sorted({s for r in rows for f in r.quality for s in f["source"].split(", ")})
+    if sources:
+        lines.append("Test quality: random initialisation, the same step budget for every model, checkpoint "
+                     "chosen on a validation split, mean ± SD over seeds (`benchmarks/bench_semantic_peer.py`; "
+                     f"raw: {', '.join(sources)}).")  # fmt: skip
     return "\n".join(lines)
 
 
