@@ -167,6 +167,7 @@ def test_pseudo_label_mask_teacher_caches_rle_masks_that_pseudo_boxes_keep_with_
     assert main(args) == 0
     cache = PseudoLabelDataset(tmp_path / "cache")
     assert cache.manifest.targets == ["boxes", "scores", "labels", "mask_rle", "mask_rle_lengths"]
+    assert cache.manifest.teacher_spec == f"{det} + masks: {sam}"  # both teachers on record
     teacher = load_box_teacher(det, mask_teacher=sam, min_score=0.0)
     names = ["sphere", "box", "cylinder", "cone", "ellipsoid"]
     for k in range(len(cache)):

@@ -105,11 +105,15 @@ def _check_teacher_arg(teacher: Any) -> None:
 
 def _factory_spec(factory: Any) -> str | None:
     """The spec of a ``functools.partial(load_teacher, spec)`` factory (its first argument, when a
-    string or path), recorded in the manifest as the teacher's spec; None for other factories."""
+    string or path), recorded in the manifest as the teacher's spec; None for other factories. A box
+    teacher's factory with a ``mask_teacher`` keyword (``load_box_teacher``) records both:
+    ``"<boxes> + masks: <sam>"``."""
     if isinstance(factory, functools.partial) and factory.args:
         first = factory.args[0]
         if isinstance(first, str | os.PathLike):
-            return os.fsdecode(first)
+            mask = factory.keywords.get("mask_teacher")
+            masks = f" + masks: {os.fsdecode(mask)}" if isinstance(mask, str | os.PathLike) else ""
+            return os.fsdecode(first) + masks
     return None
 
 
