@@ -116,7 +116,7 @@ def main() -> None:
                 try:
                     if busy:
                         time.sleep(1.0)
-                    for policy in policies[round_ % len(policies):] + policies[: round_ % len(policies)]:
+                    for policy in policies[round_ % len(policies) :] + policies[: round_ % len(policies)]:
                         for kind in ("step", "train"):
                             key = f"{kind}|{policy}|{'busy' if busy else 'quiet'}"
                             ms = (

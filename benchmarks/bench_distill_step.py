@@ -72,11 +72,20 @@ def main() -> None:
         batch = make_batch(side, 16, 32)
         cached = time_steps(module, batch, steps, None)
         online = time_steps(module, batch, steps, teacher)
-        rows.append([teacher_name, f"{side}²", f"{cached * 1000:.0f}", f"{online * 1000:.0f}", f"{online / cached:.2f}×"])
+        rows.append(
+            [
+                teacher_name,
+                f"{side}²",
+                f"{cached * 1000:.0f}",
+                f"{online * 1000:.0f}",
+                f"{online / cached:.2f}×",
+            ]
+        )
         data[teacher_name] = {"size": side, "cached_s": cached, "online_s": online}
         print(rows[-1], flush=True)
     table = markdown_table(
-        ["teacher", "input", "step with cache (ms)", "step with teacher on the fly (ms)", "cache speed-up"], rows
+        ["teacher", "input", "step with cache (ms)", "step with teacher on the fly (ms)", "cache speed-up"],
+        rows,
     )
     print(table)
     command = "python benchmarks/bench_distill_step.py" + (" --quick" if args.quick else "")

@@ -46,7 +46,13 @@ def prepare(out: Path) -> None:
     from anydistill.demos.depth import DEFAULT
 
     write_split(out / "data" / "labeled", DEFAULT.labeled_count, DEFAULT.image_size, "narrow", seed=0)
-    write_split(out / "data" / "test", DEFAULT.test_count, DEFAULT.image_size, "wide", seed=TOYWORLD_HELDOUT_SEED_OFFSET)
+    write_split(
+        out / "data" / "test",
+        DEFAULT.test_count,
+        DEFAULT.image_size,
+        "wide",
+        seed=TOYWORLD_HELDOUT_SEED_OFFSET,
+    )
 
 
 def run_train(policy: str, out: Path) -> float:
@@ -69,27 +75,38 @@ def main() -> None:
     busy: dict[str, list[float]] = {p: [] for p in policies}
     loads: list[float] = []
     for round_ in range(args.rounds):
-        order = policies[round_ % len(policies):] + policies[: round_ % len(policies)]
+        order = policies[round_ % len(policies) :] + policies[: round_ % len(policies)]
         for policy in order:
             quiet[policy].append(run_train(policy, out))
             loads.append(os.getloadavg()[0])
-            print(f"round {round_ + 1}: quiet train {policy}: {quiet[policy][-1]:.1f} s (load {loads[-1]:.2f})", flush=True)
+            print(
+                f"round {round_ + 1}: quiet train {policy}: {quiet[policy][-1]:.1f} s (load {loads[-1]:.2f})",
+                flush=True,
+            )
         competitor = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
         try:
             time.sleep(1.0)
             for policy in order:
                 busy[policy].append(run_step(policy, args.steps))
-                print(f"round {round_ + 1}: busy step {policy}: {busy[policy][-1]:.0f} ms (load {os.getloadavg()[0]:.2f})", flush=True)
+                print(
+                    f"round {round_ + 1}: busy step {policy}: {busy[policy][-1]:.0f} ms (load {os.getloadavg()[0]:.2f})",
+                    flush=True,
+                )
         finally:
             competitor.kill()
             competitor.wait()
     rows = [[p, " / ".join(f"{s:.1f}" for s in quiet[p]), f"{statistics.median(quiet[p]):.1f}",
              " / ".join(f"{s:.0f}" for s in busy[p]), f"{statistics.median(busy[p]):.0f}"] for p in policies]  # fmt: skip
     header = ["OpenMP wait", "quiet train s (each round)", "median", "busy step ms (each round)", "median"]
-    table = markdown_table(header, rows) + f"\n\n1-min load average after each quiet run: {min(loads):.2f}–{max(loads):.2f}."
+    table = (
+        markdown_table(header, rows)
+        + f"\n\n1-min load average after each quiet run: {min(loads):.2f}–{max(loads):.2f}."
+    )
     print(table)
     command = "python benchmarks/bench_openmp_spin.py " + " ".join(sys.argv[1:])
-    write_results("openmp_spin", table, {"quiet_train_s": quiet, "busy_step_ms": busy, "loads": loads}, command.strip())
+    write_results(
+        "openmp_spin", table, {"quiet_train_s": quiet, "busy_step_ms": busy, "loads": loads}, command.strip()
+    )
 
 
 if __name__ == "__main__":

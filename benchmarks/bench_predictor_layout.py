@@ -51,11 +51,20 @@ def main(argv: list[str] | None = None) -> None:
         diff = float((outputs[(name, "channels_last")] - outputs[(name, "contiguous")]).abs().max())
         rows.append([name, f"{args.size}²", f"{base.median_ms:.1f}", f"{fast.median_ms:.1f}",
                      f"{base.median_ms / fast.median_ms:.2f}×", f"{diff:.1e}"])  # fmt: skip
-    header = ["student (random weights)", "input", "contiguous ms", "channels_last ms", "speed-up", "max abs diff"]
+    header = [
+        "student (random weights)",
+        "input",
+        "contiguous ms",
+        "channels_last ms",
+        "speed-up",
+        "max abs diff",
+    ]
     table = common.markdown_table(header, rows)
-    note = (f"`Predictor.run`, batch 1, {args.rounds} rounds round-robin after 2 warm-ups; load average "
-            f"{load_before:.2f}/{load_after:.2f}.\n\nMachine: {common.machine()}\n\n"
-            f"Command: `python benchmarks/bench_predictor_layout.py --size {args.size} --rounds {args.rounds}`\n")
+    note = (
+        f"`Predictor.run`, batch 1, {args.rounds} rounds round-robin after 2 warm-ups; load average "
+        f"{load_before:.2f}/{load_after:.2f}.\n\nMachine: {common.machine()}\n\n"
+        f"Command: `python benchmarks/bench_predictor_layout.py --size {args.size} --rounds {args.rounds}`\n"
+    )
     print(table + "\n\n" + note)
     (common.RESULTS / "predictor_layout.md").write_text(table + "\n\n" + note)
 

@@ -29,8 +29,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny budget: checks the pipeline only")
     parser.add_argument("--teacher-steps", type=int, default=None, help="teacher training budget (steps)")
-    parser.add_argument("--student-steps", type=int, default=None, help="each student's training budget (steps)")
-    parser.add_argument("--cap-minutes", type=float, default=None, help="time cap of each run (a safety stop)")
+    parser.add_argument(
+        "--student-steps", type=int, default=None, help="each student's training budget (steps)"
+    )
+    parser.add_argument(
+        "--cap-minutes", type=float, default=None, help="time cap of each run (a safety stop)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed (the scenes stay the same)")
     args = parser.parse_args()
     out = OUT.with_name(OUT.name + (f"_seed{args.seed}" if args.seed else ""))

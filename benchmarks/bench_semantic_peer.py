@@ -139,7 +139,11 @@ def child(spec: dict) -> dict:
                  "trainer.progress_bar=false", "data.num_workers=1"]  # fmt: skip
     overrides += [f"model.kwargs.{k}={v}" for k, v in kwargs.items()]
     if spec.get("minutes"):  # the wall clock is the budget: no step or epoch limit
-        overrides += [f"trainer.max_time_minutes={spec['minutes']}", "trainer.max_steps=-1", "trainer.max_epochs=-1"]
+        overrides += [
+            f"trainer.max_time_minutes={spec['minutes']}",
+            "trainer.max_steps=-1",
+            "trainer.max_epochs=-1",
+        ]
     elif spec.get("steps"):
         overrides.append(f"trainer.max_steps={spec['steps']}")
     overrides += extra
@@ -151,16 +155,18 @@ def child(spec: dict) -> dict:
     model = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
     steps = int(model.get("global_step", -1))
     last = Path(result.best_checkpoint).with_name("last.ckpt")
-    made = int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", -1)) if last.is_file() else steps
+    made = (
+        int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", -1))
+        if last.is_file()
+        else steps
+    )
     return {**spec, "test": test, "val": val, "train_seconds": train_s, "best_step": steps, "steps_made": made,
             "load": os.getloadavg()[0]}  # fmt: skip
 
 
 def result_path(spec: dict, state: Path) -> Path:
     return (
-        state
-        / spec["set"]
-        / f"{row_key(spec['row'])}-s{spec['seed']}{'-quick' if spec['quick'] else ''}"
+        state / spec["set"] / f"{row_key(spec['row'])}-s{spec['seed']}{'-quick' if spec['quick'] else ''}"
         f"{'-m' + str(spec['minutes']) if spec.get('minutes') else ''}.json"
     )
 
@@ -242,8 +248,11 @@ def report(results: list[dict], lat: dict, sets: dict, args) -> str:
         "per-class IoU: mean over seeds. Latency: median of round-robin batch-1 forwards, channels_last, "
         f"{args.threads} thread(s). 1-minute load average at the end of the runs: "
         f"{min(loads):.1f}–{max(loads):.1f}"
-        + (" (with a wall-clock budget quality depends on it)" if args.minutes
-           else " (quality does not depend on it: step budgets, fixed seeds)")
+        + (
+            " (with a wall-clock budget quality depends on it)"
+            if args.minutes
+            else " (quality does not depend on it: step budgets, fixed seeds)"
+        )
         + (f"; during the latency loops: {min(lat_loads):.1f}–{max(lat_loads):.1f}." if lat_loads else ".")
     )
     return "\n\n".join(parts)
@@ -257,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--toyworld-steps", type=int, default=600)
-    parser.add_argument("--minutes", type=float, default=None, help="a wall-clock budget per row instead of steps")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="a wall-clock budget per row instead of steps"
+    )
     parser.add_argument("--latency-rounds", type=int, default=7)
     parser.add_argument("--state", type=Path, default=STATE)
     parser.add_argument("--name", default="semantic_peer", help="results/<name>.md and .json")

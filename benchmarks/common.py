@@ -21,7 +21,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> str:
     """One line naming the machine the figures come from."""
-    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

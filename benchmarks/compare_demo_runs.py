@@ -54,7 +54,8 @@ def main() -> None:
     verdict = (
         "**Every run gives the same δ1 and AbsRel for every model (seed 0), to every digit.**"
         if same
-        else "**The runs differ:** " + "; ".join(f"{m}: {sorted(v)}" for m, v in figures.items() if len(v) > 1)
+        else "**The runs differ:** "
+        + "; ".join(f"{m}: {sorted(v)}" for m, v in figures.items() if len(v) > 1)
     )
     answers = "\n".join(f"- {label}: {json.dumps(data.get('answer'))}" for label, data in runs.items())
     text = f"{table}\n\n{verdict}\n\nThe reports' answer figures:\n{answers}"

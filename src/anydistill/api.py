@@ -161,7 +161,9 @@ def predict(
     default 0.3, left out)."""
     if is_detector_checkpoint(checkpoint):
         score = DETECTION_MIN_SCORE if min_score is None else min_score
-        return predict_detections(checkpoint, images, out, image_size=image_size, device=device, min_score=score)
+        return predict_detections(
+            checkpoint, images, out, image_size=image_size, device=device, min_score=score
+        )
     if min_score is not None:
         raise ConfigError("min_score: for detectors (task=detect) only")
     if is_classifier_checkpoint(checkpoint):

@@ -79,7 +79,10 @@ def test_the_model_score_threshold_is_baked_in_by_default(tmp_path) -> None:
     check = result.manifest["check"]["model"]
     # an untrained detector finds nothing above 0.05 on noise: the threshold-0 probe is what was compared
     assert check["detections_at_threshold"] == 0 and check["detections"] == 200
-    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["export.json", "model.onnx"]  # no probe left
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
+        "export.json",
+        "model.onnx",
+    ]  # no probe left
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     model = load_model(ckpt).model.eval()
     for seed in range(3):

@@ -302,7 +302,11 @@ def test_mask_map_is_scored_on_masks_in_source_pixels() -> None:
     right = gt.float()[:, None]  # (D, 1, S, S) probabilities, as Mask R-CNN gives
     wrong = torch.zeros(1, 1, 8, 8)
     wrong[0, 0, 0:4, 4:8] = 1.0  # the right half: same box claimed, other pixels
-    box = {"boxes": torch.tensor([[0.0, 0, 4, 4]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    box = {
+        "boxes": torch.tensor([[0.0, 0, 4, 4]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([0]),
+    }
     metrics = DetectionMetrics(masks=True)
     metrics.update([{**box, "masks": right}], batch)
     figures = metrics.compute()
@@ -310,7 +314,9 @@ def test_mask_map_is_scored_on_masks_in_source_pixels() -> None:
     metrics.reset()
     metrics.update([{**box, "masks": wrong}], batch)
     figures = metrics.compute()
-    assert figures["map"] == pytest.approx(1.0) and figures["mask_map"] == 0.0  # the box is right, the mask not
+    assert (
+        figures["map"] == pytest.approx(1.0) and figures["mask_map"] == 0.0
+    )  # the box is right, the mask not
     with pytest.raises(ValueError, match="mask mAP needs masks"):
         metrics.update([box], batch)
 
@@ -364,12 +370,16 @@ def test_distill_a_mask_rcnn_student_needs_a_cache_with_masks(tmp_path: Path) ->
     boxes_only = _box_cache(tmp_path / "a")
     overrides = [*TINY, "model.name=det_tiny_maskrcnn", "detect.pseudo_score=0.0", "trainer.max_steps=2"]
     with pytest.raises(DataError, match="holds boxes but no masks.*--mask-teacher"):
-        api.distill(load_config(None, [*overrides, f"distill.cache={boxes_only}", f"run_dir={tmp_path / 'r0'}"]))
+        api.distill(
+            load_config(None, [*overrides, f"distill.cache={boxes_only}", f"run_dir={tmp_path / 'r0'}"])
+        )
     sam = save_tiny_sam(tmp_path / "sam.pth", size=64)
     assert main(["pseudo-label", "--teacher", str(tmp_path / "a" / "teacher.ckpt"), "--images",
                  str(tmp_path / "a" / "unlabeled"), "--out", str(tmp_path / "mcache"), "--task", "detect",
                  "--min-score", "0.0", "--num-workers", "0", "--mask-teacher", str(sam)]) == 0  # fmt: skip
-    cfg = load_config(None, [*overrides, f"distill.cache={tmp_path / 'mcache'}", f"run_dir={tmp_path / 'r1'}"])
+    cfg = load_config(
+        None, [*overrides, f"distill.cache={tmp_path / 'mcache'}", f"run_dir={tmp_path / 'r1'}"]
+    )
     dm = DetectionDistillDataModule(cfg, masks=True)
     item = dm.pseudo_set[0]
     assert item["masks"].shape == (len(item["boxes"]), *item["image"].shape[-2:])
@@ -398,6 +408,16 @@ def test_predict_with_a_mask_rcnn_writes_rle_masks_inside_their_boxes(tmp_path: 
         x, y, w, h = ann["bbox"]
         tol = 2 * 130 / 64  # Mask R-CNN pastes each mask into its box grown by a pixel; ×2 back to the source
         if len(xs):
-            assert xs.min() >= x - tol and xs.max() <= x + w + tol and ys.min() >= y - tol and ys.max() <= y + h + tol
+            assert (
+                xs.min() >= x - tol
+                and xs.max() <= x + w + tol
+                and ys.min() >= y - tol
+                and ys.max() <= y + h + tol
+            )
     assert any(decode_rle(a["segmentation"]).any() for a in coco["annotations"])
-    assert len(CocoDetection(tmp_path / "out" / "detections.json", tmp_path / "img", with_masks=True, quiet=True)) == 1
+    assert (
+        len(
+            CocoDetection(tmp_path / "out" / "detections.json", tmp_path / "img", with_masks=True, quiet=True)
+        )
+        == 1
+    )

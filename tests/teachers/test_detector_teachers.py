@@ -181,7 +181,10 @@ def test_an_open_vocabulary_teacher_needs_classes_and_other_text_detectors_are_n
     with pytest.raises(DataError, match="needs the class names to look for"):
         load_teacher(folder)
     # the tiny vocabulary spells letter by letter: 16 positions hold "a photo of a cat" and no more
-    with pytest.raises(DataError, match="class 'giraffe': its query 'a photo of a giraffe' is .* tokens; the text encoder takes 16"):
+    with pytest.raises(
+        DataError,
+        match="class 'giraffe': its query 'a photo of a giraffe' is .* tokens; the text encoder takes 16",
+    ):
         load_teacher(folder, classes=["cat", "giraffe"])
     config = json.loads((folder / "config.json").read_text())
     other = tmp_path / "gdino"

@@ -240,7 +240,9 @@ class DetectionDataModule(L.LightningDataModule):
         if not self.coco_json:
             raise ConfigError("detect.coco_json: required when data.source is 'coco'")
         on_missing = "skip" if cfg.on_bad_image == "skip" else "error"
-        train = CocoDetection(self.coco_json, cfg.train_root, on_missing_image=on_missing, with_masks=self.masks)
+        train = CocoDetection(
+            self.coco_json, cfg.train_root, on_missing_image=on_missing, with_masks=self.masks
+        )
         if self.val_coco_json:
             val = CocoDetection(
                 self.val_coco_json, cfg.val_root or cfg.train_root, on_missing_image=on_missing,

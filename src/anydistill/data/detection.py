@@ -341,7 +341,11 @@ class CocoDetection:
     @property
     def has_segmentation(self) -> bool:
         """Whether every non-crowd annotation has a ``segmentation`` (instance masks can be read)."""
-        return all(crowd or "segmentation" in ann for objects in self._objects.values() for _, _, crowd, ann in objects)
+        return all(
+            crowd or "segmentation" in ann
+            for objects in self._objects.values()
+            for _, _, crowd, ann in objects
+        )
 
     def _mask(self, ann: dict[str, Any], height: int, width: int) -> np.ndarray:
         segm = ann.get("segmentation")

@@ -222,7 +222,9 @@ def check_dense(
 
 
 # ----------------------------------------------------------------------------------------------- detectors
-def _pair_detections(out: list[np.ndarray], ref: list[np.ndarray], iou_min: float = 0.5) -> list[tuple[int, int]]:
+def _pair_detections(
+    out: list[np.ndarray], ref: list[np.ndarray], iou_min: float = 0.5
+) -> list[tuple[int, int]]:
     """Greedy one-to-one pairs ``(onnx index, torch index)``: each PyTorch detection, by descending score,
     takes the unpaired ONNX detection of its label with the highest box IoU (at least ``iou_min``)."""
     if len(out[0]) == 0 or len(ref[0]) == 0:
@@ -261,7 +263,11 @@ def check_detector(session: Any, student: LoadedModel, size: int) -> dict[str, f
         with torch.inference_mode():
             ref_found = model(x)[0]
         names = ("boxes", "scores", "labels", "masks")
-        ref = [ref_found[k].float().numpy() if k != "labels" else ref_found[k].numpy() for k in names if k in ref_found]
+        ref = [
+            ref_found[k].float().numpy() if k != "labels" else ref_found[k].numpy()
+            for k in names
+            if k in ref_found
+        ]
         out = _run(session, {"image": x.numpy()}, "model")
         if len(out) != len(ref):
             raise ExportCheckError(f"model: the graph has {len(out)} outputs, PyTorch's detector {len(ref)}")

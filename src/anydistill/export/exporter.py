@@ -267,7 +267,9 @@ def _export_detector(
     model = loaded.model
     s = int(size or model.input_size)
     if s % model.input_multiple:
-        raise ConfigError(f"--size {s}: a multiple of {model.input_multiple} (this detector's padding multiple)")
+        raise ConfigError(
+            f"--size {s}: a multiple of {model.input_multiple} (this detector's padding multiple)"
+        )
     if min_score is not None:
         model.set_postprocess(score_thresh=min_score)
     post = {"arch": model.arch, **model.postprocess_settings()}
@@ -292,6 +294,8 @@ def _export_detector(
         metrics = {**_worst(metrics, probe), "detections": probe["detections"],
                    "detections_at_threshold": metrics["detections"]}  # fmt: skip
     if not metrics["detections"] > 0:
-        raise ExportCheckError("model: the check compared no detections (the detector found none); nothing kept")
+        raise ExportCheckError(
+            "model: the check compared no detections (the detector found none); nothing kept"
+        )
     manifest["check"] = check_all(["model"], {"model": metrics}, options["precision"])
     return files, manifest
