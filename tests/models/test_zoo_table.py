@@ -94,3 +94,13 @@ def test_quality_is_the_committed_semantic_benchmark(table):
     text = markdown_table([table["seg_tiny"], table["sam_vit_h"]])
     assert f"{mean:.3f} ± {sd:.3f} toyworld ({len(values)} seeds)" in text
     assert text.splitlines()[3].endswith("| – |")
+
+
+def test_the_readme_table_is_the_printed_one(table):
+    """The README's zoo table is `anydistill models`' (regenerate it after update_zoo_figures.py)."""
+    readme = BENCH.parents[3] / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md is not in this checkout")
+    printed = [line for line in markdown_table(list(table.values())).splitlines() if line.startswith("|")]
+    text = readme.read_text().splitlines()
+    assert all(line in text for line in printed)
