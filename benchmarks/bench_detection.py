@@ -91,7 +91,8 @@ def register_peer() -> None:
 
 
 # ------------------------------------------------------------------------------------------- runs
-RUN_SETTINGS = ("row", "seed", "steps", "base", "threads", "teacher_labeled")
+#: what makes a stored run the same run (``cache``: a distilled row's teacher cache, named by its teacher)
+RUN_SETTINGS = ("row", "seed", "steps", "base", "threads", "teacher_labeled", "cache")
 
 
 def base_overrides(args: argparse.Namespace) -> list[str]:
@@ -164,7 +165,8 @@ def ultralytics_available() -> bool:
 def yolo_dataset(spec: dict, root: Path) -> Path:
     """The row's labeled (``narrow``, run seed) and validation (``wide``, held-out seed) images in YOLO's
     folder format (``images/<split>/*.png``, ``labels/<split>/*.txt`` of ``class cx cy w h`` in [0, 1]),
-    the same scenes and boxes (``detect.min_area``) as the product's data module renders; written once."""
+    the same scenes and boxes (``detect.min_area``'s default, 16 px) as the product's data module renders;
+    written once."""
     from PIL import Image
 
     from anydistill.data.detection import ToyWorldDetection
@@ -250,9 +252,7 @@ def yolo_child(spec: dict) -> dict:
     metrics = DetectionMetrics(class_metrics=True, class_names=list(source.classes))
     for k in range(len(source)):
         record = source[k]
-        metrics.metric.update([yolo_predict(model, record.image, size)], [
-            {key: v for key, v in source_target(record).items() if key in ("boxes", "labels", "iscrowd")}
-        ])  # fmt: skip
+        metrics.metric.update([yolo_predict(model, record.image, size)], [source_target(record)])
     csv = (run_dir / "train" / "results.csv").read_text().splitlines()
     header = [h.strip() for h in csv[0].split(",")]
     maps = [float(line.split(",")[header.index("metrics/mAP50-95(B)")]) for line in csv[1:]]

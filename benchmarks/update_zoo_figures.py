@@ -49,7 +49,7 @@ SEMANTIC_ROWS = {
 def _figure(values: list[float], metric: str, data: str, sources: list[str]) -> dict:
     return {"metric": metric, "data": data, "mean": statistics.mean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else None, "seeds": len(values),
-            "source": ", ".join(sorted(set(sources)))}  # fmt: skip
+            "sources": sorted(set(sources))}  # fmt: skip
 
 
 def semantic_quality() -> dict[str, list[dict]]:

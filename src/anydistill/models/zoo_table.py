@@ -34,7 +34,7 @@ LISTED_SIZE = 518
 class ZooEntry:
     """One row of the zoo table; ``latency_ms`` / ``fastest_ms`` are ``None`` where nothing was measured;
     ``quality``: the committed benchmarks' test figures, each ``{"metric", "data", "mean", "sd", "seeds",
-    "source"}`` (empty where none)."""
+    "sources"}`` (empty where none)."""
 
     name: str
     task: str
@@ -136,7 +136,7 @@ def markdown_table(rows: list[ZooEntry]) -> str:
     if info:
         lines.append(f"Latency at batch 1, measured by `{info['command']}` on {info['machine']}, {info['threads']} "
                      "thread(s); – : not measured.")  # fmt: skip
-    sources = sorted({s for r in rows for f in r.quality for s in f["source"].split(", ")})
+    sources = sorted({s for r in rows for f in r.quality for s in f["sources"]})
     if sources:
         lines.append("Test quality: random initialisation, the same step budget for every model, checkpoint "
                      "chosen on a validation split, mean ± SD over seeds (`benchmarks/bench_semantic_peer.py`; "
